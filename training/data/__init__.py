@@ -1,0 +1,1 @@
+"""Data sets, presets and input statistics for training."""
