@@ -40,7 +40,8 @@ class PreprocessModule(nn.Module):
             assert prep.whitening_mean is not None and prep.whitening_matrix is not None
             self.register_buffer("whitening_mean", prep.whitening_mean.float().view(1, -1))
             # Stored transposed so that forward is one matmul: rows @ W^T.
-            self.register_buffer("whitening_matrix_t", prep.whitening_matrix.float().t().contiguous())
+            matrix_t = prep.whitening_matrix.float().t().contiguous()
+            self.register_buffer("whitening_matrix_t", matrix_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grey_to_rgb:
@@ -84,7 +85,8 @@ class Preprocessing:
         if self.whitening is not None and (
             self.whitening_mean is None or self.whitening_matrix is None
         ):
-            raise ValueError(f"{self.whitening} whitening needs whitening_mean and whitening_matrix")
+            raise ValueError(
+                f"{self.whitening} whitening needs whitening_mean and whitening_matrix")
 
     @property
     def input_channels(self) -> int:
@@ -120,7 +122,8 @@ def _as_float_nchw(images: torch.Tensor) -> torch.Tensor:
     if images.ndim == 3:
         images = images.unsqueeze(1)
     if images.ndim != 4:
-        raise ValueError(f"expected images shaped (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
+        raise ValueError(
+            f"expected images shaped (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         return images.double() / 255.0
     return images.double()

@@ -74,7 +74,8 @@ class Resize(torch.nn.Module):
         if tuple(image.shape[-2:]) == target:
             return image
         if self.interpolation != "area":
-            return TF.resize(image, list(target), INTERPOLATIONS[self.interpolation], antialias=True)
+            mode = INTERPOLATIONS[self.interpolation]
+            return TF.resize(image, list(target), mode, antialias=True)
         out = F.interpolate(image.unsqueeze(0).float(), size=target, mode="area")[0]
         return out.round().clamp(0, 255).to(image.dtype) if image.dtype == torch.uint8 else out
 
