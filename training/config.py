@@ -54,7 +54,7 @@ class DataConfig:
     rotation: float = 0.0  # maximum random rotation in degrees
     normalization: str = "fit"  # fit: mean/std of the training set | imagenet: ImageNet's
     whitening: str = "none"  # none | pca | zca, fitted on the training set
-    whitening_epsilon: float = 0.01  # added to eigenvalues before whitening
+    whitening_epsilon: float = 0.1  # added to eigenvalues before whitening (damps noise)
     stats_images: int = 20000  # training images used to fit mean/std/whitening
 
 

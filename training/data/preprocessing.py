@@ -10,6 +10,7 @@ buffers (traceable by ``torch.onnx.export(..., dynamo=False)``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,17 +130,23 @@ def _as_float_nchw(images: torch.Tensor) -> torch.Tensor:
     return images.double()
 
 
+def _chunks(images: torch.Tensor, size: int = 1024) -> Iterator[torch.Tensor]:
+    for start in range(0, len(images), size):
+        yield _as_float_nchw(images[start:start + size])
+
+
 def fit_preprocessing(
     images: torch.Tensor,
     *,
     whitening: str | None = None,
-    epsilon: float = 1e-2,
+    epsilon: float = 0.1,
     max_images: int | None = 20000,
     seed: int = 0,
 ) -> Preprocessing:
     """Fit per-channel mean/std (and optionally PCA/ZCA whitening) on training images.
 
     Call it with the training split only. Whitening is fitted on the mean/std-normalised images.
+    Statistics are accumulated in float64 over chunks, so large sets need little memory.
 
     Args:
         images: ``(N, C, H, W)`` or ``(N, H, W)``; uint8 in 0..255 or float in [0, 1].
@@ -154,34 +161,51 @@ def fit_preprocessing(
     """
     if whitening not in WHITENINGS:
         raise ValueError(f"whitening must be one of {WHITENINGS}, got {whitening!r}")
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to fit statistics, got {len(images)}")
     if max_images is not None and len(images) > max_images:
         generator = torch.Generator().manual_seed(seed)
         images = images[torch.randperm(len(images), generator=generator)[:max_images]]
-    x = _as_float_nchw(images)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    sums, squares, count = torch.zeros(()), torch.zeros(()), 0
+    for x in _chunks(images):
+        sums = sums + x.sum(dim=(0, 2, 3))
+        squares = squares + (x * x).sum(dim=(0, 2, 3))
+        count += x.numel() // x.shape[1]
+    mean = sums / count
+    std = ((squares / count - mean * mean).clamp_min(0) * count / (count - 1)).sqrt()
+    std = std.clamp_min(1e-6)
     prep = Preprocessing(mean=mean.tolist(), std=std.tolist())
-    logger.info("fitted mean %s std %s on %d images", prep.mean, prep.std, len(x))
+    logger.info("fitted mean %s std %s on %d images", prep.mean, prep.std, len(images))
     if whitening is None:
         return prep
-    flat = ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).flatten(1)
-    dim = flat.shape[1]
+    dim = images[0].numel()
     if dim > MAX_WHITENING_DIM:
         raise ValueError(
             f"{whitening} whitening of {dim} values per image (C*H*W) would store a {dim}x{dim} "
             f"matrix; whiten inputs of at most {MAX_WHITENING_DIM} values (e.g. 1x64x64) or set "
             "whitening to none")
-    if len(flat) < 2:
-        raise ValueError("whitening needs at least 2 images")
-    centre = flat.mean(dim=0)
-    centred = flat - centre
-    covariance = centred.t() @ centred / (len(flat) - 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    scale = torch.rsqrt(eigenvalues.clamp_min(0) + epsilon)
-    rotation = scale.unsqueeze(1) * eigenvectors.t()  # PCA: diag(s) U^T
-    matrix = eigenvectors @ rotation if whitening == "zca" else rotation
+    prep.whitening_mean, prep.whitening_matrix = _fit_whitening(
+        images, mean, std, whitening, epsilon)
     prep.whitening = whitening
-    prep.whitening_mean = centre.float()
-    prep.whitening_matrix = matrix.float()
     logger.info("fitted %s whitening on %d dims (epsilon %g)", whitening, dim, epsilon)
     return prep
+
+
+def _fit_whitening(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, kind: str,
+                   epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and (D, D) matrix of PCA (diag(s) U^T) or ZCA (U diag(s) U^T) whitening."""
+    dim = images[0].numel()
+    first = torch.zeros(dim, dtype=torch.float64)
+    second = torch.zeros(dim, dim, dtype=torch.float64)
+    for x in _chunks(images):
+        flat = ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).flatten(1)
+        first += flat.sum(dim=0)
+        second += flat.t() @ flat
+    count = len(images)
+    centre = first / count
+    covariance = (second - count * torch.outer(centre, centre)) / (count - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    scale = torch.rsqrt(eigenvalues.clamp_min(0) + epsilon)
+    rotation = scale.unsqueeze(1) * eigenvectors.t()
+    matrix = eigenvectors @ rotation if kind == "zca" else rotation
+    return centre.float(), matrix.float()
