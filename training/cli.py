@@ -1,0 +1,163 @@
+"""``convserve-train`` / ``python -m training``: train, fine-tune, evaluate and export CNNs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+DESCRIPTION = """\
+Train, fine-tune, evaluate and export convserve CNNs.
+
+Every run is described by a YAML config (training/configs/*.yaml, or any file) whose keys can be
+overridden with --set section.key=value (values are YAML: numbers, true/false, lists, null).
+Outputs go to output_dir: config.yaml, checkpoint.pt, log.jsonl, metrics.json, curves.png,
+confusion.png. Multi-process: torchrun --nproc_per_node=2 -m training train --config ...
+
+examples:
+  python -m training train --config mnist-lenet5
+  python -m training train --config mnist-lenet5 --set optim.epochs=2 --set output_dir=runs/try
+  python -m training finetune --config fashion-mobilenetv2
+  python -m training train --config fer2013-vgg-small --set data.path=/data/fer2013.csv
+  python -m training evaluate runs/mnist-lenet5
+  python -m training export runs/mnist-lenet5 --name mnist-lenet5 --version 1
+"""
+
+CONFIG_HELP = """\
+config keys (see training/config.py for a comment on each):
+  model.{name,height,width,in_channels,kwargs}
+  data.{name,path,channels,train_split,val_split,test_split,train_limit,eval_limit,
+        resize_method,shorter_side,interpolation,crop,padding,scale,hflip_prob,rotation,
+        normalization,whitening,whitening_epsilon,stats_images}
+  optim.{epochs,batch_size,lr,momentum,nesterov,weight_decay,label_smoothing,schedule,
+         step_epochs,gamma,warmup_epochs,min_lr_ratio}
+  finetune.{pretrained,head_lr,backbone_lr,backbone_lr_scale,freeze_backbone_epochs}
+  export.{name,version,task,labels}
+  seed, workers, output_dir, device, checkpoint_every
+"""
+
+FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": {"pretrained": True, "backbone_lr_scale": 0.1}}
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config: a path or a name under "
+                        "training/configs/ (e.g. mnist-lenet5)")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=0.05 "
+                        "(repeatable; dotted keys; YAML values)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its four subcommands."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="convserve-train", description=DESCRIPTION,
+                                     formatter_class=formatter)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("train", "Train a model as the config says (from scratch unless "
+                  "finetune.pretrained=true)."),
+        ("finetune", "Train starting from the model's pretrained (ImageNet) backbone with a new "
+                     "head: like train with finetune.pretrained=true and backbone lr = 0.1 x lr "
+                     "unless the config says otherwise."),
+    ):
+        sub = commands.add_parser(name, help=text.split(":")[0], description=text + "\n\n"
+                                  + CONFIG_HELP, formatter_class=formatter)
+        _add_config_args(sub)
+        sub.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint "
+                         "file or run directory (same config unless --config/--set change it)")
+    evaluate = commands.add_parser(
+        "evaluate", help="Measure a checkpoint on a split (default: the config's test split).",
+        description="Evaluate a trained checkpoint: loss, top-1, top-5 and the confusion "
+                    "matrix, printed as JSON.")
+    evaluate.add_argument("checkpoint", help="checkpoint.pt or the run's output directory")
+    evaluate.add_argument("--split", help="split to evaluate (default: data.test_split)")
+    evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override data keys, e.g. data.path=...")
+    export = commands.add_parser(
+        "export", help="Export a checkpoint to models/<name>/<version>/ (ONNX + model.json).",
+        description="Export a trained checkpoint to ONNX with the preprocessing inside the "
+                    "graph, check it (onnx.checker, ONNX Runtime vs PyTorch) and write "
+                    "model.json. Refuses to write a model that fails the checks.")
+    export.add_argument("checkpoint", help="checkpoint.pt or the run's output directory")
+    export.add_argument("--name", help="model name (default: export.name in the config)")
+    export.add_argument("--version", type=int, help="version (default: export.version)")
+    export.add_argument("--models-dir", default="models", help="repository root (default models)")
+    commands.add_parser("models", help="List the registered model names.")
+    return parser
+
+
+def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
+    from training.config import from_dict, load_config, merge, parse_overrides
+    from training.engine import fit, load_checkpoint
+
+    if args.resume and not args.config:
+        base = merge(load_checkpoint(args.resume)["config"], parse_overrides(args.overrides))
+        config = from_dict(base)
+    else:
+        if not args.config:
+            raise SystemExit("give --config (a YAML file or a name under training/configs/)")
+        config = load_config(args.config, args.overrides, defaults)
+    metrics = fit(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = {k: v for k, v in metrics.items() if k != "confusion"}
+        print(json.dumps({"output_dir": config.output_dir, **metrics}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.config import from_dict, merge, parse_overrides
+    from training.data.pipeline import build_split, eval_loader
+    from training.engine import evaluate, load_trained
+
+    trained = load_trained(args.checkpoint)
+    config = from_dict(merge(trained.config.to_dict(), parse_overrides(args.overrides)))
+    split = args.split or config.data.test_split
+    dataset = build_split(config, split, train=False)
+    device = torch.device("cpu")
+    metrics = evaluate(trained.model, trained.preprocessing.module(), eval_loader(config, dataset),
+                       device, len(trained.labels), description=split)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "split": split, **metrics}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
+                               models_dir=args.models_dir)
+    print(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``convserve-train`` and ``python -m training``."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=args.log_level.upper() if rank == 0 else "WARNING",
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    from training.config import ConfigError
+
+    try:
+        if args.command in ("train", "finetune"):
+            return _train(args, FINETUNE_DEFAULTS if args.command == "finetune" else None)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "export":
+            return _export(args)
+        from training.models import list_models
+
+        print("\n".join(list_models()))
+        return 0
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
