@@ -1,0 +1,126 @@
+"""``create_app``: the FastAPI application, its lifespan, middleware and routers.
+
+Models load in the lifespan, in a background thread, never at import: ``/healthz`` answers at once
+and ``/readyz`` says 503 until every model has loaded and answered its warm-up run. On shutdown
+(SIGTERM: uvicorn first finishes the requests it accepted) the batcher drains its queues.
+
+Every module in ``service/routes/`` that defines ``router`` is included, so a new resource is a
+new file there, with no change here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import pkgutil
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import APIRouter, FastAPI
+
+import service.routes
+from service.batching import Batcher
+from service.errors import register_error_handlers
+from service.metrics import Metrics
+from service.middleware import ApiKeyAuth, BodyLimit, RequestLog
+from service.repository import ModelRepository, ScanResult
+from service.settings import Settings, load_settings
+
+logger = logging.getLogger("convserve.app")
+
+
+async def reload_models(app: FastAPI) -> ScanResult:
+    """Scan ``models_dir`` once (in a thread), update metrics, retire removed versions."""
+    state = app.state
+    async with state.reload_lock:
+        result = await asyncio.to_thread(state.repository.scan)
+        metrics: Metrics = state.metrics
+        for version in result.added:
+            metrics.model_loaded(version.name, version.version, version.task,
+                                 version.providers[0], version.load_seconds)
+        for version in result.removed:
+            metrics.model_unloaded(version.name, version.version)
+            if state.batcher is not None:
+                await state.batcher.retire(version)  # what is queued still finishes
+        return result
+
+
+async def _initial_load(app: FastAPI) -> None:
+    try:
+        result = await reload_models(app)
+    except Exception:
+        logger.exception("loading the models failed; /readyz stays 503")
+        return
+    if result.failed:
+        logger.error("not ready: %d model version(s) failed to load: %s", len(result.failed),
+                     "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
+    else:
+        logger.info("ready: %d model version(s) loaded", len(app.state.repository.all_versions()))
+
+
+async def _poll(app: FastAPI, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await reload_models(app)
+        except Exception:
+            logger.exception("polling %s for new models failed", app.state.settings.models_dir)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the batcher and decode pool, load the models in the background; drain on exit."""
+    settings: Settings = app.state.settings
+    app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+    app.state.batcher = Batcher(
+        max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
+        max_queue_size=settings.max_queue_size, retry_after_s=settings.retry_after_s,
+        metrics=app.state.metrics)
+    tasks = [asyncio.create_task(_initial_load(app), name="load-models")]
+    if settings.reload_interval_s > 0:
+        tasks.append(asyncio.create_task(_poll(app, settings.reload_interval_s), name="poll"))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        batcher, pool = app.state.batcher, app.state.decode_pool
+        await batcher.close()  # finishes every queued input
+        app.state.batcher = app.state.decode_pool = None
+        pool.shutdown(wait=True)
+        logger.info("stopped: queues drained")
+
+
+def discover_routers() -> list[APIRouter]:
+    """The ``router`` of every module in ``service/routes/``, by module name."""
+    routers = []
+    for info in sorted(pkgutil.iter_modules(service.routes.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"service.routes.{info.name}")
+        router = getattr(module, "router", None)
+        if isinstance(router, APIRouter):
+            routers.append(router)
+    return routers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application. ``settings`` default to :func:`load_settings` (the environment)."""
+    settings = settings or load_settings()
+    app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan,
+                  description="CNN image classification served by ONNX Runtime")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.repository = ModelRepository(settings)
+    app.state.batcher = None
+    app.state.decode_pool = None
+    app.state.reload_lock = asyncio.Lock()
+    register_error_handlers(app)
+    for router in discover_routers():
+        app.include_router(router)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyAuth, api_key=key)
+    app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost
+    return app

@@ -1,0 +1,95 @@
+"""``convserve``: the command line. ``convserve serve`` runs the HTTP service under uvicorn.
+
+Subcommands register themselves in :data:`COMMANDS`: a name -> (help, add_arguments, run)
+triple. Another module adds one with :func:`add_command` (``service/predict.py`` adds
+``convserve predict`` this way, imported in :func:`_load_commands`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from service.errors import SettingsError
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
+# Modules that may add subcommands; missing ones are skipped.
+PLUGIN_MODULES = ("service.predict",)
+
+
+def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run) -> None:
+    """Register ``convserve <name>``."""
+    COMMANDS[name] = (help_text, add_arguments, run)
+
+
+def configure_logging(level: str) -> None:
+    """One line per record: time, level, logger, message (access lines are JSON)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="interface to bind (CONVSERVE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (CONVSERVE_PORT, default 8000)")
+    parser.add_argument("--models", type=Path,
+                        help="models directory (CONVSERVE_MODELS_DIR, default ./models)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    overrides = {key: value for key, value in
+                 (("host", args.host), ("port", args.port), ("models_dir", args.models))
+                 if value is not None}
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, loop="auto", http="auto",
+                timeout_graceful_shutdown=int(settings.graceful_shutdown_s))
+    return 0
+
+
+add_command("serve", "run the HTTP service", _serve_arguments, _serve)
+
+
+def _load_commands() -> None:
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    _load_commands()
+    parser = argparse.ArgumentParser(prog="convserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``convserve`` and ``python -m service``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except SettingsError as exc:
+        print(f"convserve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

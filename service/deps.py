@@ -1,0 +1,51 @@
+"""``Annotated`` dependency aliases: what a route needs from the app, typed.
+
+Routes declare ``repository: RepositoryDep`` and so on; everything lives in ``app.state``, set up
+by :func:`service.app.create_app` and its lifespan.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batching import Batcher
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_repository(request: Request) -> ModelRepository:
+    return request.app.state.repository
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_batcher(request: Request) -> Batcher:
+    batcher = request.app.state.batcher
+    if batcher is None:
+        raise NotReady("the service is starting or stopping; retry in a moment")
+    return batcher
+
+
+def get_decode_pool(request: Request) -> Executor:
+    pool = request.app.state.decode_pool
+    if pool is None:
+        raise NotReady("the service is starting or stopping; retry in a moment")
+    return pool
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+DecodePoolDep = Annotated[Executor, Depends(get_decode_pool)]

@@ -1,0 +1,223 @@
+"""Decode image bytes into the uint8 ``[H, W, C]`` array a model's ``image`` input wants.
+
+The format comes from the bytes (magic numbers), never from a file name or declared type. The
+pixel count is read from the header and checked *before* decoding, so decompression bombs are
+refused without being decoded. Big JPEGs are decoded at a reduced scale (Pillow's draft mode:
+libjpeg's DCT scaling) when the model needs far fewer pixels; then EXIF orientation, conversion
+to grey or RGB (alpha composited on white), and the resize ``model.json`` asks for.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+# Formats we read, by magic number -> Pillow's format name.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"WEBP", 8, "WEBP"),
+)
+SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+
+# Formats we recognise but do not read (Pillow does not identify all of them).
+_FOREIGN: tuple[tuple[bytes, int, str], ...] = (
+    (b"%PDF", 0, "PDF"), (b"<svg", 0, "SVG"), (b"<?xml", 0, "SVG/XML"),
+    (b"ftypheic", 4, "HEIC"), (b"ftypheix", 4, "HEIC"), (b"ftypmif1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"), (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"), (b"\xff\x0a", 0, "JPEG XL"),
+    (b"8BPS", 0, "PSD"), (b"\x00\x00\x01\x00", 0, "ICO"), (b"\x00\x00\x02\x00", 0, "CUR"),
+)
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "area": Image.Resampling.BOX,
+}
+RESIZE_METHODS = ("stretch", "shorter-side-center-crop")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's ``image`` input wants: ``model.json``'s ``input`` object."""
+
+    height: int
+    width: int
+    channels: int  # 1 (grey) or 3 (RGB)
+    method: str = "stretch"  # one of RESIZE_METHODS
+    shorter_side: int | None = None  # for shorter-side-center-crop
+    interpolation: str = "bilinear"  # a key of _RESAMPLE
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> InputSpec:
+        """Parse and check ``model.json``'s ``input``.
+
+        Raises:
+            ValueError: naming the field to fix.
+        """
+        resize = spec.get("resize") or {}
+        made = cls(height=int(spec["height"]), width=int(spec["width"]),
+                   channels=int(spec.get("channels", 3)),
+                   method=str(resize.get("method", "stretch")),
+                   shorter_side=resize.get("shorter_side"),
+                   interpolation=str(resize.get("interpolation", "bilinear")))
+        if made.channels not in (1, 3):
+            raise ValueError(f"input.channels must be 1 or 3, not {made.channels}")
+        if made.method not in RESIZE_METHODS:
+            raise ValueError(f"input.resize.method must be one of {RESIZE_METHODS}")
+        if made.interpolation not in _RESAMPLE:
+            raise ValueError(f"input.resize.interpolation must be one of {sorted(_RESAMPLE)}")
+        if made.method == "shorter-side-center-crop" and not made.shorter_side:
+            raise ValueError("input.resize.shorter_side is required for shorter-side-center-crop")
+        return made
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model-ready array and how long each stage took."""
+
+    array: np.ndarray  # uint8 [H, W, C]
+    decode_s: float  # sniff, header, decode, orientation, mode conversion
+    preprocess_s: float  # resize/crop to the model's input
+
+
+def sniff(data: bytes) -> str:
+    """Pillow's name for the image format of ``data``.
+
+    Raises:
+        UnsupportedMediaType: a real format we do not read.
+        InvalidImage: bytes that are no image at all.
+    """
+    for magic, offset, name in _SIGNATURES:
+        if data[offset:offset + len(magic)] == magic:
+            if name == "WEBP" and data[:4] != b"RIFF":
+                continue
+            return name
+    head = data[:64].lstrip()
+    for magic, offset, name in _FOREIGN:
+        if head[offset:offset + len(magic)] == magic or (name == "SVG" and b"<svg" in data[:512]):
+            raise UnsupportedMediaType(f"{name} is not an image format this service reads; "
+                                       f"send {SUPPORTED}")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            other = probe.format
+    except Exception:
+        other = None
+    if other:
+        raise UnsupportedMediaType(f"{other} images are not supported; send {SUPPORTED}")
+    raise InvalidImage(f"the data is not a decodable image ({len(data)} bytes); send {SUPPORTED}")
+
+
+def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has too many pixels: {exc}") from None
+    except Exception as exc:
+        raise InvalidImage(f"the {fmt} header cannot be read ({exc}); the file is corrupt "
+                           "or truncated") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"the image is {width}x{height} = {width * height} pixels, more than "
+                            f"the limit of {max_pixels}; scale it down before sending")
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image is {width}x{height}: empty")
+    return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def _needed_size(size: tuple[int, int], spec: InputSpec, swap: bool) -> tuple[int, int]:
+    """The smallest decoded (width, height) the resize still needs at full quality."""
+    width, height = (size[1], size[0]) if swap else size
+    if spec.method == "shorter-side-center-crop":
+        scale = max(spec.shorter_side or 0, spec.height, spec.width) / min(width, height)
+        need = (math.ceil(width * scale), math.ceil(height * scale))
+    else:
+        need = (spec.width, spec.height)
+    return (need[1], need[0]) if swap else need
+
+
+def _to_mode(image: Image.Image, channels: int) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    target = "L" if channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
+    resample = _RESAMPLE[spec.interpolation]
+    width, height = image.size
+    if spec.method == "stretch":
+        if (width, height) == (spec.width, spec.height):
+            return image
+        return image.resize((spec.width, spec.height), resample)
+    # Shorter side to `shorter_side`, centre crop height x width: one resample of the crop box.
+    side = spec.shorter_side or min(spec.width, spec.height)
+    resized_w, resized_h = (
+        (side, int(side * height / width)) if width <= height
+        else (int(side * width / height), side))
+    left = round((resized_w - spec.width) / 2) if resized_w >= spec.width else 0
+    top = round((resized_h - spec.height) / 2) if resized_h >= spec.height else 0
+    scale_x, scale_y = width / resized_w, height / resized_h
+    box = (left * scale_x, top * scale_y, (left + spec.width) * scale_x,
+           (top + spec.height) * scale_y)
+    return image.resize((spec.width, spec.height), resample, box=box)
+
+
+def prepare(data: bytes, spec: InputSpec, max_pixels: int) -> Prepared:
+    """Decode ``data`` and turn it into the model's input, timing decode and preprocessing.
+
+    Raises:
+        InvalidImage: corrupt or truncated bytes (HTTP 400).
+        ImageTooLarge: more pixels than ``max_pixels``, refused before decoding (HTTP 413).
+        UnsupportedMediaType: a format we do not read (HTTP 415).
+    """
+    start = time.perf_counter()
+    fmt = sniff(data)
+    image = _open(data, fmt, max_pixels)
+    orientation = _orientation(image)
+    if fmt == "JPEG":
+        need = _needed_size(image.size, spec, swap=orientation in (5, 6, 7, 8))
+        image.draft("L" if spec.channels == 1 else "RGB", need)
+    try:
+        image.load()  # GIF, TIFF: the first frame
+    except Exception as exc:
+        raise InvalidImage(f"the {fmt} data cannot be decoded ({exc}); the file is corrupt or "
+                           "truncated") from None
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    image = _to_mode(image, spec.channels)
+    decoded = time.perf_counter()
+    image = _resize(image, spec)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return Prepared(array=array, decode_s=decoded - start,
+                    preprocess_s=time.perf_counter() - decoded)

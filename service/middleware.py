@@ -1,0 +1,159 @@
+"""Pure ASGI middleware: request id, one structured log line, metrics, API key, body limit.
+
+Order, outermost first: :class:`RequestLog` (so even a 401 or 413 is logged, counted and carries
+its ``X-Request-ID``; it is also the last line of defence that turns an unexpected exception into
+the generic 500), :class:`ApiKeyAuth`, :class:`BodyLimit`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, error_response
+from service.metrics import Metrics
+
+access_log = logging.getLogger("convserve.access")
+logger = logging.getLogger("convserve.errors")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Paths any caller may reach without the API key: probes and scrapers.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PREFIXES = ("/v2/health/",)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestLog:
+    """Gives each request an id (``X-Request-ID``), logs one JSON line and counts it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            logger.error("unhandled error on %s %s (request %s)", scope.get("method"),
+                         scope.get("path"), request_id, exc_info=exc)
+            if not started:
+                response = error_response(
+                    "internal_error",
+                    f"internal server error; quote request id {request_id} when reporting", 500)
+                await response(scope, receive, send_with_id)
+        finally:
+            self._record(scope, request_id, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        self.metrics.requests.labels(template, method, str(status)).inc()
+        self.metrics.request_duration.labels(template).observe(seconds)
+        state: dict[str, Any] = scope.get("state", {})
+        line = {"event": "request", "request_id": request_id, "method": method,
+                "path": scope.get("path"), "route": template, "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "client": (scope.get("client") or ("-",))[0]}
+        for key in ("model", "version", "images"):
+            if key in state:
+                line[key] = state[key]
+        access_log.info(json.dumps(line))
+
+
+class ApiKeyAuth:
+    """Requires ``Authorization: Bearer <key>`` on every path but the public ones."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (self.expected is None or scope["type"] != "http" or path in PUBLIC_PATHS
+                or path.startswith(PUBLIC_PREFIXES)):
+            await self.app(scope, receive, send)
+            return
+        given = (_header(scope, b"authorization") or "").encode("latin-1")
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        message = ("missing API key: send 'Authorization: Bearer <key>'" if not given
+                   else "wrong API key: check the key in 'Authorization: Bearer <key>'")
+        response = error_response("unauthorized", message, 401, {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_bytes``: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self, size: str) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is {size} bytes, more than the limit of "
+                               f"{self.max_bytes} (CONVSERVE_MAX_BODY_BYTES); send smaller or "
+                               "fewer images")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            exc = self._error(declared)
+            response = error_response(exc.code, exc.message, exc.status_code,
+                                      {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error(f"over {received}")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def request_id(request: Request) -> str:
+    """The id :class:`RequestLog` gave this request."""
+    return str(getattr(request.state, "request_id", "-"))

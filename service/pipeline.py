@@ -1,0 +1,119 @@
+"""The request-side steps routes share: read uploads, decode them in the pool, classify.
+
+Routes that run images through a model (``classify``, and the face and Open Inference Protocol
+routes built on top) use these steps so that limits, errors and metrics behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.batching import Batcher
+from service.errors import InvalidParameter, ServiceError, UnsupportedMediaType
+from service.imaging import SUPPORTED, InputSpec, Prepared, prepare
+from service.metrics import Metrics
+from service.repository import ModelVersion
+from service.schemas import ImageResult, Prediction
+
+FILE_FIELD = "file"
+NO_FILE = (f"no image: send one or more multipart/form-data fields named '{FILE_FIELD}', or one "
+           "image as the raw body with an image/* content type")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image as received."""
+
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(request: Request, max_files: int) -> list[Upload]:
+    """The images of a request: multipart ``file`` fields, or the raw body.
+
+    Raises:
+        InvalidParameter: no image, an empty one, or more than ``max_files`` (HTTP 422).
+        UnsupportedMediaType: a content type that is neither multipart nor an image (HTTP 415).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+        fields = form.getlist(FILE_FIELD)
+        if len(fields) > max_files:
+            raise InvalidParameter(f"too many images: at most {max_files} per request "
+                                   "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
+        uploads = []
+        for field in fields:
+            if isinstance(field, UploadFile):
+                uploads.append(Upload(field.filename, await field.read()))
+            else:
+                raise InvalidParameter(f"field '{FILE_FIELD}' must be a file upload, not text")
+    elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        body = await request.body()
+        uploads = [Upload(None, body)] if body else []
+    elif content_type in ("", "application/x-www-form-urlencoded"):
+        uploads = []
+    else:
+        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted: send "
+                                   f"multipart/form-data or a raw image ({SUPPORTED})")
+    if not uploads:
+        raise InvalidParameter(NO_FILE)
+    for position, upload in enumerate(uploads, 1):
+        if not upload.data:
+            raise InvalidParameter(f"image {_name(position, upload)} is empty")
+    return uploads
+
+
+def _name(position: int, upload: Upload) -> str:
+    return f"#{position}" + (f" ({upload.filename!r})" if upload.filename else "")
+
+
+async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor,
+                          max_pixels: int, metrics: Metrics | None = None,
+                          labels: tuple[str, str] | None = None) -> list[np.ndarray]:
+    """Decode and resize every upload in parallel in ``pool``, in order.
+
+    Raises:
+        ServiceError: the first failing image's error, its message naming the image.
+    """
+    loop = asyncio.get_running_loop()
+    jobs = [loop.run_in_executor(pool, prepare, up.data, spec, max_pixels) for up in uploads]
+    done = await asyncio.gather(*jobs, return_exceptions=True)
+    arrays = []
+    for position, (upload, outcome) in enumerate(zip(uploads, done, strict=True), 1):
+        if isinstance(outcome, ServiceError):
+            if len(uploads) > 1:
+                outcome.message = f"image {_name(position, upload)}: {outcome.message}"
+            raise outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, Prepared)
+        if metrics is not None and labels is not None:
+            metrics.decode.labels(*labels).observe(outcome.decode_s)
+            metrics.preprocess.labels(*labels).observe(outcome.preprocess_s)
+        arrays.append(outcome.array)
+    return arrays
+
+
+def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
+    """The ``k`` best classes of one output row, highest score first."""
+    k = min(k, probabilities.shape[-1])
+    best = np.argpartition(-probabilities, k - 1)[:k]
+    best = best[np.argsort(-probabilities[best], kind="stable")]
+    return [Prediction(label=labels[i] if i < len(labels) else str(i), index=int(i),
+                       score=float(probabilities[i])) for i in best]
+
+
+async def classify(version: ModelVersion, arrays: list[np.ndarray], uploads: list[Upload],
+                   batcher: Batcher, k: int) -> list[ImageResult]:
+    """Submit every array to the batcher and turn each output row into top-k predictions."""
+    rows = await asyncio.gather(*(batcher.submit(version, array) for array in arrays))
+    labels = version.labels
+    return [ImageResult(filename=upload.filename, predictions=top_k(row, labels, k))
+            for upload, row in zip(uploads, rows, strict=True)]

@@ -1,0 +1,251 @@
+"""The model repository: ``models/<name>/<version>/`` directories -> loaded, warmed-up versions.
+
+A :class:`ModelVersion` is immutable once loaded. Routes take a reference to one and keep it for
+the whole request, so a reload that adds or removes versions never changes the version a request
+in flight runs on. Names from URLs are checked against :data:`NAME_RE` and only ever used as
+dictionary keys, never as paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import (
+    ModelNotFound,
+    NotReady,
+    UnsupportedTask,
+    VersionNotFound,
+)
+from service.imaging import InputSpec
+from service.runtime import Session, create_session, warn_missing_providers
+from service.settings import Settings
+
+logger = logging.getLogger("convserve.repository")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+CLASSIFIER_TASKS = ("classification", "expression")
+DETECTOR_TASK = "face-detection"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One loaded version of a model: its ``model.json``, ONNX sessions and input spec."""
+
+    name: str
+    version: int
+    path: Path
+    meta: dict[str, Any]
+    sessions: dict[str, Session]  # "model" for single-graph models, else model.json's `files` keys
+    input: InputSpec | None  # None for detectors whose input is not one image tensor
+    load_seconds: float = 0.0
+    stamp: int = 0  # model.json's mtime_ns when loaded
+    input_name: str = "image"
+    output_name: str = "probabilities"
+
+    @property
+    def key(self) -> str:
+        """``name/version``: a unique, stable label."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def task(self) -> str:
+        return str(self.meta.get("task", "classification"))
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.meta.get("labels", [])]
+
+    @property
+    def session(self) -> Session:
+        """The single graph of a classifier."""
+        return self.sessions["model"]
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use, main one first."""
+        seen: dict[str, None] = {}
+        for session in self.sessions.values():
+            seen.update(dict.fromkeys(session.providers))
+        return list(seen)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run a stacked ``[N, H, W, C]`` batch; returns ``[N, num_classes]`` probabilities."""
+        return self.session.run({self.input_name: batch}, [self.output_name])[0]
+
+    def require_classifier(self) -> None:
+        """Raises UnsupportedTask unless this version classifies whole images."""
+        if self.task not in CLASSIFIER_TASKS or self.input is None:
+            raise UnsupportedTask(
+                f"model {self.name!r} is a {self.task} model and cannot classify images; "
+                "use a classification model (GET /v1/models lists them)"
+                + ("; faces go to POST /v1/expressions" if self.task == DETECTOR_TASK else ""))
+
+
+@dataclass
+class ScanResult:
+    """What one scan of ``models_dir`` changed."""
+
+    added: list[ModelVersion] = field(default_factory=list)
+    removed: list[ModelVersion] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # "name/version" -> reason
+
+
+def _load_version(name: str, version: int, path: Path, settings: Settings) -> ModelVersion:
+    start = time.perf_counter()
+    meta_path = path / "model.json"
+    stamp = meta_path.stat().st_mtime_ns
+    meta = json.loads(meta_path.read_text())
+    files = meta.get("files") or {"model": "model.onnx"}
+    sessions = {}
+    for key, filename in files.items():
+        graph = path / Path(str(filename)).name  # never leave the version directory
+        if not graph.is_file():
+            raise FileNotFoundError(f"{graph} is missing (named in model.json)")
+        sessions[str(key)] = create_session(graph, settings)
+    task = str(meta.get("task", "classification"))
+    spec = None
+    if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
+        spec = InputSpec.from_json(meta.get("input") or {})
+    loaded = ModelVersion(
+        name=name, version=version, path=path, meta=meta, sessions=sessions, input=spec,
+        stamp=stamp, input_name=str((meta.get("input") or {}).get("name", "image")),
+        output_name=str((meta.get("output") or {}).get("name", "probabilities")))
+    if settings.warmup:
+        _warm_up(loaded)
+    loaded.load_seconds = time.perf_counter() - start
+    return loaded
+
+
+def _warm_up(loaded: ModelVersion) -> None:
+    """Run each graph once; for classifiers also check the output against the labels."""
+    if loaded.task == DETECTOR_TASK or loaded.input is None:
+        for session in loaded.sessions.values():
+            session.run(session.zeros_feed())
+        return
+    spec = loaded.input
+    out = loaded.infer(np.zeros((1, spec.height, spec.width, spec.channels), np.uint8))
+    if out.ndim != 2 or (loaded.labels and out.shape[1] != len(loaded.labels)):
+        raise ValueError(f"output {loaded.output_name!r} has shape {list(out.shape)} but "
+                         f"model.json lists {len(loaded.labels)} labels")
+
+
+def discover(root: Path) -> dict[tuple[str, int], Path]:
+    """Complete version directories under ``root`` (those with a ``model.json``)."""
+    found: dict[tuple[str, int], Path] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
+        if not NAME_RE.match(model_dir.name):
+            logger.warning("skipping %s: model names are lower-case letters, digits and '-'",
+                           model_dir)
+            continue
+        for version_dir in model_dir.iterdir():
+            if (version_dir.is_dir() and VERSION_RE.match(version_dir.name)
+                    and (version_dir / "model.json").is_file()):
+                found[(model_dir.name, int(version_dir.name))] = version_dir
+    return found
+
+
+class ModelRepository:
+    """Every loaded model version, reloadable while the service runs. Thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._versions: dict[tuple[str, int], ModelVersion] = {}
+        self.failures: dict[str, str] = {}
+        self.loaded = False  # True once the first scan has finished
+        self._scan_lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """The first scan is done and every version loaded and answered its warm-up run."""
+        return self.loaded and not self.failures
+
+    def scan(self) -> ScanResult:
+        """Load new or changed versions and drop vanished ones. Blocking: call from a thread."""
+        with self._scan_lock:
+            result = ScanResult()
+            found = discover(self.settings.models_dir)
+            current = dict(self._versions)
+            for key in [k for k in current if k not in found]:
+                result.removed.append(current.pop(key))
+            for (name, version), path in sorted(found.items()):
+                existing = current.get((name, version))
+                stamp = (path / "model.json").stat().st_mtime_ns
+                if existing is not None and existing.stamp == stamp:
+                    continue
+                try:
+                    loaded = _load_version(name, version, path, self.settings)
+                except Exception as exc:
+                    result.failed[f"{name}/{version}"] = f"{type(exc).__name__}: {exc}"
+                    logger.error("model %s/%s failed to load: %s", name, version, exc)
+                    continue
+                if existing is not None:
+                    result.removed.append(existing)
+                current[(name, version)] = loaded
+                result.added.append(loaded)
+                logger.info("loaded model %s version %s in %.2f s on %s", name, version,
+                            loaded.load_seconds, ", ".join(loaded.providers))
+            self._versions = current  # one assignment: readers see the old or the new dict
+            self.failures = result.failed
+            if result.added:
+                in_use = {p for v in current.values() for p in v.providers}
+                warn_missing_providers(list(self.settings.providers), in_use)
+            self.loaded = True
+            return result
+
+    def names(self) -> list[str]:
+        """Model names, sorted."""
+        return sorted({name for name, _ in self._versions})
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every loaded version of ``name``, newest first.
+
+        Raises:
+            ModelNotFound: no such model (or an invalid name).
+            NotReady: the first scan has not finished.
+        """
+        if not self.loaded:
+            raise NotReady("the models are still loading; retry when GET /readyz answers 200")
+        if not NAME_RE.match(name):
+            raise ModelNotFound(f"no model named {name!r}: names are lower-case letters, "
+                                "digits and '-'; GET /v1/models lists the models")
+        snapshot = self._versions
+        found = sorted((v for (n, _), v in snapshot.items() if n == name),
+                       key=lambda v: v.version, reverse=True)
+        if not found:
+            known = ", ".join(self.names()) or "none loaded"
+            raise ModelNotFound(f"no model named {name!r}; models: {known}")
+        return found
+
+    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """One version of ``name``: the highest when ``version`` is None.
+
+        Raises:
+            ModelNotFound, VersionNotFound, NotReady.
+        """
+        versions = self.versions(name)
+        if version is None:
+            return versions[0]
+        wanted = str(version)
+        for candidate in versions:
+            if str(candidate.version) == wanted:
+                return candidate
+        have = ", ".join(str(v.version) for v in versions)
+        raise VersionNotFound(f"model {name!r} has no version {wanted!r}; versions: {have}")
+
+    def all_versions(self) -> list[ModelVersion]:
+        """Every loaded version, by name then newest first."""
+        return sorted(self._versions.values(), key=lambda v: (v.name, -v.version))

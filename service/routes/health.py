@@ -1,0 +1,35 @@
+"""Probes and the Prometheus scrape endpoint (no API key needed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.deps import MetricsDep, RepositoryDep
+from service.errors import NotReady
+from service.metrics import CONTENT_TYPE
+from service.schemas import ErrorResponse, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="alive")
+
+
+@router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",
+            responses={503: {"model": ErrorResponse}})
+async def readyz(repository: RepositoryDep) -> Health:
+    if not repository.loaded:
+        raise NotReady("the models are still loading")
+    if repository.failures:
+        failed = "; ".join(f"{key}: {why}" for key, why in sorted(repository.failures.items()))
+        raise NotReady(f"model versions failed to load: {failed}. Fix or remove them, then "
+                       "POST /v1/repository/reload")
+    return Health(status="ready", models=[v.key for v in repository.all_versions()])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(registry: MetricsDep) -> Response:
+    return Response(registry.render(), media_type=CONTENT_TYPE)

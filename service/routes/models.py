@@ -1,0 +1,47 @@
+"""``GET /v1/models``: what is loaded, how, and on which execution provider."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import RepositoryDep
+from service.repository import ModelVersion
+from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
+
+router = APIRouter(prefix="/v1/models", tags=["models"],
+                   responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+
+
+def describe(version: ModelVersion) -> VersionInfo:
+    """The public description of one loaded version."""
+    meta = version.meta
+    labels = version.labels
+    return VersionInfo(
+        name=version.name, version=version.version, task=version.task, labels=labels,
+        num_classes=len(labels), input=dict(meta.get("input") or {}),
+        output=dict(meta.get("output") or {}), metrics=dict(meta.get("metrics") or {}),
+        provider=version.providers[0], providers=version.providers,
+        load_seconds=round(version.load_seconds, 4),
+        files={key: session.path.name for key, session in version.sessions.items()})
+
+
+def _model_info(versions: list[ModelVersion]) -> ModelInfo:
+    return ModelInfo(name=versions[0].name, default_version=versions[0].version,
+                     versions=[describe(v) for v in versions])
+
+
+@router.get("", response_model=ModelList, summary="Every model and its versions")
+async def list_models(repository: RepositoryDep) -> ModelList:
+    return ModelList(models=[_model_info(repository.versions(name))
+                             for name in repository.names()])
+
+
+@router.get("/{name}", response_model=ModelInfo, summary="One model and its versions")
+async def get_model(name: str, repository: RepositoryDep) -> ModelInfo:
+    return _model_info(repository.versions(name))
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionInfo,
+            summary="One version of a model")
+async def get_version(name: str, version: str, repository: RepositoryDep) -> VersionInfo:
+    return describe(repository.get(name, version))

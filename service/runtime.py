@@ -1,0 +1,100 @@
+"""ONNX Runtime sessions: options from the settings, and the providers actually in use.
+
+ONNX Runtime silently falls back from a GPU provider to the CPU when the GPU's libraries do not
+load. :func:`create_session` compares what was asked with what runs and logs a warning naming the
+provider that did not load, so an operator can see it (``GET /v1/models`` shows it too).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.settings import Settings
+
+logger = logging.getLogger("convserve.runtime")
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+_DTYPES = {
+    "tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(double)": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    """An ONNX Runtime session and the execution providers it really uses."""
+
+    path: Path
+    inner: ort.InferenceSession
+    providers: tuple[str, ...]  # in use, in order
+
+    @property
+    def provider(self) -> str:
+        """The main provider in use (the first one)."""
+        return self.providers[0]
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+            ) -> list[np.ndarray]:
+        """Run the graph; ``outputs`` defaults to all of them."""
+        return self.inner.run(outputs, inputs)
+
+    def zeros_feed(self, batch: int = 1, free_dim: int = 64) -> dict[str, np.ndarray]:
+        """Zero inputs for a warm-up run: dynamic batch axis -> ``batch``, other dynamic -> 64."""
+        feed = {}
+        for node in self.inner.get_inputs():
+            dims = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else free_dim)
+                    for i, d in enumerate(node.shape)]
+            feed[node.name] = np.zeros(dims, dtype=_DTYPES.get(node.type, np.float32))
+        return feed
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """Session options from the settings (threads, graph optimisation)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
+    options.log_severity_level = 3  # ORT warnings are noisy; ours say what matters
+    return options
+
+
+def create_session(path: Path, settings: Settings) -> Session:
+    """Load one ONNX graph with the configured providers (those this build of ORT has).
+
+    Raises:
+        onnxruntime's exceptions when the file is not a valid graph.
+    """
+    requested = list(settings.providers)
+    available = set(ort.get_available_providers())
+    usable = [p for p in requested if p in available]
+    if not usable:
+        usable = ["CPUExecutionProvider"]
+    inner = ort.InferenceSession(str(path), session_options(settings), providers=usable)
+    return Session(path=path, inner=inner, providers=tuple(inner.get_providers()))
+
+
+def warn_missing_providers(requested: list[str], in_use: set[str]) -> list[str]:
+    """Log one warning per requested provider (other than CPU) that no session uses.
+
+    Returns:
+        The providers that did not load.
+    """
+    missing = [p for p in requested if p != "CPUExecutionProvider" and p not in in_use]
+    for provider in missing:
+        logger.warning(
+            "execution provider %s was requested but did not load; running on %s. Install its "
+            "libraries (for CUDA: the CUDA and cuDNN versions onnxruntime-gpu needs) or drop it "
+            "from CONVSERVE_PROVIDERS to silence this warning",
+            provider, ", ".join(sorted(in_use)) or "CPUExecutionProvider")
+    return missing

@@ -1,0 +1,141 @@
+"""Fixtures shared by every test: real photos, and small classifiers exported in the models/ format.
+
+The small classifiers are real ONNX graphs in the documented format (uint8 NHWC ``image`` input,
+preprocessing inside the graph, softmax ``probabilities``) with random but fixed weights: enough
+to check the service's plumbing (order, orientation, colour conversion) against ONNX Runtime run
+directly. Tests that need meaningful answers use the shipped models under ``models/`` when they
+exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from training.assets import fetch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = REPO_ROOT / "models"
+
+
+def export_tiny_classifier(root: Path, name: str, version: int = 1, *, channels: int = 3,
+                           size: int = 32, num_classes: int = 10, seed: int = 0,
+                           resize: dict | None = None, task: str = "classification") -> Path:
+    """Write ``root/name/version/{model.onnx,model.json}``: a tiny CNN in the models/ format."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(channels, 8, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                nn.Linear(16 * (size // 4) ** 2, num_classes))
+            self.register_buffer("mean", torch.full((1, channels, 1, 1), 0.5))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = image.permute(0, 3, 1, 2).float() / 255.0 - self.mean
+            return torch.softmax(self.body(x * 4.0), dim=1)
+
+    directory = root / name / str(version)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx_path = directory / "model.onnx"
+    torch.onnx.export(Tiny().eval(), (torch.zeros(1, size, size, channels, dtype=torch.uint8),),
+                      str(onnx_path), input_names=["image"], output_names=["probabilities"],
+                      dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    meta = {
+        "name": name, "version": version, "task": task,
+        "labels": [f"{name}-class-{i}" for i in range(num_classes)],
+        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": size,
+                  "width": size, "channels": channels,
+                  "resize": resize or {"method": "stretch", "interpolation": "bilinear"}},
+        "output": {"name": "probabilities", "dtype": "float32"},
+        "preprocessing": {"scale": 1 / 255, "mean": [0.5] * channels, "std": [0.25] * channels,
+                          "whitening": None},
+        "metrics": {},
+        "provenance": {"source_weights": [], "config": None, "exporter": "tests/conftest.py"},
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+    }
+    (directory / "model.json.tmp").write_text(json.dumps(meta, indent=1))
+    (directory / "model.json.tmp").rename(directory / "model.json")
+    return directory
+
+
+def export_tiny_detector(root: Path, name: str = "tiny-faces", version: int = 1) -> Path:
+    """A ``face-detection`` model with a ``files`` map: loaded and listed, never classified."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(1)
+    directory = root / name / str(version)
+    directory.mkdir(parents=True, exist_ok=True)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softmax(dim=1)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 3, 12, 12),), str(directory / "pnet.onnx"),
+                      input_names=["input"], output_names=["prob"], opset_version=17,
+                      dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    meta = {"name": name, "version": version, "task": "face-detection", "labels": ["face"],
+            "files": {"pnet": "pnet.onnx"}, "input": {"name": "input", "dtype": "float32"},
+            "output": {"name": "prob", "dtype": "float32"}, "metrics": {},
+            "onnx_sha256": {"pnet.onnx": hashlib.sha256(
+                (directory / "pnet.onnx").read_bytes()).hexdigest()}}
+    (directory / "model.json").write_text(json.dumps(meta))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def photo() -> Callable[[str], bytes]:
+    """``photo("chelsea")``: the bytes of a real photo from training.assets."""
+    return lambda name: fetch(name).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def jpeg_640x480(photo: Callable[[str], bytes]) -> bytes:
+    """A real photo (skimage's chelsea) as a 640x480 JPEG."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(photo("chelsea"))).convert("RGB").resize((640, 480))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine models dir: tiny-rgb (v1, v2), tiny-grey, tiny-faces. Copy before changing."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    crop = {"method": "shorter-side-center-crop", "shorter_side": 36,
+            "interpolation": "bilinear"}
+    export_tiny_classifier(root, "tiny-rgb", 1, resize=crop, seed=0)
+    export_tiny_classifier(root, "tiny-rgb", 2, resize=crop, seed=1)
+    export_tiny_classifier(root, "tiny-grey", 1, channels=1, size=28, seed=2)
+    export_tiny_detector(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Callable[[str], Path]:
+    """``shipped_model("imagenet-mobilenetv2")``: its directory under models/, or skip."""
+
+    def find(name: str) -> Path:
+        directory = SHIPPED_MODELS / name
+        if not any(directory.glob("*/model.json")):
+            pytest.skip(f"models/{name} is not shipped yet")
+        return directory
+
+    return find
+
+
+def copy_models(source: Path, target: Path) -> Path:
+    """Copy a models tree (a test then changes its copy freely)."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
