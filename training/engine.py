@@ -8,6 +8,7 @@ data order is derived from ``(seed, epoch)`` alone (see :mod:`training.data.pipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -225,6 +226,27 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer, in order: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_ranks_agree(model: nn.Module, info: distributed.DistInfo) -> list[str]:
+    """Every rank's :func:`weights_digest`; raises if DDP left the ranks with different weights."""
+    digests = [weights_digest(model)]
+    if info.distributed:
+        digests = [""] * info.world_size
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
+        logger.info("all %d ranks hold the same weights (sha256 %s)", info.world_size,
+                    digests[0][:16])
+    return digests
+
+
 def _gather_rng(info: distributed.DistInfo) -> list[dict[str, Any]]:
     """Every rank's RNG states, in rank order (gathered to all ranks under DDP)."""
     if not info.distributed:
@@ -256,7 +278,7 @@ class _Run:
                 "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch,
                 "config": self.config.to_dict(), "preprocessing": self.preprocessing.state(),
                 "labels": self.labels, "history": self.history, "rng": rng,
-                "test_metrics": test}
+                "test_metrics": test, "world_size": self.info.world_size}
 
 
 def _setup(config: TrainConfig, info: distributed.DistInfo, resume: str | Path | None) -> _Run:
@@ -366,8 +388,11 @@ def _finish(run: _Run, out: Path, val: dict[str, Any] | None) -> dict[str, Any]:
             "images": val["images"], "top1": val["top1"], "top5": val["top5"],
             "loss": val["loss"], "confusion": val["confusion"]}
     rng = _gather_rng(info)
+    digests = _check_ranks_agree(run.model, info)
     if info.is_main:
-        save_checkpoint(out / CHECKPOINT, run.state(config.optim.epochs, rng, test))
+        state = run.state(config.optim.epochs, rng, test)
+        state["rank_weight_digests"] = digests
+        save_checkpoint(out / CHECKPOINT, state)
         (out / "metrics.json").write_text(json.dumps(test, indent=1))
         plot_curves(run.history, out / "curves.png")
         plot_confusion(test["confusion"], run.labels, out / "confusion.png",
