@@ -9,14 +9,19 @@ exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import shutil
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from training.assets import fetch
 
@@ -31,6 +36,8 @@ def export_tiny_classifier(root: Path, name: str, version: int = 1, *, channels:
     import torch
     from torch import nn
 
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
     torch.manual_seed(seed)
 
     class Tiny(nn.Module):
@@ -68,6 +75,39 @@ def export_tiny_classifier(root: Path, name: str, version: int = 1, *, channels:
     }
     (directory / "model.json.tmp").write_text(json.dumps(meta, indent=1))
     (directory / "model.json.tmp").rename(directory / "model.json")
+    return directory
+
+
+def export_layout_model(root: Path, name: str = "tiny-layout", version: int = 1) -> Path:
+    """A hand-built classifier of where an image is brightest: top, bottom, left or right half.
+
+    Its answer depends on orientation and nothing else, so it tells whether EXIF rotation was
+    applied.
+    """
+    import torch
+    from torch import nn
+
+    class Layout(nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            grey = image.float().mean(dim=3) / 255.0  # [N, H, W]
+            h, w = grey.shape[1] // 2, grey.shape[2] // 2
+            top, bottom = grey[:, :h].mean((1, 2)), grey[:, h:].mean((1, 2))
+            left, right = grey[:, :, :w].mean((1, 2)), grey[:, :, w:].mean((1, 2))
+            logits = torch.stack([top - bottom, bottom - top, left - right, right - left], 1)
+            return torch.softmax(logits * 20.0, dim=1)
+
+    directory = root / name / str(version)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(Layout(), (torch.zeros(1, 64, 64, 3, dtype=torch.uint8),),
+                      str(directory / "model.onnx"), input_names=["image"],
+                      output_names=["probabilities"], opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+    meta = {"name": name, "version": version, "task": "classification",
+            "labels": ["top", "bottom", "left", "right"],
+            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": 64,
+                      "width": 64, "channels": 3, "resize": {"method": "stretch"}},
+            "output": {"name": "probabilities", "dtype": "float32"}, "metrics": {}}
+    (directory / "model.json").write_text(json.dumps(meta))
     return directory
 
 
@@ -111,13 +151,14 @@ def jpeg_640x480(photo: Callable[[str], bytes]) -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pristine models dir: tiny-rgb (v1, v2), tiny-grey, tiny-faces. Copy before changing."""
+    """Tiny models: tiny-rgb (v1, v2), tiny-grey, tiny-layout, tiny-faces. Copy to change."""
     root = tmp_path_factory.mktemp("tiny-models")
     crop = {"method": "shorter-side-center-crop", "shorter_side": 36,
             "interpolation": "bilinear"}
     export_tiny_classifier(root, "tiny-rgb", 1, resize=crop, seed=0)
     export_tiny_classifier(root, "tiny-rgb", 2, resize=crop, seed=1)
     export_tiny_classifier(root, "tiny-grey", 1, channels=1, size=28, seed=2)
+    export_layout_model(root)
     export_tiny_detector(root)
     return root
 
@@ -139,3 +180,43 @@ def copy_models(source: Path, target: Path) -> Path:
     """Copy a models tree (a test then changes its copy freely)."""
     shutil.copytree(source, target, dirs_exist_ok=True)
     return target
+
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    """Poll ``/readyz`` until 200 (the lifespan loads models in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').json()}")
+
+
+MakeClient = Callable[..., contextlib.AbstractContextManager[TestClient]]
+
+
+@pytest.fixture(scope="session")
+def make_client() -> MakeClient:
+    """``with make_client(models_dir, **settings) as client``: a TestClient on a fresh app,
+    ready (``ready=False`` skips waiting). Providers default to the CPU."""
+    from service.app import create_app
+    from service.settings import load_settings
+
+    @contextlib.contextmanager
+    def make(models_dir: Path, ready: bool = True, **overrides: Any) -> Iterator[TestClient]:
+        overrides.setdefault("providers", "CPU")
+        settings = load_settings(models_dir=models_dir, **overrides)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            if ready:
+                wait_ready(client)
+            yield client
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_client(make_client: MakeClient, tiny_models: Path) -> Iterator[TestClient]:
+    """One ready TestClient over the tiny models, shared by read-only tests."""
+    with make_client(tiny_models) as client:
+        yield client

@@ -1,0 +1,181 @@
+"""POST /v1/models/{name}/classify against real exported models and real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.imaging import InputSpec, prepare
+
+PHOTOS = ("chelsea", "rocket", "coffee")
+
+
+def _direct(models: Path, name: str, data: bytes, version: int = 1) -> np.ndarray:
+    """The model's probabilities, computed without the service (ORT on prepare's output)."""
+    directory = models / name / str(version)
+    spec = InputSpec.from_json(json.loads((directory / "model.json").read_text())["input"])
+    session = ort.InferenceSession(str(directory / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    array = prepare(data, spec, 10**9).array[None]
+    return session.run(["probabilities"], {"image": array})[0][0]
+
+
+def _scores(result: dict) -> dict[int, float]:
+    return {p["index"]: p["score"] for p in result["predictions"]}
+
+
+def _png(image: Image.Image, **kwargs: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", **kwargs)
+    return out.getvalue()
+
+
+def _jpeg(image: Image.Image, **kwargs: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95, **kwargs)
+    return out.getvalue()
+
+
+def test_several_images_answered_in_order(tiny_client: TestClient, tiny_models: Path,
+                                          photo: Callable[[str], bytes]) -> None:
+    files = [("file", (f"{name}.img", photo(name))) for name in PHOTOS]
+    response = tiny_client.post("/v1/models/tiny-rgb/classify", files=files,
+                                params={"top_k": 10})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"]) == ("tiny-rgb", 2)  # the highest version
+    assert [r["filename"] for r in body["results"]] == [f"{n}.img" for n in PHOTOS]
+    for name, result in zip(PHOTOS, body["results"], strict=True):
+        expected = _direct(tiny_models, "tiny-rgb", photo(name), version=2)
+        scores = [p["score"] for p in result["predictions"]]
+        assert scores == sorted(scores, reverse=True)
+        assert [p["index"] for p in result["predictions"]] == list(np.argsort(-expected))
+        np.testing.assert_allclose(scores, np.sort(expected)[::-1], atol=1e-5)
+        assert all(p["label"] == f"tiny-rgb-class-{p['index']}" for p in result["predictions"])
+    firsts = [json.dumps(r["predictions"]) for r in body["results"]]
+    assert len(set(firsts)) == len(PHOTOS)  # different photos, different answers
+
+
+def test_raw_body_upload(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
+    data = photo("rocket")
+    raw = tiny_client.post("/v1/models/tiny-rgb/classify", content=data,
+                           headers={"Content-Type": "image/jpeg"}, params={"top_k": 3})
+    multipart = tiny_client.post("/v1/models/tiny-rgb/classify", params={"top_k": 3},
+                                 files={"file": ("rocket.jpg", data)})
+    assert raw.status_code == 200, raw.text
+    (result,) = raw.json()["results"]
+    assert result["filename"] is None
+    assert len(result["predictions"]) == 3
+    assert result["predictions"] == multipart.json()["results"][0]["predictions"]
+
+
+def test_declared_type_is_ignored(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
+    """A PNG sent as image/jpeg named .gif still decodes: the bytes decide."""
+    data = photo("chelsea")
+    lying = tiny_client.post("/v1/models/tiny-rgb/classify",
+                             files={"file": ("cat.gif", data, "image/jpeg")})
+    honest = tiny_client.post("/v1/models/tiny-rgb/classify",
+                              files={"file": ("cat.png", data, "image/png")})
+    assert lying.status_code == 200
+    assert lying.json()["results"][0]["predictions"] == honest.json()["results"][0]["predictions"]
+
+
+def test_explicit_version(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
+    data = photo("coffee")
+    answers = {}
+    for version in (1, 2):
+        response = tiny_client.post(f"/v1/models/tiny-rgb/versions/{version}/classify",
+                                    files={"file": ("coffee.png", data)})
+        assert response.status_code == 200
+        assert response.json()["version"] == version
+        answers[version] = response.json()["results"][0]["predictions"]
+    assert answers[1] != answers[2]  # different weights, different answers
+
+
+def test_exif_rotated_photo_is_turned_upright(tiny_client: TestClient,
+                                              photo: Callable[[str], bytes]) -> None:
+    upright = Image.open(io.BytesIO(photo("china"))).convert("RGB")  # sky at the top
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    answers = {}
+    for case, data in {"upright": _jpeg(upright), "tagged": _jpeg(stored, exif=exif.tobytes()),
+                       "untagged": _jpeg(stored)}.items():
+        response = tiny_client.post("/v1/models/tiny-layout/classify",
+                                    files={"file": (f"{case}.jpg", data)}, params={"top_k": 1})
+        assert response.status_code == 200, response.text
+        answers[case] = response.json()["results"][0]["predictions"][0]["label"]
+    assert answers == {"upright": "top", "tagged": "top", "untagged": "left"}
+
+
+def test_grey_png_on_an_rgb_model(tiny_client: TestClient, tiny_models: Path,
+                                  photo: Callable[[str], bytes]) -> None:
+    grey = Image.open(io.BytesIO(photo("astronaut"))).convert("L")
+    assert grey.mode == "L"
+    as_grey = tiny_client.post("/v1/models/tiny-rgb/classify",
+                               files={"file": ("g.png", _png(grey))})
+    as_rgb = tiny_client.post("/v1/models/tiny-rgb/classify",
+                              files={"file": ("rgb.png", _png(grey.convert("RGB")))})
+    assert as_grey.status_code == 200, as_grey.text
+    assert as_grey.json()["results"] == [{**as_rgb.json()["results"][0], "filename": "g.png"}]
+
+
+def _classify_png(client: TestClient, data: bytes) -> list[dict]:
+    response = client.post("/v1/models/tiny-rgb/classify", files={"file": ("x.png", data)},
+                           params={"top_k": 10})
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]["predictions"]
+
+
+def test_rgba_png(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
+    data = photo("rgba-png")  # a real RGBA PNG (opaque alpha)
+    rgba = Image.open(io.BytesIO(data))
+    assert rgba.mode == "RGBA"
+    assert _classify_png(tiny_client, data) == _classify_png(tiny_client,
+                                                              _png(rgba.convert("RGB")))
+
+
+def test_transparent_pixels_are_composited_on_white(tiny_client: TestClient,
+                                                    photo: Callable[[str], bytes]) -> None:
+    rgb = Image.open(io.BytesIO(photo("chelsea"))).convert("RGB")
+    alpha = np.tile(np.linspace(0, 255, rgb.width, dtype=np.uint8), (rgb.height, 1))
+    rgba = rgb.copy()
+    rgba.putalpha(Image.fromarray(alpha, "L"))  # transparent on the left, opaque on the right
+    white = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    got = _classify_png(tiny_client, _png(rgba))
+    on_white = _classify_png(tiny_client, _png(white))
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in on_white],
+                               atol=1e-6)
+    assert [p["index"] for p in got] == [p["index"] for p in on_white]
+    assert got != _classify_png(tiny_client, _png(rgb))  # alpha was not just dropped
+
+
+@pytest.mark.parametrize("name", ["face-bw", "chelsea"])
+def test_colour_and_grey_photos_on_a_grey_model(tiny_client: TestClient, tiny_models: Path,
+                                               photo: Callable[[str], bytes], name: str) -> None:
+    response = tiny_client.post("/v1/models/tiny-grey/classify",
+                                files={"file": (name, photo(name))}, params={"top_k": 10})
+    assert response.status_code == 200, response.text
+    expected = _direct(tiny_models, "tiny-grey", photo(name))
+    got = {p["index"]: p["score"] for p in response.json()["results"][0]["predictions"]}
+    np.testing.assert_allclose([got[i] for i in range(10)], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "GIF", "TIFF"])
+def test_every_supported_format(tiny_client: TestClient, photo: Callable[[str], bytes],
+                                fmt: str) -> None:
+    image = Image.open(io.BytesIO(photo("coffee"))).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    response = tiny_client.post("/v1/models/tiny-rgb/classify",
+                                files={"file": (f"coffee.{fmt.lower()}", out.getvalue())})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"][0]["predictions"]) == 5
