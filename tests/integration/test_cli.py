@@ -1,0 +1,70 @@
+"""The convserve-train CLI end to end: --help, a tiny train run with --set, evaluate, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "evaluate", "export"])
+def test_every_subcommand_explains_itself(command: str) -> None:
+    result = _cli(command, "--help")
+    assert result.returncode == 0 and f"convserve-train {command}" in result.stdout
+    if command in ("train", "finetune"):
+        assert "--set KEY=VALUE" in result.stdout and "optim.{epochs" in result.stdout
+
+
+def test_top_level_help_lists_commands_and_examples() -> None:
+    result = _cli("--help")
+    assert result.returncode == 0
+    for word in ("train", "finetune", "evaluate", "export", "--set", "torchrun"):
+        assert word in result.stdout
+
+
+def test_train_then_evaluate_through_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _cli("train", "--config", "training/configs/mnist-lenet5.yaml",
+                  "--set", "data.train_limit=1000", "--set", "data.eval_limit=300",
+                  "--set", "optim.epochs=2", "--set", "optim.batch_size=50",
+                  "--set", "device=cpu", "--set", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["images"] == 300 and printed["top1"] > 0.5
+    for name in ("checkpoint.pt", "config.yaml", "log.jsonl", "metrics.json", "curves.png",
+                 "confusion.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optim"]["epochs"] == 2 and saved["data"]["train_limit"] == 1000
+    assert saved["model"]["name"] == "lenet5"  # from the YAML file
+    assert "param group" in result.stderr and "epoch 2/2" in result.stderr
+    evaluated = _cli("evaluate", str(out), "--set", "data.eval_limit=300")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert report["images"] == 300 and report["top1"] == pytest.approx(printed["top1"])
+
+
+def test_bad_overrides_fail_with_the_valid_keys() -> None:
+    result = _cli("train", "--config", "mnist-lenet5", "--set", "optim.learning_rate=0.1")
+    assert result.returncode == 2
+    assert "unknown config key 'optim.learning_rate'" in result.stderr
+    assert "lr, momentum, nesterov" in result.stderr
+    missing = _cli("train", "--config", "fer2013-vgg-small")
+    assert missing.returncode == 2 and "--set data.path=" in missing.stderr
+    unknown = _cli("train", "--config", "no-such-config")
+    assert unknown.returncode == 2 and "mnist-lenet5" in unknown.stderr

