@@ -38,7 +38,7 @@ _FOREIGN: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "PDF"), (b"<svg", 0, "SVG"), (b"<?xml", 0, "SVG/XML"),
     (b"ftypheic", 4, "HEIC"), (b"ftypheix", 4, "HEIC"), (b"ftypmif1", 4, "HEIF"),
     (b"ftypavif", 4, "AVIF"), (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"), (b"\xff\x0a", 0, "JPEG XL"),
-    (b"8BPS", 0, "PSD"), (b"\x00\x00\x01\x00", 0, "ICO"), (b"\x00\x00\x02\x00", 0, "CUR"),
+    (b"8BPS", 0, "PSD"),
 )
 
 _RESAMPLE = {
