@@ -86,6 +86,17 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward pass, so after the last step of an
+    epoch each rank holds statistics updated on its own batch; this makes them agree again.
+    """
+    if info.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every process."""
     if info.distributed:

@@ -317,6 +317,7 @@ def _train_epoch(run: _Run, epoch: int, criterion: nn.Module) -> dict[str, Any]:
     start = time.perf_counter()
     train = train_one_epoch(network, run.preprocess, loader, run.optimizer, run.scheduler,
                             criterion, info.device, epoch=epoch, info=info)
+    distributed.broadcast_buffers(run.model, info)
     val = evaluate(run.model, run.preprocess, run.val_loader, info.device, len(run.labels),
                    description=f"epoch {epoch} val", show_progress=info.is_main)
     return {"epoch": epoch, **train, "val_loss": val["loss"], "val_top1": val["top1"],
