@@ -220,3 +220,21 @@ def tiny_client(make_client: MakeClient, tiny_models: Path) -> Iterator[TestClie
     """One ready TestClient over the tiny models, shared by read-only tests."""
     with make_client(tiny_models) as client:
         yield client
+
+
+def read_metric(client: TestClient, name: str, **labels: str) -> float:
+    """The value of one sample on ``/metrics`` (summed over unnamed labels); 0 if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.fixture(scope="session")
+def metric() -> Callable[..., float]:
+    """``metric(client, "convserve_batch_size_count", model="m")``: see :func:`read_metric`."""
+    return read_metric

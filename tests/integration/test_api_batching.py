@@ -1,0 +1,62 @@
+"""Dynamic batching through HTTP: concurrent requests share ONNX Runtime runs; overload -> 503."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+PHOTOS = ("chelsea", "rocket", "coffee", "astronaut", "china", "flower", "messi", "squirrel")
+MODEL = {"model": "tiny-rgb", "version": "2"}
+
+
+def _classify(client: TestClient, data: bytes) -> httpx.Response:
+    return client.post("/v1/models/tiny-rgb/classify", files={"file": ("x", data)},
+                       params={"top_k": 10})
+
+
+def test_concurrent_requests_share_batches(make_client: Callable[..., Any], tiny_models: Path,
+                                           photo: Callable[[str], bytes],
+                                           metric: Callable[..., float]) -> None:
+    images = [photo(name) for name in PHOTOS]
+    with make_client(tiny_models, max_queue_delay_ms=300, max_batch_size=8) as client:
+        alone = [_classify(client, data).json()["results"] for data in images]
+        runs = metric(client, "convserve_batch_size_count", **MODEL)
+        inferred = metric(client, "convserve_batch_size_sum", **MODEL)
+        assert (runs, inferred) == (len(images), len(images))  # one run per request so far
+        start = threading.Barrier(len(images))
+
+        def send(data: bytes) -> httpx.Response:
+            start.wait()
+            return _classify(client, data)
+
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(send, images))
+        assert [r.json()["results"] for r in together] == alone  # each gets its own answer
+        merged_runs = metric(client, "convserve_batch_size_count", **MODEL) - runs
+        assert metric(client, "convserve_batch_size_sum", **MODEL) - inferred == len(images)
+        assert merged_runs < len(images) / 2, f"{merged_runs} runs for {len(images)} requests"
+        assert metric(client, "convserve_inference_exec_count_total", **MODEL) == runs + \
+            merged_runs
+
+
+def test_full_queue_answers_503_then_recovers(make_client: Callable[..., Any],
+                                              tiny_models: Path, photo: Callable[[str], bytes],
+                                              metric: Callable[..., float]) -> None:
+    with make_client(tiny_models, max_queue_size=3, max_batch_size=1, retry_after_s=2) as client:
+        files = [("file", (f"{i}.jpg", photo("rocket"))) for i in range(6)]
+        response = client.post("/v1/models/tiny-rgb/classify", files=files)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "2"
+        error = response.json()["error"]
+        assert error["code"] == "overloaded" and "retry after 2 s" in error["message"]
+        assert metric(client, "convserve_queue_rejected_total", **MODEL) >= 1
+        recovered = _classify(client, photo("rocket"))
+        assert recovered.status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert metric(client, "convserve_queue_depth", **MODEL) == 0
