@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
     from training.config import from_dict, load_config, merge, parse_overrides
-    from training.engine import fit, load_checkpoint
+    from training.engine import load_checkpoint
+    from training.trainer import fit
 
     if args.resume and not args.config:
         base = merge(load_checkpoint(args.resume)["config"], parse_overrides(args.overrides))

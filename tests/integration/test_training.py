@@ -13,7 +13,8 @@ from PIL import Image
 from training.assets import fetch
 from training.config import load_config
 from training.data.fer2013 import FER2013_LABELS, write_fer2013
-from training.engine import build_model, fit, load_checkpoint, load_trained, seed_everything
+from training.engine import build_model, load_checkpoint, load_trained, seed_everything
+from training.trainer import fit
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
