@@ -1,5 +1,7 @@
 """CNN families. Importing this package registers every builder."""
 
+# Model families: importing each module registers its builders.
+from training.models import mini_xception  # noqa: F401
 from training.models.base import ConvNet
 from training.models.registry import get_model, list_models, register_model
 

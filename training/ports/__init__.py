@@ -1,0 +1,1 @@
+"""Ports of published weights from other frameworks into convserve's models."""
