@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -106,13 +106,13 @@ class Settings(BaseSettings):
             return None  # CONVSERVE_API_KEY= (empty) means no key
         return value
 
-    @model_validator(mode="after")
-    def _models_dir_exists(self) -> Settings:
-        if not self.models_dir.is_dir():
-            raise ValueError(
-                f"models_dir {str(self.models_dir)!r} is not a directory: set "
-                f"{ENV_PREFIX}MODELS_DIR (or --models) to the models/<name>/<version>/ tree")
-        return self
+    @field_validator("models_dir")
+    @classmethod
+    def _models_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory: set {ENV_PREFIX}MODELS_DIR "
+                             "(or --models) to the models/<name>/<version>/ tree")
+        return value
 
     @property
     def decode_threads(self) -> int:
@@ -126,7 +126,8 @@ def _describe(error: dict[str, Any]) -> str:
     if not field:
         return message
     got = error.get("input")
-    shown = "" if isinstance(got, dict | list) or field == "api_key" else f" (got {got!r})"
+    shown = ("" if isinstance(got, dict | list) or field in ("api_key", "models_dir")
+             else f" (got {got!r})")
     return f"{ENV_PREFIX}{field.upper()}: {message}{shown}"
 
 

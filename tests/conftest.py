@@ -238,3 +238,9 @@ def read_metric(client: TestClient, name: str, **labels: str) -> float:
 def metric() -> Callable[..., float]:
     """``metric(client, "convserve_batch_size_count", model="m")``: see :func:`read_metric`."""
     return read_metric
+
+
+@pytest.fixture(scope="session")
+def export_classifier() -> Callable[..., Path]:
+    """``export_classifier(root, name, version, **options)``: :func:`export_tiny_classifier`."""
+    return export_tiny_classifier
