@@ -1,0 +1,99 @@
+"""A real uvicorn process: ``python -m service serve``, graceful SIGTERM, start-up errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(models: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--models", str(models)], cwd=REPO, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture()
+def server(tiny_models: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = _free_port()
+    process = _start(tiny_models, port, CONVSERVE_MAX_QUEUE_DELAY_MS="1500",
+                     CONVSERVE_GRACEFUL_SHUTDOWN_S="20")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the server did not start:\n{process.communicate()[0]}")
+        time.sleep(0.1)
+    yield process, url
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _queued(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith('convserve_queue_depth{model="tiny-rgb",version="2"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_sigterm_finishes_accepted_requests(server: tuple[subprocess.Popen[str], str],
+                                            photo: Callable[[str], bytes]) -> None:
+    process, url = server
+    images = [photo(name) for name in ("chelsea", "rocket", "coffee", "astronaut")]
+
+    def classify(data: bytes) -> httpx.Response:
+        return httpx.post(f"{url}/v1/models/tiny-rgb/classify", files={"file": ("x", data)},
+                          timeout=30)
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        futures = [pool.submit(classify, data) for data in images]
+        deadline = time.monotonic() + 20
+        while _queued(url) < len(images):  # all accepted, waiting in the batcher's queue
+            assert time.monotonic() < deadline, "the requests never reached the queue"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [200] * len(images)
+    assert all(len(r.json()["results"][0]["predictions"]) == 5 for r in responses)
+    output = process.communicate(timeout=30)[0]
+    # uvicorn re-raises the signal once shut down cleanly: exit status -SIGTERM (or 0).
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "queues drained" in output and "Application shutdown complete" in output
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz")
+
+
+def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    process = _start(tmp_path / "missing", _free_port(), CONVSERVE_MAX_BATCH_SIZE="0",
+                     CONVSERVE_PROVIDERS="CUDA,GPU")
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 2
+    assert "CONVSERVE_MODELS_DIR" in output and "is not a directory" in output
+    assert "CONVSERVE_MAX_BATCH_SIZE" in output
+    assert "unknown execution provider 'GPU'" in output
