@@ -90,6 +90,7 @@ class Prepared:
     """A model-ready array and how long each stage took."""
 
     array: np.ndarray  # uint8 [H, W, C]
+    decoded_size: tuple[int, int]  # (width, height) as decoded: smaller when draft mode scaled
     decode_s: float  # sniff, header, decode, orientation, mode conversion
     preprocess_s: float  # resize/crop to the model's input
 
@@ -213,11 +214,12 @@ def prepare(data: bytes, spec: InputSpec, max_pixels: int) -> Prepared:
                            "truncated") from None
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
+    decoded_size = image.size
     image = _to_mode(image, spec.channels)
     decoded = time.perf_counter()
     image = _resize(image, spec)
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[:, :, None]
-    return Prepared(array=array, decode_s=decoded - start,
+    return Prepared(array=array, decoded_size=decoded_size, decode_s=decoded - start,
                     preprocess_s=time.perf_counter() - decoded)

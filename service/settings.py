@@ -7,6 +7,7 @@ to fix.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,6 +80,8 @@ class Settings(BaseSettings):
     @classmethod
     def _split_providers(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 

@@ -1,0 +1,198 @@
+"""service.batching.Batcher: gathering, per-caller rows, limits, errors, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher
+from service.errors import NotReady, Overloaded
+from service.metrics import Metrics
+
+
+@dataclass(eq=False)
+class RowSums:
+    """A model version whose output row is the sum of its input; it records each batch."""
+
+    name: str = "sums"
+    version: int = 1
+    seconds: float = 0.0  # how long one run takes
+    fail: bool = False
+    batches: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError("the graph failed")
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True)
+
+
+def _batcher(**options: float) -> Batcher:
+    settings = {"max_batch_size": 8, "max_queue_delay_ms": 20.0, "max_queue_size": 64,
+                "metrics": Metrics()} | options
+    return Batcher(**settings)  # type: ignore[arg-type]
+
+
+def test_concurrent_inputs_share_a_run_and_get_their_own_rows() -> None:
+    async def scenario() -> tuple[list[np.ndarray], list[int]]:
+        batcher, model = _batcher(), RowSums()
+        rows = await asyncio.gather(*(batcher.submit(model, np.full((2, 2), i)) for i in range(5)))
+        await batcher.close()
+        return rows, model.batches
+
+    rows, batches = asyncio.run(scenario())
+    assert [int(row[0]) for row in rows] == [0, 4, 8, 12, 16]
+    assert batches == [5]
+
+
+def test_max_batch_size_splits_runs() -> None:
+    async def scenario() -> list[int]:
+        batcher, model = _batcher(max_batch_size=4), RowSums()
+        await asyncio.gather(*(batcher.submit(model, np.ones(3)) for _ in range(10)))
+        await batcher.close()
+        return model.batches
+
+    assert asyncio.run(scenario()) == [4, 4, 2]
+
+
+def test_batches_grow_while_a_run_is_busy_even_without_delay() -> None:
+    async def scenario() -> list[int]:
+        batcher, model = _batcher(max_queue_delay_ms=0.0), RowSums(seconds=0.05)
+        first = asyncio.ensure_future(batcher.submit(model, np.ones(1)))
+        await asyncio.sleep(0.01)  # the first run is busy now
+        rest = [batcher.submit(model, np.ones(1)) for _ in range(6)]
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+        return model.batches
+
+    assert asyncio.run(scenario()) == [1, 6]
+
+
+def test_a_lone_input_waits_at_most_the_delay() -> None:
+    async def scenario(delay_ms: float) -> float:
+        batcher, model = _batcher(max_queue_delay_ms=delay_ms), RowSums()
+        start = time.perf_counter()
+        await batcher.submit(model, np.ones(1))
+        elapsed = time.perf_counter() - start
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(scenario(150.0)) >= 0.14
+    assert asyncio.run(scenario(0.0)) < 0.14
+
+
+def test_full_queue_raises_overloaded_with_retry_after() -> None:
+    async def scenario() -> tuple[Overloaded, list[int], int]:
+        metrics = Metrics()
+        batcher = _batcher(max_queue_size=3, retry_after_s=4, metrics=metrics)
+        model = RowSums()
+        outcomes = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(5)),
+                                        return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, Overloaded)]
+        again = await batcher.submit(model, np.ones(1))  # recovers once the queue drains
+        await batcher.close()
+        return errors[0], [len(errors)], int(again[0])
+
+    error, count, again = asyncio.run(scenario())
+    assert count == [2] and again == 1
+    assert error.headers == {"Retry-After": "4"} and "limit is 3" in error.message
+
+
+def test_a_failing_run_fails_its_callers_only() -> None:
+    async def scenario() -> tuple[list[object], np.ndarray]:
+        batcher, model = _batcher(), RowSums(fail=True)
+        failed = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(3)),
+                                      return_exceptions=True)
+        model.fail = False
+        row = await batcher.submit(model, np.ones(2))
+        await batcher.close()
+        return failed, row
+
+    failed, row = asyncio.run(scenario())
+    assert all(isinstance(f, RuntimeError) for f in failed) and int(row[0]) == 2
+
+
+def test_versions_have_separate_lanes() -> None:
+    async def scenario() -> tuple[list[int], list[int]]:
+        batcher, one, two = _batcher(), RowSums(version=1), RowSums(version=2)
+        await asyncio.gather(*(batcher.submit(v, np.ones(1)) for v in (one, two, one, two, one)))
+        await batcher.close()
+        return one.batches, two.batches
+
+    assert asyncio.run(scenario()) == ([3], [2])
+
+
+def test_close_drains_the_queue_then_refuses() -> None:
+    async def scenario() -> tuple[list[int], bool]:
+        batcher, model = _batcher(max_queue_delay_ms=100.0, max_batch_size=2), RowSums()
+        waiting = [asyncio.ensure_future(batcher.submit(model, np.full(1, i))) for i in range(5)]
+        await asyncio.sleep(0)  # all queued
+        await batcher.close()
+        rows = [int((await w)[0]) for w in waiting]
+        try:
+            await batcher.submit(model, np.ones(1))
+        except NotReady:
+            return rows, True
+        return rows, False
+
+    assert asyncio.run(scenario()) == ([0, 1, 2, 3, 4], True)
+
+
+def test_retire_finishes_what_was_queued() -> None:
+    async def scenario() -> list[int]:
+        batcher, model = _batcher(max_queue_delay_ms=100.0), RowSums()
+        waiting = [asyncio.ensure_future(batcher.submit(model, np.full(1, i))) for i in range(3)]
+        await asyncio.sleep(0)
+        await batcher.retire(model)
+        rows = [int((await w)[0]) for w in waiting]
+        await batcher.close()
+        return rows
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+
+
+def test_cancelled_callers_are_skipped() -> None:
+    async def scenario() -> tuple[list[int], int]:
+        batcher, model = _batcher(max_queue_delay_ms=50.0), RowSums()
+        gone = asyncio.ensure_future(batcher.submit(model, np.ones(1)))
+        kept = asyncio.ensure_future(batcher.submit(model, np.full(1, 7)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        row = await kept
+        await batcher.close()
+        return model.batches, int(row[0])
+
+    assert asyncio.run(scenario()) == ([1], 7)
+
+
+def test_metrics_record_batches_and_queue(tmp_path: object) -> None:
+    async def scenario() -> Metrics:
+        metrics = Metrics()
+        batcher = _batcher(metrics=metrics)
+        await asyncio.gather(*(batcher.submit(RowSums(), np.ones(1)) for _ in range(1)))
+        await batcher.close()
+        return metrics
+
+    text = asyncio.run(scenario()).render().decode()
+    assert 'convserve_batch_size_count{model="sums",version="1"} 1.0' in text
+    assert 'convserve_queue_depth{model="sums",version="1"} 0.0' in text
+    assert 'convserve_inference_count_total{model="sums",version="1"} 1.0' in text
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("max_batch_size", 0, "max_batch_size must be >= 1"),
+    ("max_queue_delay_ms", -1.0, "max_queue_delay_ms must be >= 0"),
+    ("max_queue_size", 0, "max_queue_size must be >= 1"),
+])
+def test_invalid_options(option: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _batcher(**{option: value})
