@@ -1,0 +1,93 @@
+"""service.settings: defaults, environment parsing, and start-up errors that say what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from service.errors import SettingsError
+from service.runtime import session_options
+from service.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CONVSERVE_") and name != "CONVSERVE_CACHE":
+            monkeypatch.delenv(name)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_settings(models_dir=tmp_path)
+    assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.max_batch_size >= 1 and settings.max_queue_delay_ms >= 0
+    assert settings.api_key is None and settings.port == 8000
+    assert settings.decode_threads >= 1
+
+
+def test_environment_with_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVSERVE_PROVIDERS", "cpu")
+    monkeypatch.setenv("CONVSERVE_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("CONVSERVE_API_KEY", "k")
+    monkeypatch.setenv("CONVSERVE_INTRA_OP_THREADS", "2")
+    settings = load_settings()
+    assert settings.models_dir == tmp_path and settings.max_batch_size == 4
+    assert settings.providers == ["CPUExecutionProvider"]
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+    assert "k" not in repr(settings.api_key)
+    assert load_settings(max_batch_size=9).max_batch_size == 9  # explicit values win
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("CUDA, CPU", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ('["TensorrtExecutionProvider", "cpu"]', ["TensorrtExecutionProvider",
+                                              "CPUExecutionProvider"]),
+    ("cpu,CPU", ["CPUExecutionProvider"]),
+])
+def test_provider_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str,
+                        expected: list[str]) -> None:
+    monkeypatch.setenv("CONVSERVE_PROVIDERS", value)
+    assert load_settings(models_dir=tmp_path).providers == expected
+
+
+def test_empty_api_key_means_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_API_KEY", "")
+    assert load_settings(models_dir=tmp_path).api_key is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"max_batch_size": 0}, "CONVSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1"),
+    ({"max_queue_delay_ms": -1}, "CONVSERVE_MAX_QUEUE_DELAY_MS: Input should be greater than"),
+    ({"max_queue_size": 0}, "CONVSERVE_MAX_QUEUE_SIZE: Input should be greater than 0"),
+    ({"max_body_bytes": 0}, "CONVSERVE_MAX_BODY_BYTES: Input should be greater than 0"),
+    ({"max_image_pixels": -5}, "CONVSERVE_MAX_IMAGE_PIXELS"),
+    ({"port": 70000}, "CONVSERVE_PORT: Input should be less than or equal to 65535"),
+    ({"providers": "CUDA,GPU"}, "CONVSERVE_PROVIDERS: unknown execution provider 'GPU'"),
+    ({"providers": ""}, "CONVSERVE_PROVIDERS: list at least one execution provider"),
+    ({"graph_optimization": "max"}, "CONVSERVE_GRAPH_OPTIMIZATION"),
+    ({"models_dir": "/no/such/dir"}, "CONVSERVE_MODELS_DIR: '/no/such/dir' is not a directory"),
+])
+def test_invalid_settings_say_what_to_fix(tmp_path: Path, override: dict,
+                                          message: str) -> None:
+    with pytest.raises(SettingsError, match="invalid settings") as caught:
+        load_settings(**({"models_dir": tmp_path} | override))
+    assert message in str(caught.value)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(models_dir="/no/such/dir", max_batch_size=0, port=0)
+    assert str(caught.value).count("CONVSERVE_") >= 3
+
+
+def test_session_options_follow_the_settings(tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path, intra_op_threads=3, inter_op_threads=1,
+                        graph_optimization="basic")
+    options = session_options(settings)
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
