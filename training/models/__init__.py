@@ -1,7 +1,11 @@
 """CNN families. Importing this package registers every builder."""
 
 # Model families: importing each module registers its builders.
-from training.models import mini_xception  # noqa: F401
+from training.models import (  # noqa: F401
+    generic,
+    lenet,
+    mini_xception,
+)
 from training.models.base import ConvNet
 from training.models.registry import get_model, list_models, register_model
 

@@ -1,0 +1,321 @@
+"""Building blocks shared by every family: layer-size arithmetic, activations, pools.
+
+The size of a convolution's or pool's output follows ``O = (W - K + 2P)/S + 1`` (CS231n). This
+module is the one place that computes it: :func:`output_size` refuses a layer whose result is
+not an integer or is below 1 with a :class:`LayerConfigError` that names the layer and the
+numbers, and :func:`trace_sizes` walks a network's conv/pool windows at construction time, so a
+wrong ``input_size`` is refused before training with a hint of input sizes that do work.
+
+Padding is either an int ``P`` (both sides) or a pair ``(before, after)``, as TensorFlow's
+``"same"`` padding needs for a 3x3/2 pool on an even input (GoogLeNet); the formula then reads
+``O = (W - K + P_before + P_after)/S + 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+Padding = int | tuple[int, int]
+ACTIVATIONS = ("relu", "leaky_relu", "maxout", "tanh", "sigmoid")
+POOLS = ("max", "avg")
+
+
+class LayerConfigError(ValueError):
+    """A layer's output size does not work out; the message names the layer and the numbers."""
+
+    def __init__(self, message: str, *, layer: str = "", size: int | None = None,
+                 kernel: int | None = None, padding: Padding | None = None,
+                 stride: int | None = None, result: float | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.size = size
+        self.kernel = kernel
+        self.padding = padding
+        self.stride = stride
+        self.result = result
+
+
+def to_size(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from an int side or a pair.
+
+    Raises:
+        LayerConfigError: if it is not one or two positive ints.
+    """
+    if isinstance(input_size, int):
+        size: tuple[int, ...] = (input_size, input_size)
+    else:
+        size = tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 1:
+        raise LayerConfigError(f"input_size must be a positive int or (height, width), "
+                               f"got {input_size!r}")
+    return size[0], size[1]
+
+
+def padding_pair(padding: Padding | Sequence[int]) -> tuple[int, int]:
+    """``(before, after)`` padding from an int or a pair."""
+    if isinstance(padding, int):
+        return padding, padding
+    pair = tuple(int(p) for p in padding)
+    if len(pair) != 2:
+        raise LayerConfigError(f"padding must be an int or [before, after], got {padding!r}")
+    return pair[0], pair[1]
+
+
+def _formula(size: int, kernel: int, padding: Padding, stride: int) -> tuple[str, Fraction]:
+    before, after = padding_pair(padding)
+    value = Fraction(size - kernel + before + after, stride) + 1
+    if before == after:
+        text = f"(W - K + 2P)/S + 1 = ({size} - {kernel} + 2*{before})/{stride} + 1"
+    else:
+        text = (f"(W - K + P_before + P_after)/S + 1 = "
+                f"({size} - {kernel} + {before} + {after})/{stride} + 1")
+    return text, value
+
+
+def output_size(size: int, kernel: int, stride: int = 1, padding: Padding = 0, *,
+                layer: str = "layer", dim: str = "width") -> int:
+    """Output side of a conv or pool layer, ``O = (W - K + 2P)/S + 1``.
+
+    Args:
+        size: Input side ``W`` (height or width).
+        kernel: Kernel side ``K``.
+        stride: Stride ``S``.
+        padding: ``P`` on both sides, or ``(before, after)``.
+        layer: Layer name for the error message, e.g. ``"stage 2 conv 1"``.
+        dim: ``"height"`` or ``"width"``, for the error message.
+
+    Raises:
+        LayerConfigError: if the result is not an integer or is below 1.
+    """
+    if kernel < 1 or stride < 1 or min(padding_pair(padding)) < 0:
+        raise LayerConfigError(f"{layer}: kernel and stride must be >= 1 and padding >= 0, "
+                               f"got kernel {kernel}, stride {stride}, padding {padding}",
+                               layer=layer, kernel=kernel, stride=stride, padding=padding)
+    text, value = _formula(size, kernel, padding, stride)
+    shown = f"{float(value):g}"
+    numbers = (f"(input {dim} W={size}, kernel K={kernel}, padding P={padding}, "
+               f"stride S={stride})")
+    if value.denominator != 1:
+        problem, fix = "is not an integer", ("change the padding or stride so that W - K + 2P "
+                                             "is a multiple of S")
+    elif value < 1:
+        problem, fix = "is below 1", "use a larger input, a smaller kernel/stride or more padding"
+    else:
+        return int(value)
+    raise LayerConfigError(f"{layer}: O = {text} = {shown} {problem} {numbers}; fix: {fix}",
+                           layer=layer, size=size, kernel=kernel, padding=padding,
+                           stride=stride, result=float(value))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Geometry of one conv or pool layer on a network's main path (square kernels)."""
+
+    name: str  # e.g. "stage 2 conv 1"
+    kernel: int
+    stride: int = 1
+    padding: Padding = 0
+
+
+def output_shape(size: tuple[int, int], window: Window) -> tuple[int, int]:
+    """``(height, width)`` after ``window``; raises :class:`LayerConfigError`."""
+    dims = ("height", "width") if size[0] != size[1] else ("width", "width")
+    return (output_size(size[0], window.kernel, window.stride, window.padding,
+                        layer=window.name, dim=dims[0]),
+            output_size(size[1], window.kernel, window.stride, window.padding,
+                        layer=window.name, dim=dims[1]))
+
+
+def _fits(side: int, windows: Sequence[Window]) -> bool:
+    try:
+        trace_sizes((side, side), windows)
+    except LayerConfigError:
+        return False
+    return True
+
+
+def suggest_sides(side: int, windows: Sequence[Window], span: int = 64) -> list[int]:
+    """The nearest square input sides below and above ``side`` for which every window fits."""
+    below = next((s for s in range(side - 1, max(side - span, 0), -1) if _fits(s, windows)), None)
+    above = next((s for s in range(side + 1, side + span) if _fits(s, windows)), None)
+    return [s for s in (below, above) if s is not None]
+
+
+def trace_sizes(input_size: int | Sequence[int], windows: Sequence[Window], *,
+                model: str = "") -> list[tuple[int, int]]:
+    """Output ``(height, width)`` of every window in order, checked layer by layer.
+
+    Args:
+        input_size: Network input side or ``(height, width)``.
+        windows: The conv and pool layers of the main path, in order.
+        model: Model name for the error message; when given, the message also suggests the
+            nearest square input sizes that work for the whole network.
+
+    Raises:
+        LayerConfigError: at the first layer whose size does not work out.
+    """
+    size = start = to_size(input_size)
+    sizes = []
+    for window in windows:
+        try:
+            size = output_shape(size, window)
+        except LayerConfigError as error:
+            if not model:
+                raise
+            sides = suggest_sides(start[0], windows) if start[0] == start[1] else []
+            hint = ("; or use an input_size that works for every layer: "
+                    + " or ".join(str(s) for s in sides)) if sides else ""
+            raise LayerConfigError(
+                f"{model} with input_size {input_size}: {error}{hint}",
+                layer=error.layer, size=error.size, kernel=error.kernel,
+                padding=error.padding, stride=error.stride, result=error.result) from None
+        sizes.append(size)
+    return sizes
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation by name: relu, leaky_relu (``negative_slope``), maxout (``pieces``), tanh,
+    sigmoid. Maxout needs ``pieces`` times the channels in the layer before it
+    (:attr:`width_factor`)."""
+
+    name: str = "relu"
+    negative_slope: float = 0.01  # leaky_relu only
+    pieces: int = 2  # maxout only
+
+    def __post_init__(self) -> None:
+        if self.name not in ACTIVATIONS:
+            raise LayerConfigError(f"unknown activation {self.name!r}; valid: "
+                                   f"{', '.join(ACTIVATIONS)}")
+        if self.name == "maxout" and self.pieces < 2:
+            raise LayerConfigError(f"maxout needs pieces >= 2, got {self.pieces}")
+
+    @property
+    def width_factor(self) -> int:
+        """How many outputs the preceding layer makes per output channel/unit."""
+        return self.pieces if self.name == "maxout" else 1
+
+    def make(self) -> nn.Module:
+        """A new activation module."""
+        if self.name == "relu":
+            return nn.ReLU(inplace=True)
+        if self.name == "leaky_relu":
+            return nn.LeakyReLU(self.negative_slope, inplace=True)
+        if self.name == "maxout":
+            return Maxout(self.pieces)
+        return nn.Tanh() if self.name == "tanh" else nn.Sigmoid()
+
+
+def activation(spec: str | dict[str, Any] | Activation = "relu") -> Activation:
+    """An :class:`Activation` from a name, a dict (``{"name": "maxout", "pieces": 3}``) or itself.
+
+    Raises:
+        LayerConfigError: for an unknown name or key; the message lists the valid ones.
+    """
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, str):
+        return Activation(spec)
+    valid = {"name", "negative_slope", "pieces"}
+    unknown = set(spec) - valid
+    if unknown:
+        raise LayerConfigError(f"unknown activation keys {sorted(unknown)}; valid: "
+                               f"{sorted(valid)}")
+    return Activation(**spec)
+
+
+class Maxout(nn.Module):
+    """Maxout (Goodfellow et al., 2013): the max over groups of ``pieces`` consecutive channels.
+
+    Input ``[N, pieces*C, ...]`` (conv maps or FC units), output ``[N, C, ...]``.
+    """
+
+    def __init__(self, pieces: int) -> None:
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % self.pieces:
+            raise ValueError(f"Maxout({self.pieces}) needs a multiple of {self.pieces} "
+                             f"channels, got {x.shape[1]}")
+        return x.unflatten(1, (-1, self.pieces)).amax(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}"
+
+
+def make_pool(kind: str, kernel: int, stride: int | None = None,
+              padding: Padding = 0) -> nn.Module:
+    """A max or average pool; a ``(before, after)`` padding becomes an explicit pad layer.
+
+    Raises:
+        LayerConfigError: for an unknown kind (the message lists the valid ones) or padding
+            above half the kernel (a window could then lie wholly in the padding).
+    """
+    if kind not in POOLS:
+        raise LayerConfigError(f"unknown pool {kind!r}; valid: {', '.join(POOLS)}")
+    stride = kernel if stride is None else stride
+    before, after = padding_pair(padding)
+    if max(before, after) > kernel // 2:
+        raise LayerConfigError(f"{kind} pool padding {padding} exceeds half the kernel "
+                               f"({kernel} // 2 = {kernel // 2}); use less padding")
+    pool_cls = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
+    if before == after:
+        return pool_cls(kernel, stride, before)
+    fill = float("-inf") if kind == "max" else 0.0
+    return nn.Sequential(nn.ConstantPad2d((before, after, before, after), fill),
+                         pool_cls(kernel, stride))
+
+
+def conv_block(in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+               padding: Padding = 0, act: Activation | None = None,
+               batchnorm: bool = False) -> nn.Sequential:
+    """CONV (-> BN) -> ACT with ``out_channels`` outputs (Maxout: the conv makes ``pieces``
+    times as many and the activation takes their max)."""
+    act = act or Activation()
+    width = out_channels * act.width_factor
+    before, after = padding_pair(padding)
+    layers: list[nn.Module] = []
+    if before != after:
+        layers.append(nn.ZeroPad2d((before, after, before, after)))
+        before = 0
+    layers.append(nn.Conv2d(in_channels, width, kernel, stride, before, bias=not batchnorm))
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(width))
+    layers.append(act.make())
+    return nn.Sequential(*layers)
+
+
+def fc_block(in_features: int, out_features: int, act: Activation | None = None,
+             dropout: float = 0.0) -> nn.Sequential:
+    """FC -> ACT (-> dropout); Maxout makes the FC ``pieces`` times wider."""
+    act = act or Activation()
+    layers = [nn.Linear(in_features, out_features * act.width_factor), act.make()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module, act: Activation | None = None) -> None:
+    """He initialisation for ReLU-like activations, Glorot for tanh/sigmoid; zero biases."""
+    act = act or Activation()
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            if act.name in ("tanh", "sigmoid"):
+                nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(act.name))
+            elif act.name == "leaky_relu":
+                nn.init.kaiming_normal_(layer.weight, a=act.negative_slope,
+                                        nonlinearity="leaky_relu")
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
