@@ -2,9 +2,12 @@
 
 # Model families: importing each module registers its builders.
 from training.models import (  # noqa: F401
+    alexnet,
     generic,
+    googlenet,
     lenet,
     mini_xception,
+    vgg,
 )
 from training.models.base import ConvNet
 from training.models.registry import get_model, list_models, register_model

@@ -29,10 +29,10 @@ from training.models.layers import (
     init_weights,
     make_pool,
     padding_pair,
+    parse_activation,
     to_size,
     trace_sizes,
 )
-from training.models.layers import activation as parse_activation
 from training.models.registry import register_model
 
 

@@ -102,8 +102,9 @@ def output_size(size: int, kernel: int, stride: int = 1, padding: Padding = 0, *
     numbers = (f"(input {dim} W={size}, kernel K={kernel}, padding P={padding}, "
                f"stride S={stride})")
     if value.denominator != 1:
-        problem, fix = "is not an integer", ("change the padding or stride so that W - K + 2P "
-                                             "is a multiple of S")
+        pads = "2P" if isinstance(padding, int) else "P_before + P_after"
+        problem, fix = "is not an integer", (f"change the padding or stride so that W - K + "
+                                             f"{pads} is a multiple of S")
     elif value < 1:
         problem, fix = "is below 1", "use a larger input, a smaller kernel/stride or more padding"
     else:
@@ -132,23 +133,26 @@ def output_shape(size: tuple[int, int], window: Window) -> tuple[int, int]:
                         layer=window.name, dim=dims[1]))
 
 
-def _fits(side: int, windows: Sequence[Window]) -> bool:
+def _fits(side: int, paths: Sequence[Sequence[Window]]) -> bool:
     try:
-        trace_sizes((side, side), windows)
+        for windows in paths:
+            trace_sizes((side, side), windows)
     except LayerConfigError:
         return False
     return True
 
 
-def suggest_sides(side: int, windows: Sequence[Window], span: int = 64) -> list[int]:
-    """The nearest square input sides below and above ``side`` for which every window fits."""
-    below = next((s for s in range(side - 1, max(side - span, 0), -1) if _fits(s, windows)), None)
-    above = next((s for s in range(side + 1, side + span) if _fits(s, windows)), None)
+def suggest_sides(side: int, paths: Sequence[Sequence[Window]], span: int = 64) -> list[int]:
+    """The nearest square input sides below and above ``side`` for which every window of every
+    path fits."""
+    below = next((s for s in range(side - 1, max(side - span, 0), -1) if _fits(s, paths)), None)
+    above = next((s for s in range(side + 1, side + span) if _fits(s, paths)), None)
     return [s for s in (below, above) if s is not None]
 
 
 def trace_sizes(input_size: int | Sequence[int], windows: Sequence[Window], *,
-                model: str = "") -> list[tuple[int, int]]:
+                model: str = "",
+                also: Sequence[Sequence[Window]] = ()) -> list[tuple[int, int]]:
     """Output ``(height, width)`` of every window in order, checked layer by layer.
 
     Args:
@@ -156,6 +160,8 @@ def trace_sizes(input_size: int | Sequence[int], windows: Sequence[Window], *,
         windows: The conv and pool layers of the main path, in order.
         model: Model name for the error message; when given, the message also suggests the
             nearest square input sizes that work for the whole network.
+        also: Other paths from the input (e.g. to an auxiliary head) the suggested sizes must
+            fit too.
 
     Raises:
         LayerConfigError: at the first layer whose size does not work out.
@@ -168,7 +174,7 @@ def trace_sizes(input_size: int | Sequence[int], windows: Sequence[Window], *,
         except LayerConfigError as error:
             if not model:
                 raise
-            sides = suggest_sides(start[0], windows) if start[0] == start[1] else []
+            sides = suggest_sides(start[0], [windows, *also]) if start[0] == start[1] else []
             hint = ("; or use an input_size that works for every layer: "
                     + " or ".join(str(s) for s in sides)) if sides else ""
             raise LayerConfigError(
@@ -212,7 +218,7 @@ class Activation:
         return nn.Tanh() if self.name == "tanh" else nn.Sigmoid()
 
 
-def activation(spec: str | dict[str, Any] | Activation = "relu") -> Activation:
+def parse_activation(spec: str | dict[str, Any] | Activation = "relu") -> Activation:
     """An :class:`Activation` from a name, a dict (``{"name": "maxout", "pieces": 3}``) or itself.
 
     Raises:
