@@ -3,6 +3,7 @@
 # Model families: importing each module registers its builders.
 from training.models import (  # noqa: F401
     alexnet,
+    backbones,
     generic,
     googlenet,
     lenet,
