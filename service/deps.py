@@ -1,7 +1,8 @@
 """``Annotated`` dependency aliases: what a route needs from the app, typed.
 
 Routes declare ``repository: RepositoryDep`` and so on; everything lives in ``app.state``, set up
-by :func:`service.app.create_app` and its lifespan.
+by :func:`service.app.create_app` and its lifespan. The functions are ``async`` on purpose:
+FastAPI runs plain ``def`` dependencies in a worker thread, one thread hop each.
 """
 
 from __future__ import annotations
@@ -18,26 +19,26 @@ from service.repository import ModelRepository
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_repository(request: Request) -> ModelRepository:
+async def get_repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     batcher = request.app.state.batcher
     if batcher is None:
         raise NotReady("the service is starting or stopping; retry in a moment")
     return batcher
 
 
-def get_decode_pool(request: Request) -> Executor:
+async def get_decode_pool(request: Request) -> Executor:
     pool = request.app.state.decode_pool
     if pool is None:
         raise NotReady("the service is starting or stopping; retry in a moment")

@@ -8,6 +8,7 @@ the generic 500), :class:`ApiKeyAuth`, :class:`BodyLimit`.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -25,6 +26,9 @@ access_log = logging.getLogger("convserve.access")
 logger = logging.getLogger("convserve.errors")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids: a random per-process prefix and a counter (uuid4 per request costs a syscall).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
 # Paths any caller may reach without the API key: probes and scrapers.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PUBLIC_PREFIXES = ("/v2/health/",)
@@ -50,7 +54,10 @@ class RequestLog:
             return
         start = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        if incoming and _REQUEST_ID.match(incoming):
+            request_id = incoming
+        else:
+            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = False
@@ -83,6 +90,8 @@ class RequestLog:
         method = scope.get("method", "")
         self.metrics.requests.labels(template, method, str(status)).inc()
         self.metrics.request_duration.labels(template).observe(seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         state: dict[str, Any] = scope.get("state", {})
         line = {"event": "request", "request_id": request_id, "method": method,
                 "path": scope.get("path"), "route": template, "status": status,

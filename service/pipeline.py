@@ -84,7 +84,14 @@ async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor
     """
     loop = asyncio.get_running_loop()
     jobs = [loop.run_in_executor(pool, prepare, up.data, spec, max_pixels) for up in uploads]
-    done = await asyncio.gather(*jobs, return_exceptions=True)
+    done: list[Prepared | BaseException]
+    if len(jobs) == 1:
+        try:
+            done = [await jobs[0]]
+        except Exception as exc:
+            done = [exc]
+    else:
+        done = await asyncio.gather(*jobs, return_exceptions=True)
     arrays = []
     for position, (upload, outcome) in enumerate(zip(uploads, done, strict=True), 1):
         if isinstance(outcome, ServiceError):
@@ -113,7 +120,10 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Predicti
 async def classify(version: ModelVersion, arrays: list[np.ndarray], uploads: list[Upload],
                    batcher: Batcher, k: int) -> list[ImageResult]:
     """Submit every array to the batcher and turn each output row into top-k predictions."""
-    rows = await asyncio.gather(*(batcher.submit(version, array) for array in arrays))
+    if len(arrays) == 1:
+        rows = [await batcher.submit(version, arrays[0])]
+    else:
+        rows = await asyncio.gather(*(batcher.submit(version, array) for array in arrays))
     labels = version.labels
     return [ImageResult(filename=upload.filename, predictions=top_k(row, labels, k))
             for upload, row in zip(uploads, rows, strict=True)]

@@ -66,6 +66,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     options.log_severity_level = 3  # ORT warnings are noisy; ours say what matters
+    spin = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return options
 
 

@@ -60,10 +60,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)  # threads inside one operator; 0 = ORT's default
     inter_op_threads: int = Field(0, ge=0)  # threads across operators; 0 = ORT's default
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
+    # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
 
     # Batching
     max_batch_size: int = Field(32, ge=1)  # images per ONNX Runtime run
-    max_queue_delay_ms: float = Field(1.0, ge=0)  # wait at most this long for a fuller batch
+    max_queue_delay_ms: float = Field(0.0, ge=0)  # wait at most this long for a fuller batch
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded
     decode_workers: int = Field(0, ge=0)  # image decoding threads; 0 = one per CPU core

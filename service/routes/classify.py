@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
 from service.pipeline import classify, prepare_uploads, read_uploads
@@ -25,7 +25,7 @@ _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 async def _classify(version: ModelVersion, request: Request, top_k: int, settings: SettingsDep,
                     batcher: BatcherDep, pool: DecodePoolDep,
-                    metrics: MetricsDep) -> ClassifyResponse:
+                    metrics: MetricsDep) -> Response:
     version.require_classifier()
     assert version.input is not None
     request.state.model, request.state.version = version.name, version.version
@@ -34,14 +34,16 @@ async def _classify(version: ModelVersion, request: Request, top_k: int, setting
     arrays = await prepare_uploads(uploads, version.input, pool, settings.max_image_pixels,
                                    metrics, (version.name, str(version.version)))
     results = await classify(version, arrays, uploads, batcher, top_k)
-    return ClassifyResponse(model=version.name, version=version.version, results=results)
+    answer = ClassifyResponse(model=version.name, version=version.version, results=results)
+    # Serialised once here: FastAPI would validate the finished model again.
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{name}/classify", response_model=ClassifyResponse, openapi_extra=_BODY,
              summary="Classify images with the newest version")
 async def classify_latest(name: str, request: Request, repository: RepositoryDep,
                           settings: SettingsDep, batcher: BatcherDep, pool: DecodePoolDep,
-                          metrics: MetricsDep, top_k: TopK = 5) -> ClassifyResponse:
+                          metrics: MetricsDep, top_k: TopK = 5) -> Response:
     version = repository.get(name)  # held for the whole request, whatever a reload does
     return await _classify(version, request, top_k, settings, batcher, pool, metrics)
 
@@ -51,6 +53,6 @@ async def classify_latest(name: str, request: Request, repository: RepositoryDep
 async def classify_version(name: str, version: str, request: Request,
                            repository: RepositoryDep, settings: SettingsDep,
                            batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
-                           top_k: TopK = 5) -> ClassifyResponse:
+                           top_k: TopK = 5) -> Response:
     chosen = repository.get(name, version)
     return await _classify(chosen, request, top_k, settings, batcher, pool, metrics)

@@ -91,3 +91,6 @@ def test_session_options_follow_the_settings(tmp_path: Path) -> None:
     options = session_options(settings)
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(Settings(models_dir=tmp_path, allow_spinning=True))
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"

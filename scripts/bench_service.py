@@ -1,0 +1,340 @@
+"""Benchmark the HTTP service against the in-process limit, on loopback.
+
+For each model it measures, in one run:
+
+* the **in-process limit**: the same work (``service.imaging.prepare`` decode + preprocessing and
+  an ONNX Runtime session with the service's settings) in this Python process, no HTTP:
+  single-image latency (decode + run of batch 1, one after another) and throughput (the better
+  of one-at-a-time and batches of ``--clients`` max with decoding overlapped in a thread pool);
+* the **service**: ``python -m service serve`` started as a subprocess, driven by a separate
+  client process (``--client`` mode: asyncio, keep-alive HTTP/1.1 connections, pre-built
+  requests, so the load generator costs little CPU) uploading a real 640x480 JPEG (skimage's
+  ``chelsea`` resized) as multipart form data, at each concurrency in ``--clients``.
+
+Models: ``imagenet-mobilenetv2`` from ``models/`` (when shipped) and ``resnet18-random``: a
+torchvision ResNet-18 with **random weights** (speed only, its answers mean nothing) exported in
+the ``models/`` format into a temporary directory.
+
+Usage::
+
+    python scripts/bench_service.py [--models imagenet-mobilenetv2,resnet18-random]
+        [--clients 1,32] [--seconds 8] [--intra-op-threads 0] [--max-batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BOUNDARY = b"convservebenchboundary"
+
+
+# --------------------------------------------------------------------------- inputs and models
+def make_jpeg() -> bytes:
+    """A real photo (skimage's chelsea) as a 640x480 JPEG, quality 90."""
+    from PIL import Image
+
+    from training.assets import fetch
+
+    image = Image.open(fetch("chelsea")).convert("RGB").resize((640, 480), Image.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def export_resnet18_random(root: Path) -> None:
+    """torchvision ResNet-18, random weights, exported in the models/ format (speed only)."""
+    import torch
+    import torchvision
+
+    class WithPreprocessing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.resnet18(weights=None)
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = (image.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+            return torch.softmax(self.net(x), dim=1)
+
+    torch.manual_seed(0)
+    directory = root / "resnet18-random" / "1"
+    directory.mkdir(parents=True)
+    torch.onnx.export(WithPreprocessing().eval(), (torch.zeros(1, 224, 224, 3, dtype=torch.uint8),),
+                      str(directory / "model.onnx"), input_names=["image"],
+                      output_names=["probabilities"], opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+    meta = {"name": "resnet18-random", "version": 1, "task": "classification",
+            "labels": [f"class-{i}" for i in range(1000)],
+            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": 224,
+                      "width": 224, "channels": 3,
+                      "resize": {"method": "shorter-side-center-crop", "shorter_side": 256,
+                                 "interpolation": "bilinear"}},
+            "output": {"name": "probabilities", "dtype": "float32"}, "metrics": {},
+            "provenance": {"note": "RANDOM WEIGHTS: for speed measurements only"}}
+    (directory / "model.json").write_text(json.dumps(meta))
+
+
+def prepare_models(root: Path, names: list[str], source: Path) -> list[str]:
+    """Fill ``root`` with the requested models; returns those available."""
+    ready = []
+    for name in names:
+        if name == "resnet18-random":
+            export_resnet18_random(root)
+        elif any((source / name).glob("*/model.json")):
+            shutil.copytree(source / name, root / name)
+        else:
+            print(f"skipping {name}: not found under {source} (not shipped yet?)")
+            continue
+        ready.append(name)
+    return ready
+
+
+# --------------------------------------------------------------------------- in-process limit
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def in_process(settings: object, name: str, jpeg: bytes, batch: int, seconds: float) -> dict:
+    """Decode + preprocessing + ONNX Runtime in this process: latency and best throughput."""
+    import numpy as np
+
+    from service.imaging import prepare
+    from service.repository import ModelRepository
+
+    repository = ModelRepository(settings)  # type: ignore[arg-type]
+    repository.scan()
+    version = repository.get(name)
+    spec, limit = version.input, settings.max_image_pixels  # type: ignore[attr-defined]
+    for _ in range(5):
+        version.infer(prepare(jpeg, spec, limit).array[None])
+    latencies, end = [], time.perf_counter() + seconds / 2
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        version.infer(prepare(jpeg, spec, limit).array[None])
+        latencies.append(time.perf_counter() - start)
+    sequential = len(latencies) / sum(latencies)
+    with ThreadPoolExecutor(settings.decode_threads) as pool:  # type: ignore[attr-defined]
+        jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
+        done, start = 0, time.perf_counter()
+        end = start + seconds / 2
+        while time.perf_counter() < end:
+            arrays = [job.result().array for job in jobs]
+            jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
+            version.infer(np.stack(arrays))
+            done += batch
+        batched = done / (time.perf_counter() - start)
+        for job in jobs:
+            job.result()
+    return {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
+            "sequential_per_s": sequential, "batched_per_s": batched,
+            "limit_per_s": max(sequential, batched)}
+
+
+# --------------------------------------------------------------------------- load generator
+def build_request(host: str, port: int, model: str, jpeg: bytes) -> bytes:
+    body = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="photo.jpg"\r\nContent-Type: image/jpeg\r\n\r\n' + jpeg + b"\r\n--"
+            + BOUNDARY + b"--\r\n")
+    head = (f"POST /v1/models/{model}/classify?top_k=5 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _one_client(host: str, port: int, request: bytes, stop_at: float, measure_from: float,
+                      latencies: list[float], errors: list[int], done: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    while time.perf_counter() < stop_at:
+        start = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        if status != 200:
+            errors.append(status)
+        elif start >= measure_from:
+            latencies.append(time.perf_counter() - start)
+        done.append(1)
+    writer.close()
+
+
+async def _drive(host: str, port: int, request: bytes, clients: int, warmup: float,
+                 seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[int] = []
+    done: list[int] = []
+    begin = time.perf_counter()
+    measure_from, stop_at = begin + warmup, begin + warmup + seconds
+    await asyncio.gather(*(_one_client(host, port, request, stop_at, measure_from, latencies,
+                                       errors, done) for _ in range(clients)))
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors),
+            "total": len(done),
+            "per_s": len(latencies) / seconds,
+            "p50_ms": percentile(latencies, 50) * 1e3 if latencies else float("nan"),
+            "p99_ms": percentile(latencies, 99) * 1e3 if latencies else float("nan")}
+
+
+def client_main(args: argparse.Namespace) -> None:
+    """``--client`` mode: drive the server, print one JSON line."""
+    jpeg = Path(args.jpeg).read_bytes()
+    request = build_request("127.0.0.1", args.port, args.model, jpeg)
+    result = asyncio.run(_drive("127.0.0.1", args.port, request, args.concurrency, args.warmup,
+                                args.seconds))
+    print(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(models: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
+        cwd=ROOT, env={**os.environ, **env, "CONVSERVE_LOG_LEVEL": "warning"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            break
+    process.kill()
+    raise SystemExit(f"the server did not start: {process.communicate()[1].decode()[-2000:]}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(port: int, model: str, jpeg_path: Path, clients: int, args: argparse.Namespace,
+          server_pid: int) -> dict:
+    cpu_before = cpu_seconds(server_pid)
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", "--port", str(port), "--model", model,
+         "--jpeg", str(jpeg_path), "--concurrency", str(clients), "--seconds", str(args.seconds),
+         "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["server_cpu_ms"] = (cpu_seconds(server_pid) - cpu_before) * 1e3 / max(1, result["total"])
+    return result
+
+
+# --------------------------------------------------------------------------- main
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
+            "CONVSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+            "CONVSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
+            "CONVSERVE_DECODE_WORKERS": str(args.decode_workers)}
+
+
+def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
+                args: argparse.Namespace) -> None:
+    from service.settings import load_settings
+
+    env = server_env(args)
+    settings = load_settings(models_dir=models, providers="CPU",
+                             intra_op_threads=args.intra_op_threads,
+                             max_batch_size=args.max_batch_size,
+                             decode_workers=args.decode_workers)
+    limit = in_process(settings, name, jpeg, min(args.max_batch_size, max(args.clients)),
+                       args.seconds)
+    port = free_port()
+    server = start_server(models, port, env)
+    try:
+        served = [drive(port, name, jpeg_path, clients, args, server.pid)
+                  for clients in args.clients]
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"\n== {name} ==")
+    print(f"in-process: single image p50 {limit['p50_ms']:.2f} ms, p99 {limit['p99_ms']:.2f} ms;"
+          f" throughput one-at-a-time {limit['sequential_per_s']:.1f}/s, batched with parallel "
+          f"decoding {limit['batched_per_s']:.1f}/s -> limit {limit['limit_per_s']:.1f}/s")
+    print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'thr/limit':>10} {'p50-inproc':>11} {'server CPU/req':>15}")
+    for row in served:
+        print(f"{row['clients']:>8} {row['per_s']:>8.1f} {row['p50_ms']:>8.2f} "
+              f"{row['p99_ms']:>8.2f} {row['errors']:>7} "
+              f"{row['per_s'] / limit['limit_per_s']:>10.2f} "
+              f"{row['p50_ms'] - limit['p50_ms']:>+10.2f}ms {row['server_cpu_ms']:>12.2f} ms")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="imagenet-mobilenetv2,resnet18-random")
+    parser.add_argument("--source", type=Path, default=ROOT / "models",
+                        help="where to copy the models from (default: models/)")
+    parser.add_argument("--clients", default="1,32")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per point")
+    parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    parser.add_argument("--decode-workers", type=int, default=0)
+    # --client mode (the load generator, run as a separate process)
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--jpeg", help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.client:
+        args.clients = [int(c) for c in args.clients.split(",")]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.client:
+        client_main(args)
+        return
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {os.cpu_count()} logical CPUs ({cpu}), Python {platform.python_version()}, "
+          f"{platform.platform()}")
+    print(f"settings: {server_env(args)}; {args.seconds:g} s measured per point after "
+          f"{args.warmup:g} s warm-up; multipart upload of a 640x480 JPEG")
+    jpeg = make_jpeg()
+    with tempfile.TemporaryDirectory(prefix="convserve-bench-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        jpeg_path = Path(tmp) / "photo.jpg"
+        jpeg_path.write_bytes(jpeg)
+        for name in prepare_models(models, args.models.split(","), args.source):
+            bench_model(name, models, jpeg, jpeg_path, args)
+    print("\nresnet18-random has random weights: its figures measure speed only.")
+    print("latencies are measured by the client process, over loopback, on the same machine.")
+
+
+if __name__ == "__main__":
+    main()
