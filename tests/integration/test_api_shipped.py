@@ -45,13 +45,17 @@ def _top(client: TestClient, model: str, data: bytes, k: int = 5) -> list[str]:
     return [p["label"] for p in response.json()["results"][0]["predictions"]]
 
 
-def test_every_shipped_model_loads_and_is_described(shipped_client: TestClient) -> None:
+def test_every_shipped_model_loads_and_answers(shipped_client: TestClient,
+                                               photo: Callable[[str], bytes]) -> None:
     assert shipped_client.get("/readyz").status_code == 200
     for model in shipped_client.get("/v1/models").json()["models"]:
         latest = model["versions"][0]
         assert latest["provider"] in latest["providers"]
-        if latest["task"] != "face-detection":
-            assert latest["num_classes"] == len(latest["labels"]) > 1
+        if latest["task"] == "face-detection":
+            continue
+        assert latest["num_classes"] == len(latest["labels"]) > 1
+        top = _top(shipped_client, model["name"], photo("face-happy"), 3)
+        assert len(top) == 3 and set(top) <= set(latest["labels"])
 
 
 def test_imagenet_classifier_on_real_photos(shipped_client: TestClient,
