@@ -234,7 +234,8 @@ class MTCNN:
         ys = h * points[:, 5:] + boxes[:, 1:2] - 1
         boxes = _regress(boxes, offsets)
         pick = nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
-        return [Face(box=tuple(float(v) for v in boxes[k, :4]), score=float(boxes[k, 4]),
+        return [Face(box=(float(boxes[k, 0]), float(boxes[k, 1]), float(boxes[k, 2]),
+                          float(boxes[k, 3])), score=float(boxes[k, 4]),
                      landmarks=np.stack([xs[k], ys[k]], axis=1)) for k in pick]
 
 

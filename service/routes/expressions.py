@@ -1,0 +1,213 @@
+"""``POST /v1/expressions``: every face in a photo, where it is and which expression it shows.
+
+Steps: decode the photo at full size (EXIF orientation applied, so boxes are in the photo as it
+is displayed), detect faces with the MTCNN graphs (``service/faces.py``), crop each face with a
+margin and level its eyes, convert it to the expression model's input, and classify all faces of
+the request together through the batcher (they queue at once, so they share one ONNX Runtime
+run, with faces of concurrent requests too). Faces are answered left to right. A photo without
+faces is a normal answer with an empty list. ``annotate=true`` (or ``Accept: image/png`` /
+``image/jpeg``) answers the photo with the boxes drawn instead of JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from service import imaging
+from service.annotate import FORMATS, Label, annotate, encode
+from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
+from service.errors import UnsupportedTask
+from service.faces import MTCNN, DetectorConfig, Face, Graph, face_crop
+from service.imaging import InputSpec
+from service.pipeline import read_uploads
+from service.repository import DETECTOR_TASK, ModelVersion
+from service.runtime import Session
+from service.schemas import ErrorResponse
+
+DEFAULT_MODEL = "fer-minixception"
+DEFAULT_DETECTOR = "face-mtcnn"
+MARGIN = 0.2  # added on each side of a detected box, as a fraction of its side
+
+router = APIRouter(prefix="/v1", tags=["expressions"], responses={
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
+
+
+class Box(BaseModel):
+    x: int = Field(description="left edge, pixels from the left of the (EXIF-oriented) photo")
+    y: int = Field(description="top edge, pixels from the top")
+    width: int
+    height: int
+
+
+class FaceResult(BaseModel):
+    box: Box
+    detection_score: float | None = Field(description="face probability (null with detect=false)")
+    expression: str = Field(description="the most probable expression")
+    probabilities: dict[str, float] = Field(description="every expression's probability")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ExpressionsResponse(BaseModel):
+    model: str = Field(description="name/version of the expression model")
+    detector: str | None = Field(description="name/version of the face detector (or null)")
+    image: ImageSize = Field(description="the photo's size after EXIF orientation")
+    faces: list[FaceResult] = Field(description="left to right")
+
+
+_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}}, "responses": {"200": {"content": {"image/png": {}, "image/jpeg": {}}}}}
+
+
+@dataclass
+class Analysis:
+    """What the thread-pool half of a request produced."""
+
+    photo: Image.Image
+    faces: list[Face]
+    crops: list[np.ndarray]
+    decode_s: float
+    detect_s: float
+    crop_s: float
+
+
+def decode_photo(data: bytes, max_pixels: int) -> Image.Image:
+    """The whole photo as RGB, EXIF orientation applied, through :func:`imaging.prepare`.
+
+    The header is read first (with the pixel-count guard) to ask ``prepare`` for the photo's own
+    size, so nothing is resized.
+    """
+    header = imaging._open(data, imaging.sniff(data), max_pixels)
+    width, height = header.size
+    if imaging._orientation(header) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+        width, height = height, width
+    spec = InputSpec(height=height, width=width, channels=3)
+    return Image.fromarray(imaging.prepare(data, spec, max_pixels).array)
+
+
+def model_input(crop: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A face crop as the expression model's ``[H, W, C]`` uint8 input."""
+    crop = crop.convert("L" if spec.channels == 1 else "RGB")
+    if crop.size != (spec.width, spec.height):
+        crop = crop.resize((spec.width, spec.height), imaging._RESAMPLE[spec.interpolation])
+    array = np.asarray(crop)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
+            spec: InputSpec, max_faces: int) -> Analysis:
+    """Decode, detect and crop (blocking: runs in the decode pool)."""
+    start = time.perf_counter()
+    photo = decode_photo(data, max_pixels)
+    decoded = time.perf_counter()
+    if detector is None:
+        width, height = photo.size
+        faces = [Face(box=(0.0, 0.0, float(width), float(height)), score=float("nan"),
+                      landmarks=np.zeros((5, 2)))]
+    else:
+        faces = detector.detect(np.asarray(photo), config)[:max_faces]
+        faces.sort(key=lambda face: (face.box[0], face.box[1]))
+    detected = time.perf_counter()
+    crops = [photo] if detector is None else [
+        face_crop(photo, face, (spec.width, spec.height), margin=MARGIN) for face in faces]
+    arrays = [model_input(crop, spec) for crop in crops]
+    return Analysis(photo, faces, arrays, decoded - start, detected - decoded,
+                    time.perf_counter() - detected)
+
+
+def _detector(version: ModelVersion) -> MTCNN:
+    if version.task != DETECTOR_TASK or not {"pnet", "rnet", "onet"} <= set(version.sessions):
+        raise UnsupportedTask(f"model {version.name!r} is not an MTCNN face detector (task "
+                              f"{version.task!r}); use detector={DEFAULT_DETECTOR}")
+    def graph(session: Session) -> Graph:
+        return lambda batch: session.run({"image": batch})
+
+    return MTCNN({name: graph(session) for name, session in version.sessions.items()})
+
+
+def _wanted_image(request: Request, annotate_flag: bool) -> str | None:
+    """The image media type to answer with, or None for JSON."""
+    accepted = [part.split(";")[0].strip().lower()
+                for part in request.headers.get("accept", "").split(",")]
+    for media_type in accepted:
+        if media_type in FORMATS:
+            return media_type
+        if media_type == "application/json":
+            break
+    return "image/png" if annotate_flag else None
+
+
+MinFace = Annotated[int, Query(ge=10, le=10000, description="smallest face side searched for, px")]
+MaxFaces = Annotated[int, Query(ge=1, le=1000, description="at most this many faces (best first)")]
+Detect = Annotated[bool, Query(description="false: the whole image is one face crop")]
+AnnotateFlag = Annotated[bool, Query(alias="annotate",
+                                     description="answer the photo with labelled boxes")]
+
+
+@router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
+             summary="Detect faces and classify their expressions")
+async def expressions(request: Request, repository: RepositoryDep, settings: SettingsDep,
+                      batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
+                      min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
+                      detect: Detect = True, annotate_flag: AnnotateFlag = False,
+                      model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR) -> Any:
+    classifier = repository.get(model)  # both held for the whole request
+    classifier.require_classifier()
+    assert classifier.input is not None
+    finder = repository.get(detector) if detect else None
+    graphs = _detector(finder) if finder is not None else None
+    request.state.model, request.state.version = classifier.name, classifier.version
+    upload = (await read_uploads(request, 1))[0]
+    request.state.images = 1
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(
+        pool, analyse, upload.data, settings.max_image_pixels, graphs,
+        DetectorConfig(min_face_size=min_face_size), classifier.input, max_faces)
+    labels = (classifier.name, str(classifier.version))
+    metrics.decode.labels(*labels).observe(result.decode_s)
+    metrics.preprocess.labels(*labels).observe(result.detect_s + result.crop_s)
+    start = time.perf_counter()
+    rows = await asyncio.gather(*(batcher.submit(classifier, a) for a in result.crops))
+    classify_s = time.perf_counter() - start
+    faces = [_face_result(face, row, classifier.labels, result.photo.size, detect)
+             for face, row in zip(result.faces, rows, strict=True)]
+    timing = {"decode": result.decode_s, "detect": result.detect_s, "crop": result.crop_s,
+              "classify": classify_s}
+    headers = {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items()),
+               "X-Faces": str(len(faces))}
+    media_type = _wanted_image(request, annotate_flag)
+    if media_type is not None:
+        drawn = annotate(result.photo, [Label((f.box.x, f.box.y, f.box.width, f.box.height),
+                                              f.expression, f.probabilities[f.expression])
+                                        for f in faces])
+        body = await loop.run_in_executor(pool, encode, drawn, media_type)
+        return Response(body, media_type=media_type, headers=headers)
+    answer = ExpressionsResponse(
+        model=classifier.key, detector=finder.key if finder is not None else None,
+        image=ImageSize(width=result.photo.width, height=result.photo.height), faces=faces)
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _face_result(face: Face, row: np.ndarray, labels: list[str], size: tuple[int, int],
+                 detected: bool) -> FaceResult:
+    names = labels or [str(i) for i in range(len(row))]
+    x, y, w, h = face.clipped(*size)
+    best = int(np.argmax(row))
+    return FaceResult(box=Box(x=x, y=y, width=w, height=h),
+                      detection_score=face.score if detected else None,
+                      expression=names[best],
+                      probabilities={name: float(p) for name, p in zip(names, row, strict=True)})
