@@ -165,6 +165,7 @@ class ModelRepository:
         self.settings = settings
         self._versions: dict[tuple[str, int], ModelVersion] = {}
         self.failures: dict[str, str] = {}
+        self._failed_stamps: dict[tuple[str, int], int] = {}  # not retried until model.json changes
         self.loaded = False  # True once the first scan has finished
         self._scan_lock = threading.Lock()
 
@@ -186,12 +187,18 @@ class ModelRepository:
                 stamp = (path / "model.json").stat().st_mtime_ns
                 if existing is not None and existing.stamp == stamp:
                     continue
+                key = f"{name}/{version}"
+                if self._failed_stamps.get((name, version)) == stamp:
+                    result.failed[key] = self.failures[key]  # unchanged: still broken
+                    continue
                 try:
                     loaded = _load_version(name, version, path, self.settings)
                 except Exception as exc:
-                    result.failed[f"{name}/{version}"] = f"{type(exc).__name__}: {exc}"
-                    logger.error("model %s/%s failed to load: %s", name, version, exc)
+                    result.failed[key] = f"{type(exc).__name__}: {exc}"
+                    self._failed_stamps[(name, version)] = stamp
+                    logger.error("model %s failed to load: %s", key, exc)
                     continue
+                self._failed_stamps.pop((name, version), None)
                 if existing is not None:
                     result.removed.append(existing)
                 current[(name, version)] = loaded
