@@ -1,0 +1,367 @@
+"""Export a CNN to the model repository: ONNX with the preprocessing inside, checked, + model.json.
+
+Every convserve model leaves training through :func:`export_model` (and
+:func:`export_checkpoint`, its front end for training runs). The exported graph takes ``image``,
+uint8 ``[N, H, W, C]`` (RGB or grey), scales it to [0, 1], applies the model's
+:class:`~training.data.preprocessing.Preprocessing` (mean/std, whitening, grey -> RGB), runs the
+network and returns ``probabilities``, float32 ``[N, K]`` after softmax (docs/model-format.md).
+
+Each export is checked before anything is written to the repository: ``onnx.checker``, the
+graph's input/output signature, the file size against the weights' (no duplicated weights),
+and ONNX Runtime (CPU) against PyTorch on real images, one at a time and as one batch (the
+batch axis is dynamic), within ``tolerance`` (max absolute difference of probabilities). A model
+that fails raises :class:`ExportError` and leaves nothing in ``models/``. ``model.onnx`` is
+written first, ``model.json`` last and atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from training.assets import sha256_of
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+OPSET = 17
+TOLERANCE = 1e-4
+EXPORTER = "convserve.training.export"
+# model.onnx may exceed the weights' bytes by this fraction plus this many bytes (graph, shapes).
+SIZE_SLACK = (0.05, 256 * 1024)
+
+
+class ExportError(RuntimeError):
+    """The model failed an export check; nothing was written. The message says what failed."""
+
+
+class ExportWrapper(nn.Module):
+    """uint8 NHWC ``image`` -> [0, 1] NCHW -> preprocessing -> model -> softmax."""
+
+    def __init__(self, model: nn.Module, preprocess: nn.Module | None = None) -> None:
+        super().__init__()
+        self.preprocess = preprocess if preprocess is not None else nn.Identity()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        return torch.softmax(self.model(self.preprocess(x)), dim=1)
+
+
+@dataclass
+class ExportSpec:
+    """What goes into ``model.json`` besides the graph.
+
+    Attributes:
+        name: Repository name (lower-case letters, digits, ``-``).
+        version: Positive integer.
+        labels: Class names in output order.
+        height: Graph input height.
+        width: Graph input width.
+        channels: Graph input channels (1 grey, 3 RGB).
+        resize: ``input.resize`` block (e.g. ``EvalPreset.to_json()``).
+        preprocessing: ``preprocessing`` block (e.g. ``Preprocessing.to_json()``).
+        task: ``classification`` or ``expression``.
+        metrics: ``{"measured": {...}}`` and/or ``{"reported": {...}}``.
+        source_weights: Provenance of reused weights (package, file, sha256).
+        config: The resolved training config, or None.
+        extra: More top-level keys (e.g. photo sanity results).
+    """
+
+    name: str
+    version: int
+    labels: list[str]
+    height: int
+    width: int
+    channels: int
+    resize: dict[str, Any]
+    preprocessing: dict[str, Any]
+    task: str = "classification"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    source_weights: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise :class:`ExportError` if a field breaks docs/model-format.md."""
+        if not NAME_PATTERN.match(self.name):
+            raise ExportError(f"model name {self.name!r} must match {NAME_PATTERN.pattern} "
+                              "(lower-case letters, digits and '-')")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise ExportError(f"version must be a positive integer, got {self.version!r}")
+        if self.channels not in (1, 3):
+            raise ExportError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ExportError(f"labels must be at least two distinct names, got {self.labels}")
+        mixed = set(self.metrics) - {"measured", "reported"}
+        if mixed:
+            raise ExportError(f"metrics keys must be 'measured' and/or 'reported', got {mixed}")
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _trace(wrapper: ExportWrapper, sample: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(wrapper, (sample,), str(path), input_names=["image"],
+                          output_names=["probabilities"], opset_version=opset,
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                          do_constant_folding=True, dynamo=False)
+
+
+def _check_graph(path: Path, spec: ExportSpec, weight_bytes: int) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as error:  # noqa: BLE001 - checker raises several types
+        raise ExportError(f"onnx.checker rejected the graph: {error}") from None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    (image,), (probs,) = graph.input, graph.output
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    expected = [spec.height, spec.width, spec.channels]
+    if (image.name != "image" or image.type.tensor_type.elem_type != onnx.TensorProto.UINT8
+            or dims[1:] != expected or not isinstance(dims[0], str)):
+        raise ExportError(f"graph input is {image.name} {dims}, expected image uint8 "
+                          f"[batch, {', '.join(map(str, expected))}] with a dynamic batch")
+    if probs.name != "probabilities" or probs.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ExportError(f"graph output is {probs.name}, expected float32 probabilities")
+    size, limit = path.stat().st_size, weight_bytes * (1 + SIZE_SLACK[0]) + SIZE_SLACK[1]
+    if size > limit:
+        raise ExportError(f"model.onnx is {size} bytes but the weights are {weight_bytes}: "
+                          "weights are duplicated in the graph (check shared modules/buffers)")
+
+
+def check_parity(path: Path, wrapper: ExportWrapper, images: np.ndarray,
+                 tolerance: float = TOLERANCE) -> float:
+    """Max abs difference of ONNX Runtime (CPU) vs PyTorch, per image and as one batch.
+
+    Raises:
+        ExportError: the difference exceeds ``tolerance``, or rows do not sum to 1.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batches = [images[i:i + 1] for i in range(len(images))] + [images]
+    worst = 0.0
+    with torch.inference_mode():
+        for batch in batches:
+            expected = wrapper(torch.from_numpy(batch)).numpy()
+            (got,) = session.run(["probabilities"], {"image": batch})
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX Runtime gave shape {got.shape}, PyTorch {expected.shape}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= tolerance:
+        raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.3g} (max abs, on "
+                          f"{len(images)} real images) > {tolerance:g}: the graph does not "
+                          "compute what the model does (data-dependent Python control flow? "
+                          "an op the tracer does not capture?); not writing it")
+    sums = session.run(["probabilities"], {"image": images})[0].sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-4):
+        raise ExportError(f"probabilities do not sum to 1: {sums}")
+    return worst
+
+
+def _weight_bytes(wrapper: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in wrapper.state_dict().values()
+               if t.is_floating_point())
+
+
+def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
+                 preprocess: nn.Module | None = None, models_dir: str | Path = "models",
+                 tolerance: float = TOLERANCE, opset: int = OPSET,
+                 overwrite: bool = False) -> Path:
+    """Export, check and write ``models_dir/<name>/<version>/{model.onnx, model.json}``.
+
+    Args:
+        model: The network (NCHW float in, logits out); exported in eval mode on the CPU.
+        spec: Metadata; ``spec.height/width/channels`` is the graph's input size.
+        images: Real images, uint8 ``[N, H, W, C]`` already resized to the input size (photos,
+            test samples): the parity check runs on them.
+        preprocess: Module mapping [0, 1] NCHW to the model's input (``Preprocessing.module()``).
+        models_dir: The model repository.
+        tolerance: Largest allowed |ORT - PyTorch| over the probabilities.
+        opset: ONNX opset (>= 17).
+        overwrite: Replace an existing version (otherwise refuse).
+
+    Returns:
+        The version directory.
+
+    Raises:
+        ExportError: a check failed; nothing is written.
+    """
+    spec.validate()
+    if opset < OPSET:
+        raise ExportError(f"opset must be >= {OPSET}, got {opset}")
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[1:] != (spec.height, spec.width, spec.channels):
+        raise ExportError(f"parity images must be uint8 [N, {spec.height}, {spec.width}, "
+                          f"{spec.channels}], got {images.shape}")
+    if len(images) < 2:
+        raise ExportError("give at least two real images for the parity check")
+    target = Path(models_dir) / spec.name / str(spec.version)
+    if (target / "model.json").exists() and not overwrite:
+        raise ExportError(f"{target} already holds a model; export a new version or pass "
+                          "overwrite=True")
+    wrapper = ExportWrapper(model, preprocess).cpu().eval()
+    with torch.inference_mode():
+        classes = wrapper(torch.from_numpy(images[:1])).shape[1]
+    if classes != len(spec.labels):
+        raise ExportError(f"the model has {classes} outputs but {len(spec.labels)} labels")
+    with tempfile.TemporaryDirectory(prefix="convserve-export-") as scratch:
+        onnx_path = Path(scratch) / "model.onnx"
+        _trace(wrapper, torch.from_numpy(images[:1]), onnx_path, opset)
+        _check_graph(onnx_path, spec, _weight_bytes(wrapper))
+        worst = check_parity(onnx_path, wrapper, images, tolerance)
+        logger.info("%s v%d: ORT vs PyTorch max abs diff %.3g on %d images", spec.name,
+                    spec.version, worst, len(images))
+        meta = model_json(spec, sha256_of(onnx_path), worst, len(images), opset, tolerance)
+        _publish(onnx_path, meta, target)
+    return target
+
+
+def model_json(spec: ExportSpec, onnx_sha256: str, parity: float, images: int, opset: int,
+               tolerance: float) -> dict[str, Any]:
+    """The ``model.json`` document (docs/model-format.md)."""
+    return {
+        "name": spec.name, "version": spec.version, "task": spec.task,
+        "labels": list(spec.labels),
+        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": spec.height,
+                  "width": spec.width, "channels": spec.channels, "resize": spec.resize},
+        "output": {"name": "probabilities", "dtype": "float32"},
+        "preprocessing": spec.preprocessing,
+        "metrics": spec.metrics,
+        "provenance": {
+            "source_weights": spec.source_weights, "config": spec.config,
+            "git_commit": git_commit(),
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "exporter": EXPORTER,
+            "export_check": {"opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": parity,
+                             "images": images, "tolerance": tolerance},
+        },
+        **spec.extra,
+        "onnx_sha256": onnx_sha256,
+    }
+
+
+def _publish(onnx_path: Path, meta: dict[str, Any], target: Path) -> None:
+    """model.onnx first, then model.json atomically (a reader never sees half a model)."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "model.json").unlink(missing_ok=True)
+    partial = target / "model.onnx.tmp"
+    shutil.copyfile(onnx_path, partial)
+    partial.replace(target / "model.onnx")
+    partial = target / "model.json.tmp"
+    partial.write_text(json.dumps(meta, indent=1) + "\n")
+    partial.replace(target / "model.json")
+    logger.info("wrote %s", target)
+
+
+def photo_batch(names: Sequence[str], preset: Any) -> np.ndarray:
+    """Real photos from :mod:`training.assets` through an eval preset, as uint8 NHWC."""
+    from PIL import Image
+
+    from training.assets import fetch
+
+    batch = []
+    for name in names:
+        with Image.open(fetch(name)) as image:
+            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        batch.append(_to_uint8_hwc(preset(pixels)))
+    return np.stack(batch)
+
+
+def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    return (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+PARITY_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def _test_samples(config: Any, count: int) -> np.ndarray | None:
+    """The first ``count`` test-split images through the eval preset (None if unreadable)."""
+    from training.data.pipeline import build_split
+
+    try:
+        dataset = build_split(config, config.data.test_split, train=False)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("no test samples for the parity check (%s); using photos only", error)
+        return None
+    return np.stack([_to_uint8_hwc(dataset[i][0]) for i in range(min(count, len(dataset)))])
+
+
+def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
+                      version: int | None = None, models_dir: str | Path = "models",
+                      overwrite: bool = False, samples: int = 8) -> Path:
+    """Export a training run's checkpoint (``python -m training export``).
+
+    The parity check runs on real photos (:data:`PARITY_PHOTOS`) and the first ``samples``
+    test images, all through the run's eval preset. ``model.json`` gets the run's labels, eval
+    resize, fitted preprocessing, test metrics (``measured``), resolved config and, when
+    fine-tuned, the pretrained weights' provenance.
+
+    Args:
+        checkpoint: ``checkpoint.pt`` or the run directory.
+        name: Model name (default: the config's ``export.name``).
+        version: Version (default: the config's ``export.version``).
+        models_dir: The model repository.
+        overwrite: Replace an existing version.
+        samples: Test images added to the parity check.
+
+    Raises:
+        ExportError: a check failed or the name is missing; nothing is written.
+    """
+    from training import pretrained
+    from training.engine import DATASET_NAMES, load_checkpoint, load_trained
+
+    trained = load_trained(checkpoint)
+    resolved = load_checkpoint(checkpoint)["config"]  # as trained (finetune.pretrained kept)
+    config = trained.config
+    name = name or config.export.name
+    if not name:
+        raise ExportError("no model name: pass --name or set export.name in the config")
+    preset = trained.eval_preset
+    images = photo_batch(PARITY_PHOTOS, preset)  # grey presets give [N, H, W, 1]
+    tests = _test_samples(config, samples)
+    if tests is not None:
+        images = np.concatenate([images, tests])
+    metrics: dict[str, Any] = {}
+    if trained.metrics:
+        measured = trained.metrics
+        metrics["measured"] = {
+            "dataset": DATASET_NAMES.get(config.data.name, config.data.name),
+            "split": config.data.test_split, "images": measured["images"],
+            "top1": measured["top1"], "top5": measured.get("top5")}
+    sources = (pretrained.provenance(config.model.name)
+               if resolved["finetune"]["pretrained"] else [])
+    spec = ExportSpec(
+        name=name, version=version or config.export.version, labels=trained.labels,
+        height=preset.height, width=preset.width, channels=preset.channels,
+        resize=preset.to_json(), preprocessing=trained.preprocessing.to_json(),
+        task=config.export.task, metrics=metrics, source_weights=sources, config=resolved,
+        extra={"training": {"epochs": trained.epoch}})
+    return export_model(trained.model, spec, images, preprocess=trained.preprocessing.module(),
+                        models_dir=models_dir, overwrite=overwrite)
