@@ -213,10 +213,11 @@ def free_port() -> int:
 
 
 def start_server(models: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The service as a subprocess, its log (one access line per request) in models/../log."""
+    log = (models.parent / "server.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
-        cwd=ROOT, env={**os.environ, **env, "CONVSERVE_LOG_LEVEL": "warning"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
     import httpx
 
     deadline = time.monotonic() + 120
@@ -229,7 +230,8 @@ def start_server(models: Path, port: int, env: dict[str, str]) -> subprocess.Pop
         if process.poll() is not None:
             break
     process.kill()
-    raise SystemExit(f"the server did not start: {process.communicate()[1].decode()[-2000:]}")
+    tail = (models.parent / "server.log").read_text(errors="replace")[-2000:]
+    raise SystemExit(f"the server did not start:\n{tail}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -255,7 +257,8 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {"CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
             "CONVSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
             "CONVSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
-            "CONVSERVE_DECODE_WORKERS": str(args.decode_workers)}
+            "CONVSERVE_DECODE_WORKERS": str(args.decode_workers),
+            "CONVSERVE_LOG_LEVEL": args.log_level}
 
 
 def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
@@ -302,6 +305,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--decode-workers", type=int, default=0)
+    parser.add_argument("--log-level", default="info", help="the server's (info: access lines)")
     # --client mode (the load generator, run as a separate process)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
