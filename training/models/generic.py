@@ -42,10 +42,15 @@ def _from_mapping(cls: type, data: Mapping[str, Any] | Any, where: str) -> Any:
         return data
     if not isinstance(data, Mapping):
         raise LayerConfigError(f"{where}: expected a mapping, got {data!r}")
-    valid = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    valid = [f.name for f in fields]
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise LayerConfigError(f"{where}: unknown keys {unknown}; valid: {valid}")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise LayerConfigError(f"{where}: missing {missing}; required: {required}")
     return cls(**data)
 
 
@@ -100,6 +105,9 @@ class CNNSpec:
                                    "{kind: max, kernel: 2}}]")
         stages = []
         for i, stage in enumerate(data.pop("stages"), start=1):
+            if isinstance(stage, StageSpec):
+                stages.append(stage)
+                continue
             if not isinstance(stage, Mapping):
                 raise LayerConfigError(f"stage {i}: expected a mapping, got {stage!r}")
             stage = dict(stage)
@@ -196,7 +204,8 @@ class PatternCNN(ConvNet):
                 channels = conv.out_channels
             if stage.pool is not None:
                 pool = stage.pool
-                layers.append(make_pool(pool.kind, pool.kernel, pool.stride, pool.padding))
+                layers.append(make_pool(pool.kind, pool.kernel, pool.stride, pool.padding,
+                                        layer=f"{self.arch}: stage {i} pool"))
             stages.append(nn.Sequential(*layers))
         return nn.Sequential(*stages), channels
 
