@@ -91,7 +91,13 @@ class _Lane:
             assert isinstance(first, _Item)
             items, stop = await self._gather(first)
             self.pending -= len(items)
-            await self._run(items)
+            try:
+                await self._run(items)
+            except Exception as exc:  # never let the lane die with callers waiting
+                logger.exception("batch for %s failed", self.version.key)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
             if stop:
                 return
 
