@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 import shutil
 from collections.abc import Callable, Iterator
@@ -68,6 +69,27 @@ def test_imagenet_classifier_on_real_photos(shipped_client: TestClient,
     assert any(word in " ".join(cup).lower() for word in ("espresso", "cup", "coffee")), cup
     rgba = _top(shipped_client, "imagenet-mobilenetv2", photo("rgba-png"), 5)
     assert len(rgba) == 5
+
+
+@pytest.mark.parametrize("model", ["imagenet-mobilenetv2", "imagenet-efficientnet-lite0"])
+def test_service_matches_the_exporters_own_check(shipped_client: TestClient,
+                                                 photo: Callable[[str], bytes],
+                                                 model: str) -> None:
+    """model.json's `sanity` block holds top-3 answers the exporter computed with torchvision's
+    preprocessing; the service (its own decoding and resizing) must agree."""
+    if not _shipped(model):
+        pytest.skip(f"models/{model} is not shipped yet")
+    meta = json.loads(sorted((SHIPPED / model).glob("*/model.json"))[-1].read_text())
+    checks = (meta.get("sanity") or {}).get("photos") or {}
+    if not checks:
+        pytest.skip(f"{model}'s model.json has no sanity answers")
+    for name, check in checks.items():
+        response = shipped_client.post(f"/v1/models/{model}/classify", params={"top_k": 3},
+                                       files={"file": (name, photo(name))})
+        got = response.json()["results"][0]["predictions"]
+        expected_label, expected_score = check["top3"][0]
+        assert got[0]["label"] == expected_label, (name, got, check["top3"])
+        assert abs(got[0]["score"] - expected_score) < 0.05, (name, got, check["top3"])
 
 
 def test_digit_classifier_on_real_digits(shipped_client: TestClient) -> None:
