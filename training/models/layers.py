@@ -102,7 +102,7 @@ def output_size(size: int, kernel: int, stride: int = 1, padding: Padding = 0, *
     numbers = (f"(input {dim} W={size}, kernel K={kernel}, padding P={padding}, "
                f"stride S={stride})")
     if value.denominator != 1:
-        pads = "2P" if isinstance(padding, int) else "P_before + P_after"
+        pads = "2P" if text.startswith("(W - K + 2P)") else "P_before + P_after"
         problem, fix = "is not an integer", (f"change the padding or stride so that W - K + "
                                              f"{pads} is a multiple of S")
     elif value < 1:
@@ -256,8 +256,8 @@ class Maxout(nn.Module):
         return f"pieces={self.pieces}"
 
 
-def make_pool(kind: str, kernel: int, stride: int | None = None,
-              padding: Padding = 0) -> nn.Module:
+def make_pool(kind: str, kernel: int, stride: int | None = None, padding: Padding = 0, *,
+              layer: str = "pool") -> nn.Module:
     """A max or average pool; a ``(before, after)`` padding becomes an explicit pad layer.
 
     Raises:
@@ -265,12 +265,14 @@ def make_pool(kind: str, kernel: int, stride: int | None = None,
             above half the kernel (a window could then lie wholly in the padding).
     """
     if kind not in POOLS:
-        raise LayerConfigError(f"unknown pool {kind!r}; valid: {', '.join(POOLS)}")
+        raise LayerConfigError(f"{layer}: unknown pool kind {kind!r}; valid: "
+                               f"{', '.join(POOLS)}", layer=layer)
     stride = kernel if stride is None else stride
     before, after = padding_pair(padding)
     if max(before, after) > kernel // 2:
-        raise LayerConfigError(f"{kind} pool padding {padding} exceeds half the kernel "
-                               f"({kernel} // 2 = {kernel // 2}); use less padding")
+        raise LayerConfigError(f"{layer}: {kind} pool padding {padding} exceeds half the "
+                               f"kernel ({kernel} // 2 = {kernel // 2}); use less padding",
+                               layer=layer, kernel=kernel, padding=padding)
     pool_cls = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
     if before == after:
         return pool_cls(kernel, stride, before)
