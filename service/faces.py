@@ -62,8 +62,8 @@ class IntegralImage:
 
     def __init__(self, image: np.ndarray) -> None:
         height, width, channels = image.shape
-        table = np.zeros((height + 1, width + 1, channels), np.float64)
-        np.cumsum(np.cumsum(image, axis=0, dtype=np.float64), axis=1, out=table[1:, 1:])
+        table = np.zeros((height + 1, width + 1, channels), np.int64)  # exact sums
+        np.cumsum(np.cumsum(image, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
         self.table = table
         self.height, self.width = height, width
 
@@ -74,18 +74,32 @@ class IntegralImage:
         Output pixel ``i`` averages source rows ``floor(i*h/out_h)`` to ``ceil((i+1)*h/out_h)``
         (PyTorch's adaptive average pooling), and likewise for columns.
         """
-        ys0, ys1 = _bins(bottom - top, out_h)
-        xs0, xs1 = _bins(right - left, out_w)
-        ys0, ys1, xs0, xs1 = ys0 + top, ys1 + top, xs0 + left, xs1 + left
+        (ys0, ys1), (xs0, xs1) = _bins(bottom - top, out_h), _bins(right - left, out_w)
+        rows = self.table[ys1[0] + top] - self.table[ys0[0] + top]  # separable: rows first
+        sums = rows[:, xs1[0] + left] - rows[:, xs0[0] + left]
+        area = np.outer(ys1[0] - ys0[0], xs1[0] - xs0[0])[:, :, None]
+        return (sums / area).astype(np.float32)
+
+    def resample_many(self, boxes: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+        """:meth:`resample` of ``[N, 4]`` integer ``(top, left, bottom, right)`` rectangles at
+        once: ``[N, out_h, out_w, C]`` float32."""
+        ys0, ys1 = _bins(boxes[:, 2] - boxes[:, 0], out_h)
+        xs0, xs1 = _bins(boxes[:, 3] - boxes[:, 1], out_w)
+        ys0, ys1 = ys0 + boxes[:, :1], ys1 + boxes[:, :1]  # [N, out_h]
+        xs0, xs1 = xs0 + boxes[:, 1:2], xs1 + boxes[:, 1:2]  # [N, out_w]
         t = self.table
-        sums = (t[ys1][:, xs1] - t[ys0][:, xs1] - t[ys1][:, xs0] + t[ys0][:, xs0])
-        area = np.outer(ys1 - ys0, xs1 - xs0)[:, :, None]
+        r0, r1 = ys0[:, :, None], ys1[:, :, None]
+        c0, c1 = xs0[:, None, :], xs1[:, None, :]
+        sums = t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0]
+        area = ((ys1 - ys0)[:, :, None] * (xs1 - xs0)[:, None, :])[..., None]
         return (sums / area).astype(np.float32)
 
 
-def _bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
-    i = np.arange(out, dtype=np.int64)
-    return (i * size) // out, -((-(i + 1) * size) // out)
+def _bins(sizes: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of each output pixel's source bin: ``[N, out]`` each."""
+    i = np.arange(out, dtype=np.int64)[None, :]
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 1)
+    return (i * sizes) // out, -((-(i + 1) * sizes) // out)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union",
@@ -204,8 +218,8 @@ class MTCNN:
         x2 = np.minimum(corners[:, 2], integral.width)
         y2 = np.minimum(corners[:, 3], integral.height)
         valid = np.nonzero((x2 > x1) & (y2 > y1))[0]
-        crops = [integral.resample(y1[k], x1[k], y2[k], x2[k], size, size) for k in valid]
-        return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32), valid
+        rectangles = np.stack([y1, x1, y2, x2], axis=1)[valid]
+        return integral.resample_many(rectangles, size, size), valid
 
     def _refine(self, integral: IntegralImage, boxes: np.ndarray, threshold: float,
                 ) -> np.ndarray:
