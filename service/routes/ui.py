@@ -1,0 +1,50 @@
+"""The web page: ``GET /`` and its two static files (plain HTML/JS/CSS, no build step).
+
+The page talks to the public REST API (``/readyz``, ``/v1/models``, ``/v1/models/{name}/classify``,
+``/v1/expressions``) like any other client. Only the three files in :data:`FILES` are served, by
+name, so no request path ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from service.errors import ServiceError
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+CACHE = {"Cache-Control": "no-cache"}  # revalidate (ETag): a new release shows at once
+
+router = APIRouter(tags=["page"], include_in_schema=False)
+
+
+class StaticNotFound(ServiceError):
+    """No such file of the page. HTTP 404."""
+
+    status_code = 404
+    code = "not_found"
+
+
+def _file(name: str) -> FileResponse:
+    if name not in FILES:
+        raise StaticNotFound(f"no static file {name!r}; the page is at /")
+    return FileResponse(STATIC_DIR / name, media_type=FILES[name], headers=CACHE)
+
+
+@router.get("/")
+async def page() -> FileResponse:
+    """The page where a person tries the models."""
+    return _file("index.html")
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> FileResponse:
+    """The page's script and style sheet."""
+    return _file(name)

@@ -1,0 +1,288 @@
+// convserve's page: pick a model, give it an image, show what the service answers.
+// Plain JavaScript, no build step. Talks to the same REST API as any client:
+//   GET /readyz, GET /v1/models, POST /v1/models/{name}/classify, POST /v1/expressions.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], image: null, imageName: null };
+
+function headers() {
+  const key = $("api-key").value.trim();
+  if (key) localStorage.setItem("convserve-api-key", key);
+  else localStorage.removeItem("convserve-api-key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// The service's own words: {"error": {"code", "message"}} or the v2 protocol's {"error": "..."}.
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    const error = body.error;
+    if (typeof error === "string") return error;
+    if (error && error.message) return error.message;
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function clearOutput() {
+  showError("");
+  $("summary").textContent = "";
+  $("results").replaceChildren();
+  $("overlay").hidden = true;
+}
+
+async function checkReady() {
+  const status = $("status");
+  try {
+    const response = await fetch("/readyz");
+    if (response.ok) {
+      const body = await response.json();
+      status.textContent = `ready: ${body.models.length} model version(s) loaded`;
+      status.dataset.state = "ready";
+      return true;
+    }
+    status.textContent = `not ready: ${await errorMessage(response)}`;
+  } catch (err) {
+    status.textContent = `the service does not answer (${err.message})`;
+  }
+  status.dataset.state = "waiting";
+  return false;
+}
+
+async function loadModels() {
+  const response = await fetch("/v1/models", { headers: headers() });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const body = await response.json();
+  state.models = body.models
+    .map((m) => ({ name: m.name, version: m.default_version, ...m.versions[0] }))
+    .filter((m) => m.task === "classification" || m.task === "expression");
+  const select = $("model");
+  const previous = select.value;
+  select.replaceChildren(...state.models.map((m) => {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = `${m.name} (${m.task}, v${m.version})`;
+    return option;
+  }));
+  if (state.models.some((m) => m.name === previous)) select.value = previous;
+  describeModel();
+}
+
+function chosenModel() {
+  return state.models.find((m) => m.name === $("model").value);
+}
+
+function describeModel() {
+  const model = chosenModel();
+  const info = $("model-info");
+  if (!model) { info.textContent = "no classification or expression model is loaded"; return; }
+  const input = model.input || {};
+  const faces = model.task === "expression" ? "; faces are found first, then each is classified" : "";
+  info.textContent = `${model.num_classes} classes, ${input.width}x${input.height} ` +
+    `${input.channels === 1 ? "grey" : "RGB"} input, on ${model.provider}${faces}`;
+  const isExpression = model.task === "expression";
+  $("top-k").hidden = isExpression;
+  $("top-k-label").hidden = isExpression;
+  updateSubmit();
+}
+
+function updateSubmit() {
+  $("submit").disabled = !(state.image && chosenModel());
+}
+
+function setImage(blob, name) {
+  if (!blob || !blob.type.startsWith("image/")) {
+    showError(`${name || "that file"} is not an image`);
+    return;
+  }
+  state.image = blob;
+  state.imageName = name;
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(blob);
+  preview.hidden = false;
+  clearOutput();
+  updateSubmit();
+}
+
+function bar(label, score, extra) {
+  const item = document.createElement("li");
+  item.className = "bar";
+  item.dataset.label = label;
+  item.dataset.score = String(score);
+  const name = document.createElement("span");
+  name.className = "bar-label";
+  name.textContent = label;
+  const track = document.createElement("span");
+  track.className = "bar-track";
+  const fill = document.createElement("span");
+  fill.className = "bar-fill";
+  fill.style.width = `${(score * 100).toFixed(1)}%`;
+  track.append(fill);
+  const value = document.createElement("span");
+  value.className = "bar-score";
+  value.textContent = `${(score * 100).toFixed(1)}%`;
+  item.append(name, track, value);
+  if (extra) item.append(extra);
+  return item;
+}
+
+async function classify(model) {
+  const form = new FormData();
+  form.append("file", state.image, state.imageName || "image");
+  const k = Math.max(1, Math.min(20, Number($("top-k").value) || 5));
+  const url = `/v1/models/${encodeURIComponent(model.name)}/classify?top_k=${k}`;
+  const response = await fetch(url, { method: "POST", body: form, headers: headers() });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const body = await response.json();
+  const predictions = body.results[0].predictions;
+  $("summary").textContent = `${body.model} v${body.version}: ${predictions[0].label}`;
+  $("results").replaceChildren(...predictions.map((p) => bar(p.label, p.score)));
+}
+
+async function expressions(model) {
+  const form = new FormData();
+  form.append("file", state.image, state.imageName || "image");
+  const url = `/v1/expressions?model=${encodeURIComponent(model.name)}`;
+  const response = await fetch(url, { method: "POST", body: form, headers: headers() });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const body = await response.json();
+  await drawFaces(body);
+  const n = body.faces.length;
+  $("summary").textContent = n === 0 ? "no face found in this photo"
+    : `${n} face${n === 1 ? "" : "s"}: ${body.faces.map((f) => f.expression).join(", ")}`;
+  $("results").replaceChildren(...body.faces.map((face, i) => {
+    const sorted = Object.entries(face.probabilities).sort((a, b) => b[1] - a[1]);
+    const item = bar(`face ${i + 1}: ${face.expression}`, sorted[0][1]);
+    item.classList.add("face");
+    const details = document.createElement("ol");
+    details.className = "face-bars";
+    details.append(...sorted.slice(0, 3).map(([label, p]) => bar(label, p)));
+    item.append(details);
+    return item;
+  }));
+}
+
+// The photo (as the browser orients it, like the service) with each face boxed and labelled.
+async function drawFaces(body) {
+  const bitmap = await createImageBitmap(state.image, { imageOrientation: "from-image" });
+  const canvas = $("overlay");
+  canvas.width = body.image.width;
+  canvas.height = body.image.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const line = Math.max(2, Math.round(canvas.width / 300));
+  ctx.lineWidth = line;
+  ctx.font = `bold ${Math.max(12, Math.round(canvas.width / 40))}px sans-serif`;
+  ctx.textBaseline = "bottom";
+  for (const face of body.faces) {
+    const { x, y, width, height } = face.box;
+    const text = `${face.expression} ${(face.probabilities[face.expression] * 100).toFixed(0)}%`;
+    ctx.strokeStyle = "#ffd400";
+    ctx.strokeRect(x, y, width, height);
+    const metrics = ctx.measureText(text);
+    const pad = line * 2;
+    const top = y > 30 ? y : y + height + 30;
+    ctx.fillStyle = "#ffd400";
+    ctx.fillRect(x - line / 2, top - 24 - pad, metrics.width + 2 * pad, 24 + pad);
+    ctx.fillStyle = "#000";
+    ctx.fillText(text, x + pad, top - pad / 2);
+  }
+  canvas.hidden = false;
+  canvas.dataset.faces = String(body.faces.length);
+}
+
+async function run(event) {
+  event.preventDefault();
+  const model = chosenModel();
+  if (!model || !state.image) return;
+  clearOutput();
+  $("submit").disabled = true;
+  $("output").setAttribute("aria-busy", "true");
+  try {
+    if (model.task === "expression") await expressions(model);
+    else await classify(model);
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    $("output").removeAttribute("aria-busy");
+    updateSubmit();
+  }
+}
+
+function setUpDropzone() {
+  const zone = $("dropzone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    const file = e.dataTransfer.files[0];
+    if (file) setImage(file, file.name);
+  });
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) setImage(file, file.name);
+  });
+}
+
+function setUpCamera() {
+  if (!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)) return;
+  const start = $("camera-start");
+  start.hidden = false;
+  let stream = null;
+  const stop = () => {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    $("camera").hidden = true;
+  };
+  start.addEventListener("click", async () => {
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: true });
+      $("video").srcObject = stream;
+      $("camera").hidden = false;
+    } catch (err) {
+      showError(`the webcam is not available: ${err.message}`);
+    }
+  });
+  $("camera-stop").addEventListener("click", stop);
+  $("camera-shoot").addEventListener("click", () => {
+    const video = $("video");
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    canvas.toBlob((blob) => { setImage(blob, "webcam.jpg"); stop(); }, "image/jpeg", 0.92);
+  });
+}
+
+async function start() {
+  $("api-key").value = localStorage.getItem("convserve-api-key") || "";
+  $("model").addEventListener("change", describeModel);
+  $("api-key").addEventListener("change", () => loadModels().catch((e) => showError(e.message)));
+  $("form").addEventListener("submit", run);
+  setUpDropzone();
+  setUpCamera();
+  // Models load in the background after start-up: wait for /readyz (at most ~10 s: a model
+  // that failed to load keeps it at 503, and the others still work), then list them.
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  for (let i = 0; i < 5 && !(await checkReady()); i++) await sleep(2000);
+  for (;;) {
+    try {
+      await loadModels();
+      if (state.models.length) return;
+    } catch (err) {
+      showError(err.message);
+    }
+    await sleep(2000);
+    await checkReady();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);
