@@ -58,6 +58,7 @@ class _Lane:
         self.batcher = batcher
         self.version = version
         self.labels = (version.name, str(version.version))
+        self.metrics = batcher.metrics.model(*self.labels) if batcher.metrics else None
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.pending = 0  # items queued, not yet taken into a batch
         self.task = asyncio.get_running_loop().create_task(self._work(), name=version.key)
@@ -102,12 +103,12 @@ class _Lane:
                 return
 
     async def _run(self, items: list[_Item]) -> None:
-        metrics, start = self.batcher.metrics, time.perf_counter()
+        metrics, start = self.metrics, time.perf_counter()
         live = [item for item in items if not item.future.done()]  # skip cancelled callers
         if metrics is not None:
-            metrics.queue_depth.labels(*self.labels).set(self.pending)
+            metrics.queue_depth.set(self.pending)
             for item in items:
-                metrics.queue.labels(*self.labels).observe(start - item.queued_at)
+                metrics.queue.observe(start - item.queued_at)
         if not live:
             return
         try:
@@ -123,10 +124,10 @@ class _Lane:
                     item.future.set_exception(exc)
             return
         if metrics is not None:
-            metrics.inference.labels(*self.labels).observe(time.perf_counter() - start)
-            metrics.batch_size.labels(*self.labels).observe(len(live))
-            metrics.inference_count.labels(*self.labels).inc(len(live))
-            metrics.exec_count.labels(*self.labels).inc()
+            metrics.inference.observe(time.perf_counter() - start)
+            metrics.batch_size.observe(len(live))
+            metrics.inference_count.inc(len(live))
+            metrics.exec_count.inc()
         for item, row in zip(live, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(row)
@@ -170,8 +171,8 @@ class Batcher:
             raise NotReady("the service is shutting down; retry on another replica")
         lane = self._lane(version)
         if lane.pending >= self.max_queue_size:
-            if self.metrics is not None:
-                self.metrics.rejected.labels(*lane.labels).inc()
+            if lane.metrics is not None:
+                lane.metrics.rejected.inc()
             raise Overloaded(
                 f"model {version.key} has {lane.pending} images queued (the limit is "
                 f"{self.max_queue_size}); retry after {self.retry_after_s} s",
@@ -179,8 +180,8 @@ class Batcher:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         lane.pending += 1
         lane.queue.put_nowait(_Item(array, future, time.perf_counter()))
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(*lane.labels).set(lane.pending)
+        if lane.metrics is not None:
+            lane.metrics.queue_depth.set(lane.pending)
         return await future
 
     def queue_depth(self, version: Batchable) -> int:

@@ -35,6 +35,13 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
+class BadRequest(ServiceError):
+    """A malformed request body (e.g. broken multipart framing). HTTP 400."""
+
+    status_code = 400
+    code = "bad_request"
+
+
 class InvalidImage(ServiceError):
     """The bytes are not a decodable image (corrupt or truncated). HTTP 400."""
 

@@ -24,6 +24,9 @@ convserve_model_ready                      gauge     model, version (1 ready)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,11 +37,27 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 MODEL = ("model", "version")
 
 
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model version's metric children (``labels()`` looked up once, not per request)."""
+
+    decode: Any
+    preprocess: Any
+    queue: Any
+    inference: Any
+    batch_size: Any
+    inference_count: Any
+    exec_count: Any
+    queue_depth: Any
+    rejected: Any
+
+
 class Metrics:
     """The service's metrics, registered in their own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str], ModelMetrics] = {}
         reg = self.registry
         self.requests = Counter("convserve_requests", "HTTP requests by route and status",
                                 ("route", "method", "status"), registry=reg)
@@ -73,6 +92,17 @@ class Metrics:
                                 (*MODEL, "task", "provider"), registry=reg)
         self.model_ready = Gauge("convserve_model_ready", "1 when the version serves", MODEL,
                                  registry=reg)
+
+    def model(self, name: str, version: int | str) -> ModelMetrics:
+        """The per-version children of the model metrics, cached."""
+        key = (name, str(version))
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = ModelMetrics(*(
+                metric.labels(*key) for metric in (
+                    self.decode, self.preprocess, self.queue, self.inference, self.batch_size,
+                    self.inference_count, self.exec_count, self.queue_depth, self.rejected)))
+        return found
 
     def model_loaded(self, name: str, version: int, task: str, provider: str,
                      seconds: float) -> None:

@@ -233,3 +233,32 @@ def test_unexpected_error_is_a_generic_500(make_client: Callable[..., Any], tiny
         assert any("secret internal detail" in r.getMessage() or
                    (r.exc_info and "secret internal detail" in str(r.exc_info[1]))
                    for r in caplog.records)
+
+
+def _multipart(*parts: bytes, boundary: bytes = b"b0undary", close: bool = True) -> bytes:
+    body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
+    return body + (b"--" + boundary + b"--\r\n" if close else b"")
+
+
+FILE_PART = b'Content-Disposition: form-data; name="file"; filename="r.jpg"\r\n\r\n'
+
+
+@pytest.mark.parametrize(("content_type", "close", "wording"), [
+    ("multipart/form-data", True, "no boundary"),
+    ("multipart/form-data; boundary=b0undary", False, "no closing boundary"),
+])
+def test_400_malformed_multipart(tiny_client: TestClient, photo: Callable[[str], bytes],
+                                 content_type: str, close: bool, wording: str) -> None:
+    body = _multipart(FILE_PART + photo("rocket"), close=close)
+    response = tiny_client.post(CLASSIFY, content=body, headers={"Content-Type": content_type})
+    assert wording in _error(response, 400, "bad_request")
+
+
+def test_other_form_fields_are_ignored(tiny_client: TestClient,
+                                       photo: Callable[[str], bytes]) -> None:
+    body = _multipart(b'Content-Disposition: form-data; name="note"\r\n\r\nhello',
+                      FILE_PART + photo("rocket"))
+    response = tiny_client.post(CLASSIFY, content=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert response.status_code == 200, response.text
+    assert [r["filename"] for r in response.json()["results"]] == ["r.jpg"]
