@@ -1,0 +1,146 @@
+"""``convserve predict``: in this process and through a running service, on real photos.
+
+The shipped models give meaningful answers (MobileNetV2 on a cat photo, the expression model on a
+photo of five faces); the in-process answer must equal the one the running service gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.cli import main
+from training.assets import fetch
+
+REPO = Path(__file__).resolve().parents[2]
+CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+EXPRESSIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+
+
+@pytest.fixture(scope="module")
+def models(shipped_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped classifier, expression model and face detector (links in a temporary dir)."""
+    root = tmp_path_factory.mktemp("predict-models")
+    for name in ("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn"):
+        (root / name).symlink_to(shipped_model(name), target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def url(models: Path) -> Iterator[str]:
+    """A running service (uvicorn, its own process) over ``models``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
+        cwd=REPO, env={**os.environ, "CONVSERVE_PROVIDERS": "CPU"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    address = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{address}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the service did not start:\n{process.communicate()[0]}")
+        time.sleep(0.1)
+    yield address
+    process.terminate()
+    process.wait(30)
+
+
+def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["predict", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_PROVIDERS", "CPU")
+
+
+def test_in_process_matches_the_running_service(models: Path, url: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    photos = [str(fetch("chelsea")), str(fetch("coffee"))]
+    code, out, _ = _predict(capsys, *photos, "--model", "imagenet-mobilenetv2",
+                            "--models", str(models), "--json", "-k", "3")
+    assert code == 0
+    local = json.loads(out)
+    code, out, _ = _predict(capsys, *photos, "--model", "imagenet-mobilenetv2", "--url", url,
+                            "--json", "-k", "3")
+    assert code == 0
+    remote = json.loads(out)
+    assert [r["path"] for r in local] == photos
+    assert local[0]["predictions"][0]["label"] in CATS
+    assert local[0]["model"] == "imagenet-mobilenetv2" and local[0]["version"] >= 1
+    for here, there in zip(local, remote, strict=True):
+        labels = [p["label"] for p in there["predictions"]]
+        assert [p["label"] for p in here["predictions"]] == labels
+        for a, b in zip(here["predictions"], there["predictions"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_text_output(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = str(fetch("chelsea"))
+    code, out, _ = _predict(capsys, photo, "--model", "imagenet-mobilenetv2", "--url", url)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(photo) and "(imagenet-mobilenetv2 v" in lines[0]
+    assert len(lines) == 6  # the file, then the top 5 classes
+    assert lines[1].split(None, 1)[0] == "1."
+    assert any(cat in lines[1] for cat in CATS)
+
+
+def test_expressions_of_five_faces(url: str, models: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    photo = str(fetch("multi-face"))
+    code, out, _ = _predict(capsys, photo, "--model", "fer-minixception", "--url", url, "--json")
+    assert code == 0
+    faces = json.loads(out)[0]["faces"]
+    assert len(faces) == 5
+    assert all(face["expression"] in EXPRESSIONS for face in faces)
+    code, text, _ = _predict(capsys, photo, "--model", "fer-minixception", "--models",
+                             str(models))
+    assert code == 0
+    assert text.splitlines()[0].endswith(": 5 face(s)")
+    assert [line.split(": ")[1].split()[0] for line in text.splitlines()[1:]] == \
+        [face["expression"] for face in faces]
+
+
+def test_bad_files_are_reported_and_the_rest_answered(url: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    code, out, err = _predict(capsys, str(tmp_path / "missing.jpg"), str(text),
+                              str(fetch("chelsea")), "--model", "imagenet-mobilenetv2",
+                              "--url", url, "--json")
+    assert code == 1
+    assert f"{tmp_path / 'missing.jpg'}: No such file or directory" in err
+    assert f"{text}: the data is not a decodable image" in err
+    assert [r["path"] for r in json.loads(out)] == [str(fetch("chelsea"))]
+
+
+def test_unknown_model_and_unreachable_service(models: Path, url: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    photo = str(fetch("chelsea"))
+    code, _, err = _predict(capsys, photo, "--model", "no-such-model", "--url", url)
+    assert code == 2 and "no model named 'no-such-model'" in err
+    code, _, err = _predict(capsys, photo, "--model", "no-such-model", "--models", str(models))
+    assert code == 2 and "no model 'no-such-model'" in err and "imagenet-mobilenetv2" in err
+    code, _, err = _predict(capsys, photo, "--model", "imagenet-mobilenetv2",
+                            "--url", "http://127.0.0.1:9")
+    assert code == 2 and "cannot reach http://127.0.0.1:9" in err
