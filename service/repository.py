@@ -180,8 +180,8 @@ class ModelRepository:
             result = ScanResult()
             found = discover(self.settings.models_dir)
             current = dict(self._versions)
-            for key in [k for k in current if k not in found]:
-                result.removed.append(current.pop(key))
+            for gone in [k for k in current if k not in found]:
+                result.removed.append(current.pop(gone))
             for (name, version), path in sorted(found.items()):
                 existing = current.get((name, version))
                 stamp = (path / "model.json").stat().st_mtime_ns
