@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 Graph = Callable[[np.ndarray], list[np.ndarray]]  # float32 NHWC pixels -> the graph's outputs
+DEFAULT_MARGIN = 0.2  # face_crop's margin on each side, as a fraction of the box side
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class IntegralImage:
         return (sums / area).astype(np.float32)
 
 
-def _bins(sizes: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
+def _bins(sizes: np.ndarray | int, out: int) -> tuple[np.ndarray, np.ndarray]:
     """Start and end of each output pixel's source bin: ``[N, out]`` each."""
     i = np.arange(out, dtype=np.int64)[None, :]
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 1)
@@ -259,8 +260,8 @@ def eye_angle(face: Face) -> float:
     return -math.degrees(math.atan2(ry - ly, rx - lx))
 
 
-def face_crop(image: Image.Image, face: Face, size: tuple[int, int], *, margin: float = 0.2,
-              align: bool = True) -> Image.Image:
+def face_crop(image: Image.Image, face: Face, size: tuple[int, int], *,
+              margin: float = DEFAULT_MARGIN, align: bool = True) -> Image.Image:
     """A square crop around ``face``, eyes levelled, resized to ``size`` (width, height).
 
     Args:

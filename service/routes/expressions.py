@@ -25,7 +25,7 @@ from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
 from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
 from service.errors import UnsupportedTask
-from service.faces import MTCNN, DetectorConfig, Face, Graph, face_crop
+from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
 from service.pipeline import read_uploads
 from service.repository import DETECTOR_TASK, ModelVersion
@@ -34,7 +34,6 @@ from service.schemas import ErrorResponse
 
 DEFAULT_MODEL = "fer-minixception"
 DEFAULT_DETECTOR = "face-mtcnn"
-MARGIN = 0.2  # added on each side of a detected box, as a fraction of its side
 
 router = APIRouter(prefix="/v1", tags=["expressions"], responses={
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
@@ -108,8 +107,22 @@ def model_input(crop: Image.Image, spec: InputSpec) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
+@dataclass(frozen=True)
+class CropSpec:
+    """How the expression model wants its faces cut: ``model.json``'s ``face_crop``."""
+
+    margin: float = DEFAULT_MARGIN  # on each side, as a fraction of the box side
+    align: bool = True  # turn the face so that the eyes are level
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> CropSpec:
+        crop = meta.get("face_crop") or {}
+        return cls(margin=float(crop.get("margin", DEFAULT_MARGIN)),
+                   align=bool(crop.get("align", True)))
+
+
 def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
-            spec: InputSpec, max_faces: int) -> Analysis:
+            spec: InputSpec, crop: CropSpec, max_faces: int) -> Analysis:
     """Decode, detect and crop (blocking: runs in the decode pool)."""
     start = time.perf_counter()
     photo = decode_photo(data, max_pixels)
@@ -123,7 +136,8 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
         faces.sort(key=lambda face: (face.box[0], face.box[1]))
     detected = time.perf_counter()
     crops = [photo] if detector is None else [
-        face_crop(photo, face, (spec.width, spec.height), margin=MARGIN) for face in faces]
+        face_crop(photo, face, (spec.width, spec.height), margin=crop.margin, align=crop.align)
+        for face in faces]
     arrays = [model_input(crop, spec) for crop in crops]
     return Analysis(photo, faces, arrays, decoded - start, detected - decoded,
                     time.perf_counter() - detected)
@@ -176,7 +190,8 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
     loop = asyncio.get_running_loop()
     result = await loop.run_in_executor(
         pool, analyse, upload.data, settings.max_image_pixels, graphs,
-        DetectorConfig(min_face_size=min_face_size), classifier.input, max_faces)
+        DetectorConfig(min_face_size=min_face_size), classifier.input,
+        CropSpec.from_meta(classifier.meta), max_faces)
     labels = (classifier.name, str(classifier.version))
     metrics.decode.labels(*labels).observe(result.decode_s)
     metrics.preprocess.labels(*labels).observe(result.detect_s + result.crop_s)

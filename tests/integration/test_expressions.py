@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from service.faces import MTCNN, face_crop
 from service.imaging import InputSpec
-from service.routes.expressions import MARGIN, model_input
+from service.routes.expressions import model_input
 from training.assets import fetch
 
 POSED = {"face-happy": "happy", "face-surprise": None, "face-anger": None, "face-disgust": None}
@@ -58,7 +58,7 @@ def crops(models: Path) -> Callable[[bytes], np.ndarray]:
     def cut(data: bytes) -> np.ndarray:
         photo = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
         faces = sorted(detector.detect(np.asarray(photo)), key=lambda f: f.box[0])
-        return np.stack([model_input(face_crop(photo, f, (64, 64), margin=MARGIN), spec)
+        return np.stack([model_input(face_crop(photo, f, (64, 64)), spec)
                          for f in faces])
 
     return cut
