@@ -147,6 +147,7 @@ def _detector(version: ModelVersion) -> MTCNN:
     if version.task != DETECTOR_TASK or not {"pnet", "rnet", "onet"} <= set(version.sessions):
         raise UnsupportedTask(f"model {version.name!r} is not an MTCNN face detector (task "
                               f"{version.task!r}); use detector={DEFAULT_DETECTOR}")
+
     def graph(session: Session) -> Graph:
         return lambda batch: session.run({"image": batch})
 
@@ -194,7 +195,9 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
         CropSpec.from_meta(classifier.meta), max_faces)
     labels = (classifier.name, str(classifier.version))
     metrics.decode.labels(*labels).observe(result.decode_s)
-    metrics.preprocess.labels(*labels).observe(result.detect_s + result.crop_s)
+    metrics.preprocess.labels(*labels).observe(result.crop_s)
+    if finder is not None:  # the whole cascade, as the detector's inference time
+        metrics.inference.labels(finder.name, str(finder.version)).observe(result.detect_s)
     start = time.perf_counter()
     rows = await asyncio.gather(*(batcher.submit(classifier, a) for a in result.crops))
     classify_s = time.perf_counter() - start
