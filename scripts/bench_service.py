@@ -112,8 +112,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def in_process(settings: object, name: str, jpeg: bytes, batch: int, seconds: float) -> dict:
-    """Decode + preprocessing + ONNX Runtime in this process: latency and best throughput."""
+def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[int],
+                       seconds: float) -> dict:
+    """One session configuration: one-at-a-time latency, then batched throughputs."""
     import numpy as np
 
     from service.imaging import prepare
@@ -125,27 +126,46 @@ def in_process(settings: object, name: str, jpeg: bytes, batch: int, seconds: fl
     spec, limit = version.input, settings.max_image_pixels  # type: ignore[attr-defined]
     for _ in range(5):
         version.infer(prepare(jpeg, spec, limit).array[None])
-    latencies, end = [], time.perf_counter() + seconds / 2
+    latencies, cpu = [], time.process_time()
+    end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         start = time.perf_counter()
         version.infer(prepare(jpeg, spec, limit).array[None])
         latencies.append(time.perf_counter() - start)
-    sequential = len(latencies) / sum(latencies)
+    result = {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
+              "sequential_per_s": len(latencies) / sum(latencies),
+              "cpu_ms": (time.process_time() - cpu) * 1e3 / len(latencies)}
     with ThreadPoolExecutor(settings.decode_threads) as pool:  # type: ignore[attr-defined]
-        jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
-        done, start = 0, time.perf_counter()
-        end = start + seconds / 2
-        while time.perf_counter() < end:
-            arrays = [job.result().array for job in jobs]
+        for batch in batches:  # decoding of the next batch overlaps this batch's inference
             jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
-            version.infer(np.stack(arrays))
-            done += batch
-        batched = done / (time.perf_counter() - start)
-        for job in jobs:
-            job.result()
-    return {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
-            "sequential_per_s": sequential, "batched_per_s": batched,
-            "limit_per_s": max(sequential, batched)}
+            done, start, cpu = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() < start + seconds:
+                arrays = [job.result().array for job in jobs]
+                jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
+                version.infer(np.stack(arrays))
+                done += batch
+            result[f"batch{batch}_per_s"] = done / (time.perf_counter() - start)
+            result[f"batch{batch}_cpu_ms"] = (time.process_time() - cpu) * 1e3 / done
+            for job in jobs:
+                job.result()
+    return result
+
+
+def in_process(settings: object, name: str, jpeg: bytes, batches: list[int], seconds: float,
+               thread_options: list[int]) -> dict:
+    """The in-process limit: the best latency and throughput over ORT thread settings and
+    batch sizes (one-at-a-time, or batches with decoding overlapped in a thread pool)."""
+    runs = {}
+    for threads in thread_options:
+        tuned = settings.model_copy(update={"intra_op_threads": threads})  # type: ignore[attr-defined]
+        runs[threads] = _measure_in_process(tuned, name, jpeg, batches,
+                                            seconds / (1 + len(batches)))
+    best_latency = min(runs.values(), key=lambda r: r["p50_ms"])
+    throughputs = {f"intra_op_threads={t} {k.removesuffix('_per_s')}": v
+                   for t, r in runs.items() for k, v in r.items() if k.endswith("_per_s")}
+    best = max(throughputs, key=lambda k: throughputs[k])
+    return {"p50_ms": best_latency["p50_ms"], "p99_ms": best_latency["p99_ms"],
+            "limit_per_s": throughputs[best], "limit_how": best, "runs": runs}
 
 
 # --------------------------------------------------------------------------- load generator
@@ -270,8 +290,9 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
                              intra_op_threads=args.intra_op_threads,
                              max_batch_size=args.max_batch_size,
                              decode_workers=args.decode_workers)
-    limit = in_process(settings, name, jpeg, min(args.max_batch_size, max(args.clients)),
-                       args.seconds)
+    batches = sorted({min(8, args.max_batch_size), min(args.max_batch_size, max(args.clients))})
+    limit = in_process(settings, name, jpeg, batches, args.seconds,
+                       sorted({args.intra_op_threads, 0, 1}))
     port = free_port()
     server = start_server(models, port, env)
     try:
@@ -281,9 +302,11 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
         server.terminate()
         server.wait(30)
     print(f"\n== {name} ==")
-    print(f"in-process: single image p50 {limit['p50_ms']:.2f} ms, p99 {limit['p99_ms']:.2f} ms;"
-          f" throughput one-at-a-time {limit['sequential_per_s']:.1f}/s, batched with parallel "
-          f"decoding {limit['batched_per_s']:.1f}/s -> limit {limit['limit_per_s']:.1f}/s")
+    for threads, run in limit["runs"].items():
+        details = ", ".join(f"{k} {v:.2f}" for k, v in run.items() if k != "p99_ms")
+        print(f"in-process, intra_op_threads={threads}: {details}")
+    print(f"in-process limit: single image p50 {limit['p50_ms']:.2f} ms (p99 "
+          f"{limit['p99_ms']:.2f}); throughput {limit['limit_per_s']:.1f}/s ({limit['limit_how']})")
     print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'thr/limit':>10} {'p50-inproc':>11} {'server CPU/req':>15}")
     for row in served:
