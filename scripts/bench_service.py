@@ -325,7 +325,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per point")
     parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--decode-workers", type=int, default=0)
     parser.add_argument("--log-level", default="info", help="the server's (info: access lines)")

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
 
     # Batching
-    max_batch_size: int = Field(32, ge=1)  # images per ONNX Runtime run
+    max_batch_size: int = Field(8, ge=1)  # images per ORT run: 4-8 on a CPU, 32+ on a GPU
     max_queue_delay_ms: float = Field(0.0, ge=0)  # wait at most this long for a fuller batch
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded
