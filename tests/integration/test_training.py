@@ -13,7 +13,9 @@ from PIL import Image
 from training.assets import fetch
 from training.config import load_config
 from training.data.fer2013 import FER2013_LABELS, write_fer2013
-from training.engine import build_model, load_checkpoint, load_trained, seed_everything
+from training.data.pipeline import build_split, eval_loader
+from training.engine import build_model, evaluate, load_checkpoint, load_trained, seed_everything
+from training.models import get_model
 from training.trainer import fit
 
 torch.set_num_threads(1)
@@ -77,12 +79,17 @@ def test_frozen_backbone_trains_only_the_head(tmp_path: Path) -> None:
 
 def test_zca_whitening_travels_with_the_checkpoint(tmp_path: Path) -> None:
     config = load_config("mnist-lenet5", _mnist(
-        tmp_path, "data.whitening=zca", "data.stats_images=2000", "optim.epochs=1"))
+        tmp_path, "data.whitening=zca", "data.whitening_epsilon=1.0", "data.stats_images=2000"))
     metrics = fit(config)
+    assert metrics["top1"] > 0.5
     trained = load_trained(tmp_path)
     assert trained.preprocessing.whitening == "zca"
     assert trained.preprocessing.whitening_matrix.shape == (784, 784)
-    assert metrics["top1"] > 0.5
+    # The restored model, whitening included, gives the accuracy measured during training.
+    test_set = build_split(config, "test", train=False)
+    again = evaluate(trained.model, trained.preprocessing.module(), eval_loader(config, test_set),
+                     torch.device("cpu"), 10)
+    assert again["top1"] == metrics["top1"] and again["confusion"] == metrics["confusion"]
 
 
 def _fer_csv(path: Path) -> Path:
@@ -118,3 +125,11 @@ def test_fer2013_configs_train_on_a_real_format_csv(tmp_path: Path, config_name:
     probabilities = torch.softmax(trained.model(trained.preprocessing.module()(
         torch.rand(2, 1, config.model.height, config.model.width))), dim=1)
     assert probabilities.shape == (2, 7) and torch.isfinite(probabilities).all()
+    if config.finetune.pretrained:  # reused layers started from ImageNet and moved little
+        imagenet = get_model(config.model.name, num_classes=7, input_size=48, pretrained=True)
+        head = {id(p) for p in imagenet.head_parameters()}
+        tuned = dict(trained.model.named_parameters())
+        for name, parameter in imagenet.named_parameters():
+            if id(parameter) not in head and parameter.ndim == 4:
+                change = (tuned[name] - parameter).norm() / parameter.norm()
+                assert change < 0.1, name
