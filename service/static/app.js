@@ -105,6 +105,7 @@ function setImage(blob, name) {
   state.imageName = name;
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.onerror = () => { preview.hidden = true; }; // the service will say what is wrong
   preview.src = URL.createObjectURL(blob);
   preview.hidden = false;
   clearOutput();
@@ -181,9 +182,10 @@ async function drawFaces(body) {
   ctx.lineWidth = line;
   ctx.font = `bold ${Math.max(12, Math.round(canvas.width / 40))}px sans-serif`;
   ctx.textBaseline = "bottom";
-  for (const face of body.faces) {
+  body.faces.forEach((face, i) => {
     const { x, y, width, height } = face.box;
-    const text = `${face.expression} ${(face.probabilities[face.expression] * 100).toFixed(0)}%`;
+    const score = (face.probabilities[face.expression] * 100).toFixed(0);
+    const text = `${i + 1} ${face.expression} ${score}%`;
     ctx.strokeStyle = "#ffd400";
     ctx.strokeRect(x, y, width, height);
     const metrics = ctx.measureText(text);
@@ -193,8 +195,9 @@ async function drawFaces(body) {
     ctx.fillRect(x - line / 2, top - 24 - pad, metrics.width + 2 * pad, 24 + pad);
     ctx.fillStyle = "#000";
     ctx.fillText(text, x + pad, top - pad / 2);
-  }
+  });
   canvas.hidden = false;
+  $("preview").hidden = true; // the canvas shows the same photo, boxed
   canvas.dataset.faces = String(body.faces.length);
 }
 
