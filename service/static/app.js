@@ -180,19 +180,22 @@ async function drawFaces(body) {
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const line = Math.max(2, Math.round(canvas.width / 300));
   ctx.lineWidth = line;
-  ctx.font = `bold ${Math.max(12, Math.round(canvas.width / 40))}px sans-serif`;
   ctx.textBaseline = "bottom";
   body.faces.forEach((face, i) => {
     const { x, y, width, height } = face.box;
     const score = (face.probabilities[face.expression] * 100).toFixed(0);
     const text = `${i + 1} ${face.expression} ${score}%`;
+    // About as wide as the box (neighbours' labels should not cover each other), 10 px at least.
+    const size = Math.max(10, Math.min(canvas.width / 40, (1.3 * width) / (0.6 * text.length)));
+    ctx.font = `bold ${Math.round(size)}px sans-serif`;
     ctx.strokeStyle = "#ffd400";
     ctx.strokeRect(x, y, width, height);
     const metrics = ctx.measureText(text);
     const pad = line * 2;
-    const top = y > 30 ? y : y + height + 30;
+    const tall = Math.round(size * 1.2);
+    const top = y > tall + pad ? y : y + height + tall + pad;
     ctx.fillStyle = "#ffd400";
-    ctx.fillRect(x - line / 2, top - 24 - pad, metrics.width + 2 * pad, 24 + pad);
+    ctx.fillRect(x - line / 2, top - tall - pad, metrics.width + 2 * pad, tall + pad);
     ctx.fillStyle = "#000";
     ctx.fillText(text, x + pad, top - pad / 2);
   });
