@@ -97,3 +97,12 @@ def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> Non
     assert "CONVSERVE_MODELS_DIR" in output and "is not a directory" in output
     assert "CONVSERVE_MAX_BATCH_SIZE" in output
     assert "unknown execution provider 'GPU'" in output
+
+
+def test_cli_help_lists_serve_and_its_options() -> None:
+    top = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0 and "serve" in top.stdout
+    serve = subprocess.run([sys.executable, "-m", "service", "serve", "--help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert all(option in serve.stdout for option in ("--host", "--port", "--models"))
