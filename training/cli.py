@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: export.name in the config)")
     export.add_argument("--version", type=int, help="version (default: export.version)")
     export.add_argument("--models-dir", default="models", help="repository root (default models)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing models/<name>/<version>/")
     commands.add_parser("models", help="List the registered model names.")
     return parser
 
@@ -131,7 +133,7 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
-                               models_dir=args.models_dir)
+                               models_dir=args.models_dir, overwrite=args.overwrite)
     print(result)
     return 0
 
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(list_models()))
         return 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -59,6 +59,16 @@ def test_train_then_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert report["images"] == 300 and report["top1"] == pytest.approx(printed["top1"])
+    models = tmp_path / "models"
+    assert main(["export", str(out), "--name", "cli-digits", "--version", "3",
+                 "--models-dir", str(models)]) == 0
+    meta = json.loads((models / "cli-digits" / "3" / "model.json").read_text())
+    assert (models / "cli-digits" / "3" / "model.onnx").stat().st_size > 0
+    assert meta["labels"] == [str(d) for d in range(10)] and meta["input"]["channels"] == 1
+    assert meta["metrics"]["measured"]["top1"] == pytest.approx(printed["top1"])
+    assert meta["provenance"]["config"]["data"]["train_limit"] == 1000
+    assert main(["export", str(out), "--name", "cli-digits", "--version", "3",
+                 "--models-dir", str(models)]) == 2  # refuses to overwrite silently
 
 
 def test_bad_overrides_fail_with_the_valid_keys(capsys: pytest.CaptureFixture[str]) -> None:
