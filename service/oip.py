@@ -124,11 +124,13 @@ def _tensor(entry: dict[str, Any], spec: TensorSpec, binary: bytes) -> np.ndarra
     if array.size != count or not np.issubdtype(array.dtype, np.number):
         raise ProtocolError(f"input {name!r}: 'data' holds {array.size} values of type "
                             f"{array.dtype}, shape {shape} needs {count} numbers")
-    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    if info is not None and (array.min() < info.min or array.max() > info.max
-                             or not np.issubdtype(array.dtype, np.integer)):
-        raise ProtocolError(f"input {name!r}: {spec.datatype} values are integers in "
-                            f"[{info.min}, {info.max}]")
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(str(dtype))
+        low, high = int(info.min), int(info.max)
+        if (not np.issubdtype(array.dtype, np.integer) or array.min() < low
+                or array.max() > high):
+            raise ProtocolError(f"input {name!r}: {spec.datatype} values are integers in "
+                                f"[{low}, {high}]")
     return array.astype(dtype).reshape(shape)
 
 

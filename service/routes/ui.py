@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
-
-from service.errors import ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 FILES = {
@@ -25,16 +23,9 @@ CACHE = {"Cache-Control": "no-cache"}  # revalidate (ETag): a new release shows 
 router = APIRouter(tags=["page"], include_in_schema=False)
 
 
-class StaticNotFound(ServiceError):
-    """No such file of the page. HTTP 404."""
-
-    status_code = 404
-    code = "not_found"
-
-
 def _file(name: str) -> FileResponse:
     if name not in FILES:
-        raise StaticNotFound(f"no static file {name!r}; the page is at /")
+        raise HTTPException(404, f"no static file {name!r}; the page is at /")
     return FileResponse(STATIC_DIR / name, media_type=FILES[name], headers=CACHE)
 
 

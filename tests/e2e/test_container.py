@@ -329,6 +329,8 @@ def test_image_command_classifies_a_real_photo(image_service: tuple[str, dict],
                           params={"top_k": 3}, timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["predictions"][0]["label"] in CATS
+    for path in ("/", "/static/app.js", "/static/style.css"):  # the page ships in the package
+        assert httpx.get(url + path).status_code == 200, path
     # The image's HEALTHCHECK command, as Docker would run it inside the container.
     check = json.loads(stages["serve"].all("HEALTHCHECK")[0].split("CMD", 1)[1])
     result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
