@@ -276,3 +276,18 @@ def test_not_ready_is_503(make_client: Callable, tiny_models: Path, tmp_path: Pa
         assert response.status_code == 503
         assert "failed" in response.json()["error"]
         assert http.get("/v2/health/live").status_code == 200
+
+
+def test_plain_json_request_without_a_client(server: str, tiny_models: Path,
+                                             photo: Callable[[str], bytes]) -> None:
+    """What a curl user sends: JSON tensors in, JSON tensors out (no binary, no outputs)."""
+    batch = _batch(tiny_models, photo, "tiny-grey", 1)[:1]
+    response = _post(server, "/v2/models/tiny-grey/versions/1/infer",
+                     _image(list(batch.shape), data=batch.tolist()))  # nested lists are fine
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "Inference-Header-Content-Length" not in response.headers
+    output = response.json()["outputs"][0]
+    assert output["name"] == "probabilities" and output["shape"] == [1, 10]
+    np.testing.assert_allclose(output["data"],
+                               _reference(tiny_models, "tiny-grey", 1, batch).ravel(), atol=1e-6)
