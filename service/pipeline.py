@@ -15,8 +15,14 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from service.batching import Batcher
-from service.errors import BadRequest, InvalidParameter, ServiceError, UnsupportedMediaType
-from service.imaging import SUPPORTED, InputSpec, Prepared, prepare
+from service.errors import (
+    BadRequest,
+    InvalidImage,
+    InvalidParameter,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.imaging import SUPPORTED, InputSpec, Prepared, prepare, sniff
 from service.metrics import Metrics
 from service.repository import ModelVersion
 from service.schemas import ImageResult, Prediction
@@ -49,7 +55,9 @@ async def read_uploads(request: Request, max_files: int) -> list[Upload]:
         body = await request.body()
         uploads = [Upload(None, body)] if body else []
     elif content_type in ("", "application/x-www-form-urlencoded"):
-        uploads = []
+        # `curl --data-binary @photo.jpg` declares a form: take the body if it is an image.
+        body = await request.body()
+        uploads = [Upload(None, body)] if body and _is_image(body) else []
     else:
         raise UnsupportedMediaType(f"content type {content_type!r} is not accepted: send "
                                    f"multipart/form-data or a raw image ({SUPPORTED})")
@@ -99,6 +107,14 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> list[Uplo
         filename = disposition[b"filename"].decode("utf-8", "replace")
         uploads.append(Upload(filename, data[:-2]))
     raise BadRequest("truncated multipart/form-data body: no closing boundary")
+
+
+def _is_image(data: bytes) -> bool:
+    try:
+        sniff(data)
+    except InvalidImage:
+        return False
+    return True  # or UnsupportedMediaType propagates: an image we do not read
 
 
 def _name(position: int, upload: Upload) -> str:

@@ -77,6 +77,16 @@ def test_raw_body_upload(tiny_client: TestClient, photo: Callable[[str], bytes])
     assert result["predictions"] == multipart.json()["results"][0]["predictions"]
 
 
+def test_curl_data_binary_upload(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
+    """``curl --data-binary @photo.jpg`` declares a form; the body is still an image."""
+    data = photo("rocket")
+    response = tiny_client.post("/v1/models/tiny-rgb/classify", content=data, headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    form = tiny_client.post("/v1/models/tiny-rgb/classify", data={"file": "rocket.jpg"})
+    assert form.status_code == 422  # a real form without an image
+
+
 def test_declared_type_is_ignored(tiny_client: TestClient, photo: Callable[[str], bytes]) -> None:
     """A PNG sent as image/jpeg named .gif still decodes: the bytes decide."""
     data = photo("chelsea")
