@@ -1,11 +1,12 @@
 """The Open Inference Protocol (KServe v2 / Triton HTTP): existing clients and tools, unchanged.
 
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]``
-(metadata), ``.../ready`` and ``POST .../infer``, with the ``binary_tensor_data`` and
-``classification`` extensions. Inputs are the model's own tensor (``image``, ``UINT8``,
-``[N, H, W, C]``), so a client that already preprocesses skips the service's image decoding; each
-image goes through the same dynamic batcher as ``/v1`` requests. Errors are answered as the
-protocol says, ``{"error": "message"}``, with 400, 404 or 503.
+(metadata), ``.../ready``, ``.../config`` (Triton's model configuration) and
+``POST .../infer``, with the ``binary_tensor_data`` and ``classification`` extensions. Inputs
+are the model's own tensor (``image``, ``UINT8``, ``[N, H, W, C]``), so a client that already
+preprocesses skips the service's image decoding; each image goes through the same dynamic
+batcher as ``/v1`` requests. Errors are answered as the protocol says, ``{"error": "message"}``,
+with 400, 404 or 503.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.oip import (
     parse_infer_request,
 )
 from service.repository import ModelVersion
+from service.settings import Settings
 
 SERVER_NAME = "convserve"
 PLATFORM = "onnxruntime_onnx"
@@ -117,6 +119,32 @@ async def model_metadata(name: str, repository: RepositoryDep) -> dict[str, Any]
 async def version_metadata(name: str, version: str, repository: RepositoryDep) -> dict[str, Any]:
     chosen = repository.get(name, version)
     return metadata(chosen, [chosen])
+
+
+def config(version: ModelVersion, settings: Settings) -> dict[str, Any]:
+    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer)."""
+    spec = tensor_spec(version)
+    return {"name": version.name, "platform": PLATFORM, "backend": "onnxruntime",
+            "max_batch_size": settings.max_batch_size,
+            "input": [{"name": spec.name, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
+                       "dims": list(spec.shape)}],
+            "output": [{"name": version.output_name, "data_type": "TYPE_FP32",
+                        "dims": [len(version.labels)]}],
+            "dynamic_batching": {"max_queue_delay_microseconds":
+                                 int(settings.max_queue_delay_ms * 1000)}}
+
+
+@router.get("/models/{name}/config", summary="Model configuration (newest version)")
+async def model_config(name: str, repository: RepositoryDep,
+                       settings: SettingsDep) -> dict[str, Any]:
+    return config(repository.get(name), settings)
+
+
+@router.get("/models/{name}/versions/{version}/config",
+            summary="Model configuration (one version)")
+async def version_config(name: str, version: str, repository: RepositoryDep,
+                         settings: SettingsDep) -> dict[str, Any]:
+    return config(repository.get(name, version), settings)
 
 
 @router.get("/models/{name}/ready", summary="Model readiness (newest version)")

@@ -30,6 +30,7 @@ from service.imaging import InputSpec, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTOS = ("chelsea", "coffee", "rocket")
+CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 BATCH_DELAY_MS = 300
 
 
@@ -40,14 +41,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models: Path) -> Iterator[str]:
-    """``host:port`` of a ready service over the tiny models."""
+def models(tiny_models: Path, shipped_model: Callable[[str], Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny models and the shipped ImageNet MobileNetV2 (links in a temporary dir)."""
+    root = tmp_path_factory.mktemp("v2-models")
+    for model in tiny_models.iterdir():
+        (root / model.name).symlink_to(model, target_is_directory=True)
+    (root / "imagenet-mobilenetv2").symlink_to(shipped_model("imagenet-mobilenetv2"), True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models: Path) -> Iterator[str]:
+    """``host:port`` of a ready service over ``models``."""
     port = _free_port()
     env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU",
            "CONVSERVE_MAX_QUEUE_DELAY_MS": str(BATCH_DELAY_MS)}
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--models", str(tiny_models)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+         "--models", str(models)], cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:
@@ -173,6 +185,31 @@ def test_classification_extension(client: triton.InferenceServerClient, tiny_mod
         assert [int(d[1]) for d in decoded] == best.tolist()  # "score:index:label"
         assert [d[2] for d in decoded] == [labels[i] for i in best]
         np.testing.assert_allclose([float(d[0]) for d in decoded], row[best], atol=1e-6)
+
+
+def test_real_photo_classified_by_imagenet(client: triton.InferenceServerClient,
+                                          models: Path, photo: Callable[[str], bytes]) -> None:
+    meta = client.get_model_metadata("imagenet-mobilenetv2")
+    assert meta["inputs"][0]["shape"] == [-1, 224, 224, 3]
+    spec = InputSpec.from_json(_meta(models, "imagenet-mobilenetv2", int(meta["versions"][0]))
+                               ["input"])
+    cat = prepare(photo("chelsea"), spec, 50_000_000).array[None]  # the client's own decoding
+    tensor = triton.InferInput("image", list(cat.shape), "UINT8")
+    tensor.set_data_from_numpy(cat)
+    result = client.infer("imagenet-mobilenetv2", [tensor], outputs=[
+        triton.InferRequestedOutput("probabilities", class_count=3)])
+    score, index, label = result.as_numpy("probabilities")[0][0].decode().split(":", 2)
+    assert label in CATS and 0.3 < float(score) <= 1.0
+    assert label == _meta(models, "imagenet-mobilenetv2", 1)["labels"][int(index)]
+
+
+def test_model_config_for_triton_tools(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("tiny-rgb")
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_UINT8",
+                                "format": "FORMAT_NHWC", "dims": [32, 32, 3]}]
+    assert config["output"][0]["dims"] == [10]
+    assert config["max_batch_size"] >= 1
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == BATCH_DELAY_MS * 1000
 
 
 def test_requests_share_the_dynamic_batcher(client: triton.InferenceServerClient, server: str,
