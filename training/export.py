@@ -338,7 +338,9 @@ def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
     from training.engine import DATASET_NAMES, load_checkpoint, load_trained
 
     trained = load_trained(checkpoint)
-    resolved = load_checkpoint(checkpoint)["config"]  # as trained (finetune.pretrained kept)
+    state = load_checkpoint(checkpoint)
+    resolved = state["config"]  # as trained (finetune.pretrained kept)
+    seconds = sum(row.get("seconds", 0.0) for row in state.get("history", []))
     config = trained.config
     name = name or config.export.name
     if not name:
@@ -362,6 +364,6 @@ def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
         height=preset.height, width=preset.width, channels=preset.channels,
         resize=preset.to_json(), preprocessing=trained.preprocessing.to_json(),
         task=config.export.task, metrics=metrics, source_weights=sources, config=resolved,
-        extra={"training": {"epochs": trained.epoch}})
+        extra={"training": {"epochs": trained.epoch, "seconds": round(seconds, 1)}})
     return export_model(trained.model, spec, images, preprocess=trained.preprocessing.module(),
                         models_dir=models_dir, overwrite=overwrite)
