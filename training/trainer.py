@@ -118,7 +118,12 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: str | Path |
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
         run.history, run.start_epoch = list(state["history"]), state["epoch"]
-        set_rng_state(state["rng"][info.rank])
+        if info.rank < len(state["rng"]):
+            set_rng_state(state["rng"][info.rank])
+        else:  # resumed with more processes than saved: still deterministic, not identical
+            logger.warning("checkpoint has RNG states for %d processes; rank %d reseeds",
+                           len(state["rng"]), info.rank)
+            seed_everything(config.seed + info.rank + 1000 * state["epoch"])
         logger.info("resumed from %s after epoch %d", resume, state["epoch"])
     return run
 
