@@ -29,6 +29,8 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"BM", 0, "BMP"),
     (b"II*\x00", 0, "TIFF"),
     (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),  # BigTIFF
+    (b"MM\x00+", 0, "TIFF"),
     (b"WEBP", 8, "WEBP"),
 )
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
