@@ -8,9 +8,11 @@ The ImageNet classifiers are checked on real photos, resized as ``model.json`` s
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,38 @@ def test_imagenet_classifier_on_real_photos(name: str) -> None:
     assert {"espresso", "cup", "coffee mug"} & set(top5[1]), top5[1]
     assert top5[2][0] == "fox squirrel", top5[2]
     assert top5[3][0] == "soccer ball", top5[3]
+
+
+def _mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(fetch("mnist-pkl"), "rb") as handle:
+        _, _, (images, labels) = pickle.load(handle, encoding="latin1")
+    pixels = np.clip(np.rint(images * 256), 0, 255).astype(np.uint8)  # stored as k/256
+    return pixels.reshape(-1, 28, 28), labels
+
+
+def _fashion_test() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(fetch("fashion-mnist-test-images")) as handle:
+        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(fetch("fashion-mnist-test-labels")) as handle:
+        labels = np.frombuffer(handle.read(), np.uint8, offset=8)
+    return images, labels
+
+
+@pytest.mark.parametrize(("name", "load", "floor"), [
+    ("mnist-lenet5", _mnist_test, 0.985), ("fashion-mobilenetv2", _fashion_test, 0.92)])
+def test_trained_model_on_real_test_images(name: str, load: Any, floor: float) -> None:
+    """1,000 test images, resized as model.json says, classified in ONNX Runtime."""
+    found = sorted((MODELS / name).glob("*/model.json"))
+    if not found:
+        pytest.skip(f"models/{name} is not shipped")
+    meta = _meta(found[-1].parent)
+    spec = meta["input"]
+    images, labels = load()
+    resample = FILTERS[spec["resize"].get("interpolation", "bilinear")]
+    batch = np.stack([
+        np.asarray(Image.fromarray(image).resize((spec["width"], spec["height"]), resample))
+        for image in images[:1000]])[..., None]
+    (probs,) = _session(found[-1].parent).run(["probabilities"], {"image": batch})
+    top1 = float((probs.argmax(axis=1) == labels[:1000]).mean())
+    assert top1 >= floor, top1
+    assert abs(top1 - meta["metrics"]["measured"]["top1"]) < 0.03  # agrees with model.json
