@@ -13,7 +13,8 @@ For each model it measures, in one run:
   ``chelsea`` resized) as multipart form data, at each concurrency in ``--clients``.
 
 Models: ``imagenet-mobilenetv2`` from ``models/`` (when shipped) and ``resnet18-random``: a
-torchvision ResNet-18 with **random weights** (speed only, its answers mean nothing) exported in
+torchvision ResNet-18 with **random weights** (speed only, its answers mean nothing) exported by
+``training.export`` in
 the ``models/`` format into a temporary directory.
 
 Usage::
@@ -59,37 +60,30 @@ def make_jpeg() -> bytes:
 
 
 def export_resnet18_random(root: Path) -> None:
-    """torchvision ResNet-18, random weights, exported in the models/ format (speed only)."""
+    """torchvision ResNet-18 with random weights, through training.export (speed only)."""
+    import numpy as np
     import torch
     import torchvision
 
-    class WithPreprocessing(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torchvision.models.resnet18(weights=None)
-            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            x = (image.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
-            return torch.softmax(self.net(x), dim=1)
+    from service.imaging import InputSpec, prepare
+    from training.assets import fetch
+    from training.data.preprocessing import Preprocessing
+    from training.export import ExportSpec, export_model
 
     torch.manual_seed(0)
-    directory = root / "resnet18-random" / "1"
-    directory.mkdir(parents=True)
-    torch.onnx.export(WithPreprocessing().eval(), (torch.zeros(1, 224, 224, 3, dtype=torch.uint8),),
-                      str(directory / "model.onnx"), input_names=["image"],
-                      output_names=["probabilities"], opset_version=17, dynamo=False,
-                      dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
-    meta = {"name": "resnet18-random", "version": 1, "task": "classification",
-            "labels": [f"class-{i}" for i in range(1000)],
-            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": 224,
-                      "width": 224, "channels": 3,
-                      "resize": {"method": "shorter-side-center-crop", "shorter_side": 256,
-                                 "interpolation": "bilinear"}},
-            "output": {"name": "probabilities", "dtype": "float32"}, "metrics": {},
-            "provenance": {"note": "RANDOM WEIGHTS: for speed measurements only"}}
-    (directory / "model.json").write_text(json.dumps(meta))
+    resize = {"method": "shorter-side-center-crop", "shorter_side": 256,
+              "interpolation": "bilinear"}
+    spec = InputSpec.from_json({"height": 224, "width": 224, "channels": 3, "resize": resize})
+    photos = np.stack([prepare(fetch(name).read_bytes(), spec, 10**9).array
+                       for name in ("chelsea", "coffee", "rocket")])
+    preprocessing = Preprocessing(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    export_model(
+        torchvision.models.resnet18(weights=None),
+        ExportSpec(name="resnet18-random", version=1,
+                   labels=[f"class-{i}" for i in range(1000)], height=224, width=224,
+                   channels=3, resize=resize, preprocessing=preprocessing.to_json(),
+                   extra={"note": "RANDOM WEIGHTS: for speed measurements only"}),
+        photos, preprocess=preprocessing.module(), models_dir=root)
 
 
 def prepare_models(root: Path, names: list[str], source: Path) -> list[str]:
