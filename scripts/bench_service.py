@@ -14,8 +14,7 @@ For each model it measures, in one run:
 
 Models: ``imagenet-mobilenetv2`` from ``models/`` (when shipped) and ``resnet18-random``: a
 torchvision ResNet-18 with **random weights** (speed only, its answers mean nothing) exported by
-``training.export`` in
-the ``models/`` format into a temporary directory.
+``training.export`` into a temporary directory.
 
 Usage::
 
