@@ -130,7 +130,8 @@ def _fashion_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize(("name", "load", "floor"), [
-    ("mnist-lenet5", _mnist_test, 0.985), ("fashion-mobilenetv2", _fashion_test, 0.92)])
+    ("mnist-lenet5", _mnist_test, 0.985), ("fashion-mobilenetv2", _fashion_test, 0.92),
+    ("fashion-simple-cnn", _fashion_test, 0.9)])
 def test_trained_model_on_real_test_images(name: str, load: Any, floor: float) -> None:
     """1,000 test images, resized as model.json says, classified in ONNX Runtime."""
     found = sorted((MODELS / name).glob("*/model.json"))
