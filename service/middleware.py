@@ -30,8 +30,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
 # Paths any caller may reach without the API key: probes and scrapers.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-PUBLIC_PREFIXES = ("/v2/health/",)
+# The page and its static files carry no data; the page asks for the key and sends it itself.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+PUBLIC_PREFIXES = ("/v2/health/", "/static/")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -27,6 +27,13 @@ def test_open_protocol_health_paths_need_no_key(locked: TestClient) -> None:
     assert locked.get("/v2/health/live").status_code != 401
 
 
+def test_page_loads_without_key_but_its_api_calls_need_one(locked: TestClient) -> None:
+    page = locked.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert locked.get("/static/app.js").status_code == 200
+    assert locked.get("/v1/models").status_code == 401
+
+
 @pytest.mark.parametrize(("headers", "wording"), [
     ({}, "missing API key"),
     ({"Authorization": "Bearer wrong"}, "wrong API key"),
