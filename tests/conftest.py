@@ -13,13 +13,18 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -191,6 +196,76 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').json()}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def run_service(command: list[str], url: str, env: dict[str, str], *, cwd: Path = REPO_ROOT,
+                timeout: float = 120.0) -> Iterator[subprocess.Popen[str]]:
+    """Start a service process, wait until ``url``/readyz answers 200, stop it on exit.
+
+    Raises:
+        AssertionError: with the process's output when it exits or is not ready in time.
+    """
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"the service did not start:\n{process.communicate()[0]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def serve_command(models: Path, port: int) -> list[str]:
+    """``python -m service serve`` on 127.0.0.1:``port`` over ``models``."""
+    return [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--models", str(models)]
+
+
+@contextlib.contextmanager
+def serve_models(models: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real uvicorn process over ``models`` on the CPU; yields it and its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", **env}
+    with run_service(serve_command(models, port), url, environment) as process:
+        yield process, url
+
+
+@pytest.fixture(scope="session")
+def shipped_repository(shipped_model: Callable[[str], Path],
+                       tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``shipped_repository("a", "b")``: a models dir linking just those shipped models."""
+
+    def build(*names: str) -> Path:
+        root = tmp_path_factory.mktemp("shipped")
+        for name in names:
+            (root / name).symlink_to(shipped_model(name), target_is_directory=True)
+        return root
+
+    return build
 
 
 MakeClient = Callable[..., contextlib.AbstractContextManager[TestClient]]

@@ -18,10 +18,8 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import free_port, run_service
 
 from service.settings import Settings
 from training.assets import fetch
@@ -255,12 +254,6 @@ def _replay_copies(stage: Stage, root: Path) -> Path:
     return workdir
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def serving_venv(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with exactly what the build stage installs (its own RUN lines)."""
@@ -283,25 +276,11 @@ def image_service(stages: dict[str, Stage], serving_venv: Path) -> Iterator[tupl
     app = _replay_copies(serve, serving_venv.parents[1])
     env = {k: v.replace("${PATH}", os.environ["PATH"]) for k, v in _env(serve).items()}
     env.update(PATH=env["PATH"].replace("/opt/venv", str(serving_venv)),
-               CONVSERVE_HOST="127.0.0.1", CONVSERVE_PORT=str(_free_port()),
+               CONVSERVE_HOST="127.0.0.1", CONVSERVE_PORT=str(free_port()),
                CONVSERVE_MODELS_DIR=str(app / "models"), HOME=str(app))
-    process = subprocess.Popen(json.loads(serve.all("CMD")[-1]), cwd=app, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{env['CONVSERVE_PORT']}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the image's CMD did not start:\n{process.communicate()[0]}")
-        time.sleep(0.2)
-    yield url, env
-    process.terminate()
-    process.wait(30)
+    with run_service(json.loads(serve.all("CMD")[-1]), url, env, cwd=app, timeout=180):
+        yield url, env
 
 
 @pytest.mark.slow

@@ -10,16 +10,12 @@ file that is not an image. Screenshots go to ``artifacts/`` (git-ignored) as tes
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import serve_models
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from training.assets import fetch
@@ -37,33 +33,10 @@ BOX_COLOUR = (255, 212, 0)  # app.js draws boxes in #ffd400
 
 
 @pytest.fixture(scope="module")
-def url(shipped_model: Callable[[str], Path],
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    models = tmp_path_factory.mktemp("page-models")
-    for name in ("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn"):
-        (models / name).symlink_to(shipped_model(name), target_is_directory=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
-        cwd=REPO, env={**os.environ, "CONVSERVE_PROVIDERS": "CPU"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    address = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{address}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the service did not start:\n{process.communicate()[0]}")
-        time.sleep(0.1)
-    yield address
-    process.terminate()
-    process.wait(30)
+def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
+    models = shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn")
+    with serve_models(models) as (_, address):
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,45 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port, serve_command, serve_models
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(models: Path, port: int, **env: str) -> subprocess.Popen[str]:
-    environment = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--models", str(models)], cwd=REPO, env=environment, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture()
 def server(tiny_models: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
-    process = _start(tiny_models, port, CONVSERVE_MAX_QUEUE_DELAY_MS="1500",
-                     CONVSERVE_GRACEFUL_SHUTDOWN_S="20")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the server did not start:\n{process.communicate()[0]}")
-        time.sleep(0.1)
-    yield process, url
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with serve_models(tiny_models, CONVSERVE_MAX_QUEUE_DELAY_MS="1500",
+                      CONVSERVE_GRACEFUL_SHUTDOWN_S="20") as (process, url):
+        yield process, url
 
 
 def _queued(url: str) -> float:
@@ -90,8 +60,9 @@ def test_sigterm_finishes_accepted_requests(server: tuple[subprocess.Popen[str],
 
 
 def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
-    process = _start(tmp_path / "missing", _free_port(), CONVSERVE_MAX_BATCH_SIZE="0",
-                     CONVSERVE_PROVIDERS="CUDA,GPU")
+    env = {**os.environ, "CONVSERVE_MAX_BATCH_SIZE": "0", "CONVSERVE_PROVIDERS": "CUDA,GPU"}
+    process = subprocess.Popen(serve_command(tmp_path / "missing", free_port()), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 2
     assert "CONVSERVE_MODELS_DIR" in output and "is not a directory" in output

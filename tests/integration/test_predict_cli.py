@@ -7,59 +7,30 @@ photo of five faces); the in-process answer must equal the one the running servi
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import serve_models
 
 from service.cli import main
 from training.assets import fetch
 
-REPO = Path(__file__).resolve().parents[2]
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 EXPRESSIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
 
 
 @pytest.fixture(scope="module")
-def models(shipped_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped classifier, expression model and face detector (links in a temporary dir)."""
-    root = tmp_path_factory.mktemp("predict-models")
-    for name in ("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn"):
-        (root / name).symlink_to(shipped_model(name), target_is_directory=True)
-    return root
+def models(shipped_repository: Callable[..., Path]) -> Path:
+    """The shipped classifier, expression model and face detector."""
+    return shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn")
 
 
 @pytest.fixture(scope="module")
 def url(models: Path) -> Iterator[str]:
     """A running service (uvicorn, its own process) over ``models``."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
-        cwd=REPO, env={**os.environ, "CONVSERVE_PROVIDERS": "CPU"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    address = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{address}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the service did not start:\n{process.communicate()[0]}")
-        time.sleep(0.1)
-    yield address
-    process.terminate()
-    process.wait(30)
+    with serve_models(models) as (_, address):
+        yield address
 
 
 def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -10,11 +10,7 @@ directly on the same ``model.onnx``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,20 +20,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
+from conftest import serve_models
 from tritonclient.utils import InferenceServerException
 
 from service.imaging import InputSpec, prepare
 
-REPO = Path(__file__).resolve().parents[2]
 PHOTOS = ("chelsea", "coffee", "rocket")
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 BATCH_DELAY_MS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +44,8 @@ def models(tiny_models: Path, shipped_model: Callable[[str], Path],
 @pytest.fixture(scope="module")
 def server(models: Path) -> Iterator[str]:
     """``host:port`` of a ready service over ``models``."""
-    port = _free_port()
-    env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU",
-           "CONVSERVE_MAX_QUEUE_DELAY_MS": str(BATCH_DELAY_MS)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--models", str(models)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the service did not start:\n{process.communicate()[0]}")
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(30)
+    with serve_models(models, CONVSERVE_MAX_QUEUE_DELAY_MS=str(BATCH_DELAY_MS)) as (_, url):
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture(scope="module")
