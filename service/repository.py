@@ -8,6 +8,7 @@ dictionary keys, never as paths.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -61,8 +62,9 @@ class ModelVersion:
     def task(self) -> str:
         return str(self.meta.get("task", "classification"))
 
-    @property
+    @functools.cached_property
     def labels(self) -> list[str]:
+        """``model.json``'s class names, converted once (read on every request)."""
         return [str(label) for label in self.meta.get("labels", [])]
 
     @property

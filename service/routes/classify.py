@@ -34,7 +34,8 @@ async def _classify(version: ModelVersion, request: Request, top_k: int,
                                    serving.settings.max_image_pixels, serving.metrics,
                                    (version.name, str(version.version)))
     results = await classify(version, arrays, uploads, serving.batcher, top_k)
-    answer = ClassifyResponse(model=version.name, version=version.version, results=results)
+    answer = ClassifyResponse.model_construct(model=version.name, version=version.version,
+                                              results=results)
     # Serialised once here: FastAPI would validate the finished model again.
     return Response(answer.model_dump_json(), media_type="application/json")
 
