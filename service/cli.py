@@ -8,8 +8,11 @@ triple. Another module adds one with :func:`add_command` (``service/predict.py``
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +31,27 @@ def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run
     COMMANDS[name] = (help_text, add_arguments, run)
 
 
-def configure_logging(level: str) -> None:
-    """One line per record: time, level, logger, message (access lines are JSON)."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def configure_logging(level: str, background: bool = False) -> None:
+    """One line per record: time, level, logger, message (access lines are JSON).
+
+    Args:
+        level: the root logger's level, e.g. ``info``.
+        background: write records to stderr from a thread (``serve``): the event loop only
+            queues them. A write releases the GIL, and taking it back from the decode and
+            inference threads cost the loop ~0.4 ms per request under load.
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    if not background:
+        logging.basicConfig(level=level.upper(), handlers=[stream])
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream)
+    listener.start()
+    atexit.register(listener.stop)  # runs before logging's own shutdown: nothing is lost
+    handler = logging.handlers.QueueHandler(records)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the message (and traceback) only
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
                  (("host", args.host), ("port", args.port), ("models_dir", args.models))
                  if value is not None}
     settings = load_settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, background=True)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, loop="auto", http="auto",
