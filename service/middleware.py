@@ -48,6 +48,7 @@ class RequestLog:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,8 +90,14 @@ class RequestLog:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "")
-        self.metrics.requests.labels(template, method, str(status)).inc()
-        self.metrics.request_duration.labels(template).observe(seconds)
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per combination
+            children = self._children[key] = (
+                self.metrics.requests.labels(template, method, str(status)),
+                self.metrics.request_duration.labels(template))
+        children[0].inc()
+        children[1].observe(seconds)
         if not access_log.isEnabledFor(logging.INFO):
             return
         state: dict[str, Any] = scope.get("state", {})
