@@ -90,10 +90,10 @@ class RequestLog:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "")
-        key = (template, method, status)
-        children = self._children.get(key)
+        labels = (template, method, status)
+        children = self._children.get(labels)
         if children is None:  # labels() takes a lock and builds a key: once per combination
-            children = self._children[key] = (
+            children = self._children[labels] = (
                 self.metrics.requests.labels(template, method, str(status)),
                 self.metrics.request_duration.labels(template))
         children[0].inc()
