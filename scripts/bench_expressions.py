@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,15 +28,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service_process import free_port, start_service  # noqa: E402
+
 from training.assets import fetch  # noqa: E402
 
 STAGES = ("decode", "detect", "crop", "classify")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _timings(header: str) -> dict[str, float]:
@@ -80,15 +74,6 @@ async def run_level(url: str, data: bytes, clients: int, seconds: float) -> str:
             f"{per_face['classify']:.2f} ms")
 
 
-def _serve(models: Path, port: int, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, CONVSERVE_MODELS_DIR=str(models), CONVSERVE_PORT=str(port),
-               CONVSERVE_PROVIDERS=os.environ.get("CONVSERVE_PROVIDERS", "CPU"),
-               CONVSERVE_LOG_LEVEL="warning")
-    if threads:
-        env["CONVSERVE_INTRA_OP_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
@@ -102,21 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         models = Path(scratch)
         for name in ("fer-minixception", "face-mtcnn"):
             shutil.copytree(args.models_dir / name, models / name)
-        port = _free_port()
-        server = _serve(models, port, args.threads)
+        port = free_port()
+        env = {"CONVSERVE_LOG_LEVEL": "warning"}
+        if args.threads:
+            env["CONVSERVE_INTRA_OP_THREADS"] = str(args.threads)
+        server = start_service(models, port, env)
         try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the service did not become ready")
-                time.sleep(0.2)
-            url = f"{base}/v1/expressions"
+            url = f"http://127.0.0.1:{port}/v1/expressions"
             asyncio.run(run_level(url, data, 2, 1.0))  # warm-up
             print(f"{args.photo} on {os.cpu_count()} CPU core(s), "
                   f"providers {os.environ.get('CONVSERVE_PROVIDERS', 'CPU')}")

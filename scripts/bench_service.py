@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from service_process import free_port, start_service  # noqa: E402
 
 BOUNDARY = b"convservebenchboundary"
 
@@ -226,34 +227,6 @@ def client_main(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(models: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The service as a subprocess, its log (one access line per request) in models/../log."""
-    log = (models.parent / "server.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-        if process.poll() is not None:
-            break
-    process.kill()
-    tail = (models.parent / "server.log").read_text(errors="replace")[-2000:]
-    raise SystemExit(f"the server did not start:\n{tail}")
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -296,7 +269,7 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
     # better of the two is the limit, so a busy moment cannot flatter the service's ratio).
     before = in_process(settings, name, jpeg, batches, args.seconds, threads)
     port = free_port()
-    server = start_server(models, port, env)
+    server = start_service(models, port, env, log=models.parent / "server.log")
     try:
         served = [drive(port, name, jpeg_path, clients, args, server.pid)
                   for clients in args.clients]

@@ -12,10 +12,8 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,28 +22,12 @@ import httpx
 import numpy as np
 import tritonclient.http as triton
 from PIL import Image
+from service_process import free_port, start_service
 
 from service.imaging import InputSpec, prepare
 from training.assets import fetch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _serve(models: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models)],
-        cwd=REPO, env={**os.environ, "CONVSERVE_PROVIDERS": os.environ.get(
-            "CONVSERVE_PROVIDERS", "CPU")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the service did not become ready in 120 s")
 
 
 def _time(call: Callable[[], object], count: int) -> tuple[float, float]:
@@ -69,10 +51,8 @@ def main() -> None:
     jpeg = io.BytesIO()
     photo.save(jpeg, "JPEG", quality=90)
     tensor = prepare(jpeg.getvalue(), InputSpec.from_json(meta["input"]), 10**8).array[None]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = _serve(args.models, port)
+    port = free_port()
+    process = start_service(args.models, port, log=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         http = httpx.Client(base_url=url, timeout=60)
