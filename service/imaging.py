@@ -43,7 +43,7 @@ _FOREIGN: tuple[tuple[bytes, int, str], ...] = (
     (b"8BPS", 0, "PSD"),
 )
 
-_RESAMPLE = {
+RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -61,7 +61,7 @@ class InputSpec:
     channels: int  # 1 (grey) or 3 (RGB)
     method: str = "stretch"  # one of RESIZE_METHODS
     shorter_side: int | None = None  # for shorter-side-center-crop
-    interpolation: str = "bilinear"  # a key of _RESAMPLE
+    interpolation: str = "bilinear"  # a key of RESAMPLE
 
     @classmethod
     def from_json(cls, spec: dict[str, Any]) -> InputSpec:
@@ -80,8 +80,8 @@ class InputSpec:
             raise ValueError(f"input.channels must be 1 or 3, not {made.channels}")
         if made.method not in RESIZE_METHODS:
             raise ValueError(f"input.resize.method must be one of {RESIZE_METHODS}")
-        if made.interpolation not in _RESAMPLE:
-            raise ValueError(f"input.resize.interpolation must be one of {sorted(_RESAMPLE)}")
+        if made.interpolation not in RESAMPLE:
+            raise ValueError(f"input.resize.interpolation must be one of {sorted(RESAMPLE)}")
         if made.method == "shorter-side-center-crop" and not made.shorter_side:
             raise ValueError("input.resize.shorter_side is required for shorter-side-center-crop")
         return made
@@ -175,7 +175,7 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
 
 
 def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
-    resample = _RESAMPLE[spec.interpolation]
+    resample = RESAMPLE[spec.interpolation]
     width, height = image.size
     if spec.method == "stretch":
         if (width, height) == (spec.width, spec.height):
@@ -194,6 +194,38 @@ def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
     return image.resize((spec.width, spec.height), resample, box=box)
 
 
+def _decode(data: bytes, max_pixels: int, channels: int,
+            spec: InputSpec | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Sniff, guard, decode (JPEG at reduced scale when ``spec`` needs fewer pixels), orient.
+
+    Returns the image in L or RGB and its decoded size after orientation.
+    """
+    fmt = sniff(data)
+    image = _open(data, fmt, max_pixels)
+    orientation = _orientation(image)
+    if fmt == "JPEG" and spec is not None:
+        need = _needed_size(image.size, spec, swap=orientation in (5, 6, 7, 8))
+        image.draft("L" if channels == 1 else "RGB", need)
+    try:
+        image.load()  # GIF, TIFF: the first frame
+    except Exception as exc:
+        raise InvalidImage(f"the {fmt} data cannot be decoded ({exc}); the file is corrupt or "
+                           "truncated") from None
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    decoded_size = image.size
+    return _to_mode(image, channels), decoded_size
+
+
+def decode(data: bytes, max_pixels: int, channels: int = 3) -> Image.Image:
+    """The whole image at its own size, EXIF orientation applied, as L (1) or RGB (3).
+
+    Raises:
+        InvalidImage, ImageTooLarge, UnsupportedMediaType: as :func:`prepare`.
+    """
+    return _decode(data, max_pixels, channels, None)[0]
+
+
 def prepare(data: bytes, spec: InputSpec, max_pixels: int) -> Prepared:
     """Decode ``data`` and turn it into the model's input, timing decode and preprocessing.
 
@@ -203,21 +235,7 @@ def prepare(data: bytes, spec: InputSpec, max_pixels: int) -> Prepared:
         UnsupportedMediaType: a format we do not read (HTTP 415).
     """
     start = time.perf_counter()
-    fmt = sniff(data)
-    image = _open(data, fmt, max_pixels)
-    orientation = _orientation(image)
-    if fmt == "JPEG":
-        need = _needed_size(image.size, spec, swap=orientation in (5, 6, 7, 8))
-        image.draft("L" if spec.channels == 1 else "RGB", need)
-    try:
-        image.load()  # GIF, TIFF: the first frame
-    except Exception as exc:
-        raise InvalidImage(f"the {fmt} data cannot be decoded ({exc}); the file is corrupt or "
-                           "truncated") from None
-    if orientation != 1:
-        image = ImageOps.exif_transpose(image)
-    decoded_size = image.size
-    image = _to_mode(image, spec.channels)
+    image, decoded_size = _decode(data, max_pixels, spec.channels, spec)
     decoded = time.perf_counter()
     image = _resize(image, spec)
     array = np.asarray(image)

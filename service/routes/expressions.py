@@ -84,25 +84,11 @@ class Analysis:
     crop_s: float
 
 
-def decode_photo(data: bytes, max_pixels: int) -> Image.Image:
-    """The whole photo as RGB, EXIF orientation applied, through :func:`imaging.prepare`.
-
-    The header is read first (with the pixel-count guard) to ask ``prepare`` for the photo's own
-    size, so nothing is resized.
-    """
-    header = imaging._open(data, imaging.sniff(data), max_pixels)
-    width, height = header.size
-    if imaging._orientation(header) in (5, 6, 7, 8):  # a quarter turn swaps the sides
-        width, height = height, width
-    spec = InputSpec(height=height, width=width, channels=3)
-    return Image.fromarray(imaging.prepare(data, spec, max_pixels).array)
-
-
 def model_input(crop: Image.Image, spec: InputSpec) -> np.ndarray:
     """A face crop as the expression model's ``[H, W, C]`` uint8 input."""
     crop = crop.convert("L" if spec.channels == 1 else "RGB")
     if crop.size != (spec.width, spec.height):
-        crop = crop.resize((spec.width, spec.height), imaging._RESAMPLE[spec.interpolation])
+        crop = crop.resize((spec.width, spec.height), imaging.RESAMPLE[spec.interpolation])
     array = np.asarray(crop)
     return array[:, :, None] if array.ndim == 2 else array
 
@@ -125,7 +111,7 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
             spec: InputSpec, crop: CropSpec, max_faces: int) -> Analysis:
     """Decode, detect and crop (blocking: runs in the decode pool)."""
     start = time.perf_counter()
-    photo = decode_photo(data, max_pixels)
+    photo = imaging.decode(data, max_pixels)
     decoded = time.perf_counter()
     if detector is None:
         width, height = photo.size
