@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ServiceError
+from service.pipeline import top_k
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -185,10 +186,8 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec
 
 def classification_strings(rows: np.ndarray, labels: list[str], k: int) -> np.ndarray:
     """Triton's classification extension: ``[N, k]`` strings ``"score:index[:label]"``."""
-    best = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    return np.array([[f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")
-                      for i in order] for row, order in zip(rows, best, strict=True)],
-                    dtype=object)
+    return np.array([[f"{p.score:f}:{p.index}" + (f":{p.label}" if p.index < len(labels) else "")
+                      for p in top_k(row, labels, k)] for row in rows], dtype=object)
 
 
 def _bytes_tensor(strings: np.ndarray) -> bytes:
