@@ -26,6 +26,7 @@ from service.errors import register_error_handlers
 from service.metrics import Metrics
 from service.middleware import ApiKeyAuth, BodyLimit, RequestLog
 from service.repository import ModelRepository, ScanResult
+from service.routes.classify import ClassifyShortcut
 from service.settings import Settings, load_settings
 
 logger = logging.getLogger("convserve.app")
@@ -77,7 +78,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.batcher = Batcher(
         max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
         max_queue_size=settings.max_queue_size, retry_after_s=settings.retry_after_s,
-        metrics=app.state.metrics)
+        metrics=app.state.metrics, instances=settings.instances,
+        niceness=settings.inference_niceness)
     tasks = [asyncio.create_task(_initial_load(app), name="load-models")]
     if settings.reload_interval_s > 0:
         tasks.append(asyncio.create_task(_poll(app, settings.reload_interval_s), name="poll"))
@@ -120,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in discover_routers():
         app.include_router(router)
     key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(ClassifyShortcut)  # added first = innermost
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyAuth, api_key=key)
     app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost

@@ -1,11 +1,17 @@
 """Dynamic batching: concurrent requests for one model version share one ONNX Runtime run.
 
 ``await batcher.submit(version, array)`` queues one input (e.g. a ``[H, W, C]`` image) and returns
-its output row. Each model version gets a lane: a bounded queue and a worker task that takes the
-first waiting input, gathers more for at most ``max_queue_delay_ms`` (or until
-``max_batch_size``), stacks them, runs ``version.infer(batch)`` in a thread (ONNX Runtime releases
-the GIL, so decoding and the event loop go on meanwhile) and hands each caller its own row.
-While one batch runs, the next one fills up, so under load batches grow without any delay.
+its output row. Each model version gets a lane: a bounded queue and ``instances`` inference
+threads (Triton's instance count). A free thread takes the first waiting input, gathers more for
+at most ``max_queue_delay_ms`` (or until ``max_batch_size``), stacks them, runs
+``version.infer(batch)`` (ONNX Runtime releases the GIL) and hands each caller its own row on the
+event loop. While runs are busy the queue fills, so under load batches grow without any delay.
+
+The threads take their next batch themselves, without waiting for the event loop (which may be
+busy decoding or parsing a request). On a CPU, two single-threaded runs keep two cores busy with
+no synchronisation between them, where one two-threaded run stalls whenever decoding takes one of
+its cores. The inference threads run ``niceness`` steps below the event loop and the decoders
+(Linux), so under load the queue stays fed and inference takes every cycle they leave.
 
 When a lane's queue holds ``max_queue_size`` inputs, ``submit`` raises
 :class:`~service.errors.Overloaded` (HTTP 503 with ``Retry-After``) instead of queueing more.
@@ -15,11 +21,15 @@ When a lane's queue holds ``max_queue_size`` inputs, ``submit`` raises
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
+import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 import numpy as np
 
@@ -27,6 +37,7 @@ from service.errors import NotReady, Overloaded
 from service.metrics import Metrics
 
 logger = logging.getLogger("convserve.batching")
+T = TypeVar("T")
 
 
 class Batchable(Protocol):
@@ -44,65 +55,77 @@ class Batchable(Protocol):
 @dataclass
 class _Item:
     array: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Any]
     queued_at: float
-
-
-_STOP = object()
+    finish: Callable[[np.ndarray], Any] | None  # applied to the row in the inference thread
 
 
 class _Lane:
-    """The queue and worker of one model version."""
+    """The queue and inference threads of one model version."""
 
     def __init__(self, batcher: Batcher, version: Batchable) -> None:
         self.batcher = batcher
         self.version = version
-        self.labels = (version.name, str(version.version))
-        self.metrics = batcher.metrics.model(*self.labels) if batcher.metrics else None
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.metrics = batcher.metrics.model(version.name, str(version.version)) \
+            if batcher.metrics else None
+        self.items: collections.deque[_Item] = collections.deque()
+        self.changed = threading.Condition()  # guards items, pending, stopping
         self.pending = 0  # items queued, not yet taken into a batch
-        self.task = asyncio.get_running_loop().create_task(self._work(), name=version.key)
+        self.stopping = False
+        self.threads = [threading.Thread(target=self._work, name=f"infer-{version.key}-{i}",
+                                         daemon=True) for i in range(batcher.instances)]
+        for thread in self.threads:
+            thread.start()
 
-    async def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
-        """Collect a batch starting with ``first``; True means stop after it."""
-        items, loop = [first], asyncio.get_running_loop()
-        deadline = loop.time() + self.batcher.max_queue_delay_ms / 1000.0
-        while len(items) < self.batcher.max_batch_size:
-            try:
-                nxt = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if nxt is _STOP:
-                return items, True
-            assert isinstance(nxt, _Item)
-            items.append(nxt)
-        return items, False
+    def put(self, item: _Item) -> None:
+        """Queue one input (event loop side)."""
+        with self.changed:
+            self.items.append(item)
+            self.pending += 1
+            self.changed.notify()
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.pending)
 
-    async def _work(self) -> None:
-        while True:
-            first = await self.queue.get()
-            if first is _STOP:
-                return
-            assert isinstance(first, _Item)
-            items, stop = await self._gather(first)
+    async def stop(self) -> None:
+        """Let the threads finish what is queued, then end them."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+        for thread in self.threads:
+            await asyncio.to_thread(thread.join)
+
+    def _take(self) -> list[_Item] | None:
+        """The next batch (inference thread side); None once stopping with nothing queued."""
+        delay = self.batcher.max_queue_delay_ms / 1000.0
+        with self.changed:
+            while not self.items:
+                if self.stopping:
+                    return None
+                self.changed.wait()
+            items = [self.items.popleft()]
+            deadline = time.monotonic() + delay
+            while len(items) < self.batcher.max_batch_size:
+                if self.items:
+                    items.append(self.items.popleft())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.stopping:
+                    break
+                self.changed.wait(remaining)
             self.pending -= len(items)
-            try:
-                await self._run(items)
-            except Exception as exc:  # never let the lane die with callers waiting
-                logger.exception("batch for %s failed", self.version.key)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-            if stop:
-                return
+            return items
 
-    async def _run(self, items: list[_Item]) -> None:
+    def _work(self) -> None:
+        lower_thread_priority(self.batcher.niceness)
+        while (items := self._take()) is not None:
+            try:
+                self._run(items)
+            except Exception as exc:  # never leave callers waiting
+                logger.exception("batch for %s failed", self.version.key)
+                self._post(_fail, items, exc)
+
+    def _run(self, items: list[_Item]) -> None:
         metrics, start = self.metrics, time.perf_counter()
         live = [item for item in items if not item.future.done()]  # skip cancelled callers
         if metrics is not None:
@@ -112,25 +135,57 @@ class _Lane:
         if not live:
             return
         try:
-            batch = np.stack([item.array for item in live])
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.batcher.executor, self.version.infer, batch)
+            outputs = self.version.infer(np.stack([item.array for item in live]))
             if len(outputs) != len(live):
                 raise RuntimeError(f"{self.version.key} returned {len(outputs)} rows for a batch "
                                    f"of {len(live)}")
         except Exception as exc:
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._post(_fail, live, exc)
             return
         if metrics is not None:
             metrics.inference.observe(time.perf_counter() - start)
             metrics.batch_size.observe(len(live))
             metrics.inference_count.inc(len(live))
             metrics.exec_count.inc()
-        for item, row in zip(live, outputs, strict=True):
-            if not item.future.done():
-                item.future.set_result(row)
+        results = [_finish(item, row) for item, row in zip(live, outputs, strict=True)]
+        self._post(_deliver, live, results)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback(*args)`` on the event loop (callers' futures live there)."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _finish(item: _Item, row: np.ndarray) -> Any:
+    if item.finish is None:
+        return row
+    try:
+        return item.finish(row)
+    except Exception as exc:  # this caller's own failure
+        return _Failed(exc)
+
+
+@dataclass
+class _Failed:
+    error: Exception
+
+
+def _deliver(items: list[_Item], results: list[Any]) -> None:
+    for item, result in zip(items, results, strict=True):
+        if item.future.done():
+            continue
+        if isinstance(result, _Failed):
+            item.future.set_exception(result.error)
+        else:
+            item.future.set_result(result)
+
+
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
 class Batcher:
@@ -138,30 +193,44 @@ class Batcher:
 
     def __init__(self, *, max_batch_size: int, max_queue_delay_ms: float, max_queue_size: int,
                  retry_after_s: int = 1, metrics: Metrics | None = None,
-                 infer_threads: int = 4) -> None:
+                 instances: int = 1, niceness: int = 0) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
         if max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, not {max_queue_delay_ms}")
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, not {max_queue_size}")
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, not {instances}")
         self.max_batch_size = max_batch_size
         self.max_queue_delay_ms = max_queue_delay_ms
         self.max_queue_size = max_queue_size
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(infer_threads, thread_name_prefix="infer")
+        self.instances = instances
+        self.niceness = niceness
         self._lanes: dict[int, _Lane] = {}
         self._closing = False
 
     def _lane(self, version: Batchable) -> _Lane:
         lane = self._lanes.get(id(version))
-        if lane is None or lane.version is not version or lane.task.done():
+        if lane is None or lane.version is not version or lane.stopping:
             lane = self._lanes[id(version)] = _Lane(self, version)
         return lane
 
-    async def submit(self, version: Batchable, array: np.ndarray) -> np.ndarray:
-        """Queue one input for ``version`` and wait for its output row.
+    @overload
+    async def submit(self, version: Batchable, array: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    async def submit(self, version: Batchable, array: np.ndarray,
+                     finish: Callable[[np.ndarray], T]) -> T: ...
+
+    async def submit(self, version: Batchable, array: np.ndarray,
+                     finish: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """Queue one input for ``version`` and wait for its output row, or ``finish(row)``.
+
+        ``finish`` runs in the inference thread, off the event loop: put per-row work there
+        (e.g. ranking classes with NumPy).
 
         Raises:
             Overloaded: the version's queue is full (HTTP 503, Retry-After).
@@ -177,11 +246,8 @@ class Batcher:
                 f"model {version.key} has {lane.pending} images queued (the limit is "
                 f"{self.max_queue_size}); retry after {self.retry_after_s} s",
                 headers={"Retry-After": str(self.retry_after_s)})
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        lane.pending += 1
-        lane.queue.put_nowait(_Item(array, future, time.perf_counter()))
-        if lane.metrics is not None:
-            lane.metrics.queue_depth.set(lane.pending)
+        future: asyncio.Future[Any] = lane.loop.create_future()
+        lane.put(_Item(array, future, time.perf_counter(), finish))
         return await future
 
     def queue_depth(self, version: Batchable) -> int:
@@ -193,15 +259,24 @@ class Batcher:
         """Finish what is queued for ``version`` (removed by a reload), then drop its lane."""
         lane = self._lanes.pop(id(version), None)
         if lane is not None and lane.version is version:
-            lane.queue.put_nowait(_STOP)
-            await lane.task
+            await lane.stop()
 
     async def close(self) -> None:
-        """Refuse new inputs, finish every queued one, stop the workers."""
+        """Refuse new inputs, finish every queued one, stop the threads."""
         self._closing = True
         lanes = list(self._lanes.values())
         self._lanes.clear()
-        for lane in lanes:
-            lane.queue.put_nowait(_STOP)
-        await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
-        self.executor.shutdown(wait=True)
+        await asyncio.gather(*(lane.stop() for lane in lanes))
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread ``niceness`` steps nicer (Linux; a no-op elsewhere or at 0).
+
+    Linux keeps a nice value per thread, and raising it needs no privilege.
+    """
+    if niceness <= 0 or sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError as exc:  # e.g. a sandbox that forbids it: run at normal priority
+        logger.warning("could not lower the inference threads' priority: %s", exc)

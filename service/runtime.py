@@ -62,7 +62,7 @@ class Session:
 def session_options(settings: Settings) -> ort.SessionOptions:
     """Session options from the settings (threads, graph optimisation)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = settings.intra_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     options.log_severity_level = 3  # ORT warnings are noisy; ours say what matters

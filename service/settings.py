@@ -57,11 +57,14 @@ class Settings(BaseSettings):
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = [
         "CUDAExecutionProvider", "CPUExecutionProvider"]  # in order of preference
-    intra_op_threads: int = Field(0, ge=0)  # threads inside one operator; 0 = ORT's default
+    instances: int = Field(2, ge=1)  # ORT runs in flight per model version (Triton's count)
+    intra_op_threads: int = Field(0, ge=0)  # threads inside one run; 0 = cores / instances
     inter_op_threads: int = Field(0, ge=0)  # threads across operators; 0 = ORT's default
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
+    inference_niceness: int = Field(5, ge=0, le=19)  # threads calling ORT run this much nicer
+    # than HTTP and decoding (Linux), so the queue stays fed under load; 0 = same priority
 
     # Batching
     max_batch_size: int = Field(8, ge=1)  # images per ORT run: 4-8 on a CPU, 32+ on a GPU
@@ -118,6 +121,11 @@ class Settings(BaseSettings):
             raise ValueError(f"{str(value)!r} is not a directory: set {ENV_PREFIX}MODELS_DIR "
                              "(or --models) to the models/<name>/<version>/ tree")
         return value
+
+    @property
+    def intra_threads(self) -> int:
+        """Threads inside one ORT run: ``intra_op_threads``, or the cores over the instances."""
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.instances)
 
     @property
     def decode_threads(self) -> int:
