@@ -5,8 +5,10 @@ For each model it measures, in one run:
 * the **in-process limit**: the same work (``service.imaging.prepare`` decode + preprocessing and
   an ONNX Runtime session with the service's settings) in this Python process, no HTTP:
   single-image latency (decode + run of batch 1, one after another) and throughput (the best
-  of one-at-a-time and batches with decoding overlapped in a thread pool), over ORT thread
-  settings, measured before and after the service runs (the better of the two counts);
+  of one-at-a-time, batches with decoding overlapped in a thread pool, and one worker thread
+  per core that decodes and runs its own batches), over ORT thread settings (the service's, 1,
+  every core) and batch sizes (1 and ``--max-batch-size``), measured before and after the
+  service runs (the better of the two counts);
 * the **service**: ``python -m service serve`` started as a subprocess, driven by a separate
   client process (``--client`` mode: asyncio, keep-alive HTTP/1.1 connections, pre-built
   requests, so the load generator costs little CPU) uploading a real 640x480 JPEG (skimage's
@@ -19,7 +21,8 @@ torchvision ResNet-18 with **random weights** (speed only, its answers mean noth
 Usage::
 
     python scripts/bench_service.py [--models imagenet-mobilenetv2,resnet18-random]
-        [--clients 1,32] [--seconds 8] [--intra-op-threads 0] [--max-batch-size 32]
+        [--clients 1,32] [--seconds 8] [--instances 2] [--intra-op-threads 0]
+        [--max-batch-size 4]
 """
 
 from __future__ import annotations
@@ -109,7 +112,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[int],
                        seconds: float) -> dict:
-    """One session configuration: one-at-a-time latency, then batched throughputs."""
+    """One ORT thread setting: one-at-a-time latency, then throughput two ways.
+
+    * ``pipelined{b}``: one thread runs batches of ``b`` while a pool decodes the next batch;
+    * ``workers{w}x{b}``: ``w`` threads (one per core), each decoding ``b`` images and running
+      them, so decoding and several runs overlap with no hand-off at all.
+    """
+    import threading
+
     import numpy as np
 
     from service.imaging import prepare
@@ -130,6 +140,11 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
     result = {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
               "sequential_per_s": len(latencies) / sum(latencies),
               "cpu_ms": (time.process_time() - cpu) * 1e3 / len(latencies)}
+
+    def record(key: str, done: int, start: float, cpu: float) -> None:
+        result[f"{key}_per_s"] = done / (time.perf_counter() - start)
+        result[f"{key}_cpu_ms"] = (time.process_time() - cpu) * 1e3 / done
+
     with ThreadPoolExecutor(settings.decode_threads) as pool:  # type: ignore[attr-defined]
         for batch in batches:  # decoding of the next batch overlaps this batch's inference
             jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
@@ -139,22 +154,38 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
                 jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
                 version.infer(np.stack(arrays))
                 done += batch
-            result[f"batch{batch}_per_s"] = done / (time.perf_counter() - start)
-            result[f"batch{batch}_cpu_ms"] = (time.process_time() - cpu) * 1e3 / done
+            record(f"pipelined{batch}", done, start, cpu)
             for job in jobs:
                 job.result()
+    workers = os.cpu_count() or 1
+    for batch in batches:
+        counts = [0] * workers
+        start, cpu = time.perf_counter(), time.process_time()
+
+        def work(slot: int, batch: int = batch, start: float = start,
+                 counts: list[int] = counts) -> None:
+            while time.perf_counter() < start + seconds:
+                version.infer(np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]))
+                counts[slot] += batch
+
+        threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        record(f"workers{workers}x{batch}", sum(counts), start, cpu)
     return result
 
 
 def in_process(settings: object, name: str, jpeg: bytes, batches: list[int], seconds: float,
                thread_options: list[int]) -> dict:
-    """The in-process limit: the best latency and throughput over ORT thread settings and
-    batch sizes (one-at-a-time, or batches with decoding overlapped in a thread pool)."""
+    """The in-process limit: the best latency and throughput over ORT thread settings and ways
+    of running (one at a time, pipelined, one worker per core; see _measure_in_process)."""
     runs = {}
     for threads in thread_options:
         tuned = settings.model_copy(update={"intra_op_threads": threads})  # type: ignore[attr-defined]
         runs[threads] = _measure_in_process(tuned, name, jpeg, batches,
-                                            seconds / (1 + len(batches)))
+                                            seconds / (1 + 2 * len(batches)))
     best_latency = min(runs.values(), key=lambda r: r["p50_ms"])
     throughputs = {f"intra_op_threads={t} {k.removesuffix('_per_s')}": v
                    for t, r in runs.items() for k, v in r.items() if k.endswith("_per_s")}
@@ -248,6 +279,7 @@ def drive(port: int, model: str, jpeg_path: Path, clients: int, args: argparse.N
 # --------------------------------------------------------------------------- main
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {"CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
+            "CONVSERVE_INSTANCES": str(args.instances),
             "CONVSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
             "CONVSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
             "CONVSERVE_DECODE_WORKERS": str(args.decode_workers),
@@ -260,11 +292,12 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
 
     env = server_env(args)
     settings = load_settings(models_dir=models, providers="CPU",
-                             intra_op_threads=args.intra_op_threads,
+                             intra_op_threads=args.intra_op_threads, instances=args.instances,
                              max_batch_size=args.max_batch_size,
                              decode_workers=args.decode_workers)
-    batches = sorted({min(8, args.max_batch_size), min(args.max_batch_size, max(args.clients))})
-    threads = sorted({args.intra_op_threads, 0})
+    batches = sorted({1, args.max_batch_size})
+    # ORT threads: the service's, one, and every core
+    threads = sorted({settings.intra_threads, 1, os.cpu_count() or 1})
     # The in-process limit is measured before and after the service (the machine is shared: the
     # better of the two is the limit, so a busy moment cannot flatter the service's ratio).
     before = in_process(settings, name, jpeg, batches, args.seconds, threads)
@@ -312,6 +345,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per point")
     parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--decode-workers", type=int, default=0)

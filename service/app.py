@@ -78,8 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.batcher = Batcher(
         max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
         max_queue_size=settings.max_queue_size, retry_after_s=settings.retry_after_s,
-        metrics=app.state.metrics, instances=settings.instances,
-        niceness=settings.inference_niceness)
+        metrics=app.state.metrics, instances=settings.instances)
     tasks = [asyncio.create_task(_initial_load(app), name="load-models")]
     if settings.reload_interval_s > 0:
         tasks.append(asyncio.create_task(_poll(app, settings.reload_interval_s), name="poll"))

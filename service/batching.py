@@ -10,8 +10,7 @@ event loop. While runs are busy the queue fills, so under load batches grow with
 The threads take their next batch themselves, without waiting for the event loop (which may be
 busy decoding or parsing a request). On a CPU, two single-threaded runs keep two cores busy with
 no synchronisation between them, where one two-threaded run stalls whenever decoding takes one of
-its cores. The inference threads run ``niceness`` steps below the event loop and the decoders
-(Linux), so under load the queue stays fed and inference takes every cycle they leave.
+its cores (ONNX Runtime's threads wait for each other at the end of every parallel step).
 
 When a lane's queue holds ``max_queue_size`` inputs, ``submit`` raises
 :class:`~service.errors.Overloaded` (HTTP 503 with ``Retry-After``) instead of queueing more.
@@ -23,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -70,8 +67,9 @@ class _Lane:
         self.metrics = batcher.metrics.model(version.name, str(version.version)) \
             if batcher.metrics else None
         self.items: collections.deque[_Item] = collections.deque()
-        self.changed = threading.Condition()  # guards items, pending, stopping
+        self.changed = threading.Condition()  # guards the four below
         self.pending = 0  # items queued, not yet taken into a batch
+        self.gathering = False  # a thread is collecting a batch
         self.stopping = False
         self.threads = [threading.Thread(target=self._work, name=f"infer-{version.key}-{i}",
                                          daemon=True) for i in range(batcher.instances)]
@@ -83,7 +81,7 @@ class _Lane:
         with self.changed:
             self.items.append(item)
             self.pending += 1
-            self.changed.notify()
+            self.changed.notify_all()  # the gathering thread, or an idle one
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.pending)
 
@@ -96,13 +94,18 @@ class _Lane:
             await asyncio.to_thread(thread.join)
 
     def _take(self) -> list[_Item] | None:
-        """The next batch (inference thread side); None once stopping with nothing queued."""
+        """The next batch (inference thread side); None once stopping with nothing queued.
+
+        One thread gathers at a time, so a batch waiting for ``max_queue_delay_ms`` is not
+        split with an idle instance.
+        """
         delay = self.batcher.max_queue_delay_ms / 1000.0
         with self.changed:
-            while not self.items:
-                if self.stopping:
+            while self.gathering or not self.items:
+                if self.stopping and not self.items:
                     return None
                 self.changed.wait()
+            self.gathering = True
             items = [self.items.popleft()]
             deadline = time.monotonic() + delay
             while len(items) < self.batcher.max_batch_size:
@@ -113,11 +116,12 @@ class _Lane:
                 if remaining <= 0 or self.stopping:
                     break
                 self.changed.wait(remaining)
+            self.gathering = False
             self.pending -= len(items)
+            self.changed.notify_all()  # the next thread may gather
             return items
 
     def _work(self) -> None:
-        lower_thread_priority(self.batcher.niceness)
         while (items := self._take()) is not None:
             try:
                 self._run(items)
@@ -193,7 +197,7 @@ class Batcher:
 
     def __init__(self, *, max_batch_size: int, max_queue_delay_ms: float, max_queue_size: int,
                  retry_after_s: int = 1, metrics: Metrics | None = None,
-                 instances: int = 1, niceness: int = 0) -> None:
+                 instances: int = 1) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
         if max_queue_delay_ms < 0:
@@ -208,7 +212,6 @@ class Batcher:
         self.retry_after_s = retry_after_s
         self.metrics = metrics
         self.instances = instances
-        self.niceness = niceness
         self._lanes: dict[int, _Lane] = {}
         self._closing = False
 
@@ -268,15 +271,3 @@ class Batcher:
         self._lanes.clear()
         await asyncio.gather(*(lane.stop() for lane in lanes))
 
-
-def lower_thread_priority(niceness: int) -> None:
-    """Make the calling thread ``niceness`` steps nicer (Linux; a no-op elsewhere or at 0).
-
-    Linux keeps a nice value per thread, and raising it needs no privilege.
-    """
-    if niceness <= 0 or sys.platform != "linux":
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except OSError as exc:  # e.g. a sandbox that forbids it: run at normal priority
-        logger.warning("could not lower the inference threads' priority: %s", exc)

@@ -63,11 +63,9 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
-    inference_niceness: int = Field(5, ge=0, le=19)  # threads calling ORT run this much nicer
-    # than HTTP and decoding (Linux), so the queue stays fed under load; 0 = same priority
 
     # Batching
-    max_batch_size: int = Field(8, ge=1)  # images per ORT run: 4-8 on a CPU, 32+ on a GPU
+    max_batch_size: int = Field(4, ge=1)  # images per ORT run: 1-4 on a CPU, 32+ on a GPU
     max_queue_delay_ms: float = Field(0.0, ge=0)  # wait at most this long for a fuller batch
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded

@@ -189,3 +189,45 @@ def test_every_supported_format(tiny_client: TestClient, photo: Callable[[str], 
                                 files={"file": (f"coffee.{fmt.lower()}", out.getvalue())})
     assert response.status_code == 200, response.text
     assert len(response.json()["results"][0]["predictions"]) == 5
+
+
+def test_openapi_documents_the_classify_routes(tiny_client: TestClient) -> None:
+    paths = tiny_client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/models/{name}/classify", "/v1/models/{name}/versions/{version}/classify"):
+        operation = paths[path]["post"]
+        top_k = next(p for p in operation["parameters"] if p["name"] == "top_k")
+        assert top_k["schema"]["minimum"] == 1 and top_k["schema"]["maximum"] == 1000
+        assert set(operation["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
+        assert "ClassifyResponse" in json.dumps(operation["responses"]["200"])
+
+
+def test_declared_routes_answer_like_the_shortcut(tiny_client: TestClient, tiny_models: Path,
+                                                  photo: Callable[[str], bytes]) -> None:
+    """ClassifyShortcut answers the classify paths before FastAPI's router; the routes declared
+    to FastAPI (the documented contract) give the same answers and errors without it."""
+    import time
+
+    from service.app import create_app
+    from service.routes.classify import ClassifyShortcut
+    from service.settings import load_settings
+
+    app = create_app(load_settings(models_dir=tiny_models, providers="CPU"))
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not ClassifyShortcut]
+    files = {"file": ("chelsea.jpg", photo("chelsea"))}
+    with TestClient(app, raise_server_exceptions=False) as routed:
+        deadline = time.monotonic() + 30
+        while routed.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for path in ("/v1/models/tiny-rgb/classify", "/v1/models/tiny-rgb/versions/1/classify"):
+            for params in ({"top_k": 3}, {"top_k": 0}):
+                declared = routed.post(path, files=files, params=params)
+                shortcut = tiny_client.post(path, files=files, params=params)
+                assert declared.status_code == shortcut.status_code, declared.text
+                if shortcut.status_code == 200:
+                    assert declared.json() == shortcut.json()
+                else:
+                    assert shortcut.status_code == 422
+                    assert declared.json()["error"]["message"].startswith("top_k:")
+                    assert shortcut.json()["error"]["message"].startswith("top_k:")
+                    assert routed.get("/metrics").text.count(
+                        'route="/v1/models/{name}/classify"') > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -174,6 +175,64 @@ def test_cancelled_callers_are_skipped() -> None:
     assert asyncio.run(scenario()) == ([1], 7)
 
 
+@dataclass(eq=False)
+class Meeting(RowSums):
+    """Each run waits for ``parties`` runs to be in flight at once (BrokenBarrierError if not)."""
+
+    parties: int = 2
+    barrier: threading.Barrier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.barrier = threading.Barrier(self.parties, timeout=2.0)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.barrier.wait()
+        return super().infer(batch)
+
+
+def test_instances_run_batches_at_the_same_time() -> None:
+    async def scenario(instances: int) -> list[object]:
+        batcher, model = _batcher(max_batch_size=1, max_queue_delay_ms=0.0,
+                                  instances=instances), Meeting()
+        outcomes = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(2)),
+                                        return_exceptions=True)
+        await batcher.close()
+        return outcomes
+
+    assert [int(row[0]) for row in asyncio.run(scenario(2))] == [1, 1]  # type: ignore[index]
+    lone = asyncio.run(scenario(1))  # one instance: the first run waits alone, in vain
+    assert all(isinstance(outcome, threading.BrokenBarrierError) for outcome in lone)
+
+
+def test_one_instance_gathers_at_a_time() -> None:
+    async def scenario() -> list[int]:
+        batcher, model = _batcher(max_queue_delay_ms=100.0, instances=2), RowSums()
+        await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(6)))
+        await batcher.close()
+        return model.batches
+
+    assert asyncio.run(scenario()) == [6]  # not split with the idle second instance
+
+
+def test_finish_runs_on_each_row_and_fails_only_its_caller() -> None:
+    def rank(row: np.ndarray) -> str:
+        if row[0] < 0:
+            raise ValueError("negative")
+        return f"sum={int(row[0])} in {threading.current_thread().name}"
+
+    async def scenario() -> list[object]:
+        batcher, model = _batcher(), RowSums()
+        outcomes = await asyncio.gather(
+            *(batcher.submit(model, np.full(1, value), rank) for value in (3, -1, 5)),
+            return_exceptions=True)
+        await batcher.close()
+        return [*outcomes, model.batches]
+
+    good, bad, other, batches = asyncio.run(scenario())
+    assert good == "sum=3 in infer-sums/1-0" and other == "sum=5 in infer-sums/1-0"
+    assert isinstance(bad, ValueError) and batches == [3]
+
+
 def test_metrics_record_batches_and_queue(tmp_path: object) -> None:
     async def scenario() -> Metrics:
         metrics = Metrics()
@@ -192,6 +251,7 @@ def test_metrics_record_batches_and_queue(tmp_path: object) -> None:
     ("max_batch_size", 0, "max_batch_size must be >= 1"),
     ("max_queue_delay_ms", -1.0, "max_queue_delay_ms must be >= 0"),
     ("max_queue_size", 0, "max_queue_size must be >= 1"),
+    ("instances", 0, "instances must be >= 1"),
 ])
 def test_invalid_options(option: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -29,6 +29,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.decode_threads >= 1
 
 
+def test_intra_op_threads_default_to_the_cores_over_the_instances(tmp_path: Path) -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    assert Settings(models_dir=tmp_path, instances=2).intra_threads == max(1, cores // 2)
+    assert Settings(models_dir=tmp_path, instances=cores + 1).intra_threads == 1
+    assert Settings(models_dir=tmp_path, instances=2, intra_op_threads=3).intra_threads == 3
+    assert session_options(Settings(models_dir=tmp_path, instances=cores)).intra_op_num_threads \
+        == 1
+
+
 def test_environment_with_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVSERVE_MODELS_DIR", str(tmp_path))
     monkeypatch.setenv("CONVSERVE_PROVIDERS", "cpu")
