@@ -46,7 +46,8 @@ class Batchable(Protocol):
     @property
     def key(self) -> str: ...
 
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+    def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+        """One output row per input; ``alone``: nothing else runs or waits (use every core)."""
 
 
 @dataclass
@@ -67,8 +68,9 @@ class _Lane:
         self.metrics = batcher.metrics.model(version.name, str(version.version)) \
             if batcher.metrics else None
         self.items: collections.deque[_Item] = collections.deque()
-        self.changed = threading.Condition()  # guards the four below
+        self.changed = threading.Condition()  # guards the five below
         self.pending = 0  # items queued, not yet taken into a batch
+        self.running = 0  # batches in flight
         self.gathering = False  # a thread is collecting a batch
         self.stopping = False
         self.threads = [threading.Thread(target=self._work, name=f"infer-{version.key}-{i}",
@@ -93,8 +95,9 @@ class _Lane:
         for thread in self.threads:
             await asyncio.to_thread(thread.join)
 
-    def _take(self) -> list[_Item] | None:
-        """The next batch (inference thread side); None once stopping with nothing queued.
+    def _take(self) -> tuple[list[_Item], bool] | None:
+        """The next batch and whether it runs alone (inference thread side); None once stopping
+        with nothing queued.
 
         One thread gathers at a time, so a batch waiting for ``max_queue_delay_ms`` is not
         split with an idle instance.
@@ -118,18 +121,24 @@ class _Lane:
                 self.changed.wait(remaining)
             self.gathering = False
             self.pending -= len(items)
+            alone = not self.items and self.running == 0
+            self.running += 1
             self.changed.notify_all()  # the next thread may gather
-            return items
+            return items, alone
 
     def _work(self) -> None:
-        while (items := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            items, alone = taken
             try:
-                self._run(items)
+                self._run(items, alone)
             except Exception as exc:  # never leave callers waiting
                 logger.exception("batch for %s failed", self.version.key)
                 self._post(_fail, items, exc)
+            finally:
+                with self.changed:
+                    self.running -= 1
 
-    def _run(self, items: list[_Item]) -> None:
+    def _run(self, items: list[_Item], alone: bool) -> None:
         metrics, start = self.metrics, time.perf_counter()
         live = [item for item in items if not item.future.done()]  # skip cancelled callers
         if metrics is not None:
@@ -139,7 +148,7 @@ class _Lane:
         if not live:
             return
         try:
-            outputs = self.version.infer(np.stack([item.array for item in live]))
+            outputs = self.version.infer(np.stack([item.array for item in live]), alone)
             if len(outputs) != len(live):
                 raise RuntimeError(f"{self.version.key} returned {len(outputs)} rows for a batch "
                                    f"of {len(live)}")

@@ -80,9 +80,10 @@ class ModelVersion:
             seen.update(dict.fromkeys(session.providers))
         return list(seen)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run a stacked ``[N, H, W, C]`` batch; returns ``[N, num_classes]`` probabilities."""
-        return self.session.run({self.input_name: batch}, [self.output_name])[0]
+    def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Run a stacked ``[N, H, W, C]`` batch; returns ``[N, num_classes]`` probabilities.
+        ``alone``: nothing else runs or waits, the run may use every core."""
+        return self.session.run({self.input_name: batch}, [self.output_name], alone=alone)[0]
 
     def require_classifier(self) -> None:
         """Raises UnsupportedTask unless this version classifies whole images."""
@@ -132,10 +133,12 @@ def _warm_up(loaded: ModelVersion) -> None:
     """Run each graph once; for classifiers also check the output against the labels."""
     if loaded.task == DETECTOR_TASK or loaded.input is None:
         for session in loaded.sessions.values():
-            session.run(session.zeros_feed())
+            session.warm_up(session.zeros_feed())
         return
     spec = loaded.input
-    out = loaded.infer(np.zeros((1, spec.height, spec.width, spec.channels), np.uint8))
+    zeros = np.zeros((1, spec.height, spec.width, spec.channels), np.uint8)
+    loaded.session.warm_up({loaded.input_name: zeros})
+    out = loaded.infer(zeros)
     if out.ndim != 2 or (loaded.labels and out.shape[1] != len(loaded.labels)):
         raise ValueError(f"output {loaded.output_name!r} has shape {list(out.shape)} but "
                          f"model.json lists {len(loaded.labels)} labels")

@@ -24,13 +24,15 @@ class RowSums:
     seconds: float = 0.0  # how long one run takes
     fail: bool = False
     batches: list[int] = field(default_factory=list)
+    alone: list[bool] = field(default_factory=list)  # each run's flag
 
     @property
     def key(self) -> str:
         return f"{self.name}/{self.version}"
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         self.batches.append(len(batch))
+        self.alone.append(alone)
         time.sleep(self.seconds)
         if self.fail:
             raise RuntimeError("the graph failed")
@@ -185,9 +187,9 @@ class Meeting(RowSums):
     def __post_init__(self) -> None:
         self.barrier = threading.Barrier(self.parties, timeout=2.0)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         self.barrier.wait()
-        return super().infer(batch)
+        return super().infer(batch, alone)
 
 
 def test_instances_run_batches_at_the_same_time() -> None:
@@ -202,6 +204,20 @@ def test_instances_run_batches_at_the_same_time() -> None:
     assert [int(row[0]) for row in asyncio.run(scenario(2))] == [1, 1]  # type: ignore[index]
     lone = asyncio.run(scenario(1))  # one instance: the first run waits alone, in vain
     assert all(isinstance(outcome, threading.BrokenBarrierError) for outcome in lone)
+
+
+def test_a_run_is_alone_only_with_nothing_else_in_flight_or_queued() -> None:
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        batcher = _batcher(max_batch_size=1, max_queue_delay_ms=0.0, instances=2)
+        lone, crowd = RowSums(), Meeting(version=2)
+        await batcher.submit(lone, np.ones(1))
+        await asyncio.gather(*(batcher.submit(crowd, np.ones(1)) for _ in range(2)))
+        await batcher.close()
+        return lone.alone, crowd.alone
+
+    lone, crowd = asyncio.run(scenario())
+    assert lone == [True]
+    assert len(crowd) == 2 and False in crowd  # the second started while the first ran
 
 
 def test_one_instance_gathers_at_a_time() -> None:

@@ -105,3 +105,24 @@ def test_session_options_follow_the_settings(tmp_path: Path) -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     spinning = session_options(Settings(models_dir=tmp_path, allow_spinning=True))
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_a_solo_session_uses_every_core_when_instances_share_them(tiny_models: Path) -> None:
+    import os
+
+    import numpy as np
+
+    from service.runtime import create_session
+
+    graph = tiny_models / "tiny-rgb" / "1" / "model.onnx"
+    cores = os.cpu_count() or 1
+    shared = create_session(graph, Settings(models_dir=tiny_models, providers="CPU",
+                                            instances=cores * 2))
+    whole = create_session(graph, Settings(models_dir=tiny_models, providers="CPU",
+                                           instances=1))
+    assert whole.solo is None  # one instance already has every core
+    feed = {"image": np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), np.uint8)}
+    if cores > 1:
+        assert shared.solo is not None
+        np.testing.assert_allclose(shared.run(feed, alone=True)[0], shared.run(feed)[0],
+                                   rtol=1e-5, atol=1e-6)
