@@ -78,11 +78,11 @@ class _Lane:
         for thread in self.threads:
             thread.start()
 
-    def put(self, item: _Item) -> None:
-        """Queue one input (event loop side)."""
+    def put(self, items: list[_Item]) -> None:
+        """Queue inputs, all at once (event loop side)."""
         with self.changed:
-            self.items.append(item)
-            self.pending += 1
+            self.items.extend(items)
+            self.pending += len(items)
             self.changed.notify_all()  # the gathering thread, or an idle one
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.pending)
@@ -248,19 +248,33 @@ class Batcher:
             Overloaded: the version's queue is full (HTTP 503, Retry-After).
             NotReady: the batcher is shutting down.
         """
+        return (await self.submit_many(version, [array], finish))[0]
+
+    async def submit_many(self, version: Batchable, arrays: list[np.ndarray],
+                          finish: Callable[[np.ndarray], Any] | None = None) -> list[Any]:
+        """:meth:`submit` for several inputs, queued together (one request's images stay in
+        one batch where they fit) or not at all; results in order.
+
+        Raises:
+            Overloaded: they do not all fit in the version's queue (HTTP 503, Retry-After).
+            NotReady: the batcher is shutting down.
+        """
         if self._closing:
             raise NotReady("the service is shutting down; retry on another replica")
         lane = self._lane(version)
-        if lane.pending >= self.max_queue_size:
+        if lane.pending + len(arrays) > self.max_queue_size:
             if lane.metrics is not None:
                 lane.metrics.rejected.inc()
             raise Overloaded(
-                f"model {version.key} has {lane.pending} images queued (the limit is "
-                f"{self.max_queue_size}); retry after {self.retry_after_s} s",
+                f"model {version.key} has {lane.pending} images queued and the limit is "
+                f"{self.max_queue_size}; retry after {self.retry_after_s} s",
                 headers={"Retry-After": str(self.retry_after_s)})
-        future: asyncio.Future[Any] = lane.loop.create_future()
-        lane.put(_Item(array, future, time.perf_counter(), finish))
-        return await future
+        now = time.perf_counter()
+        items = [_Item(array, lane.loop.create_future(), now, finish) for array in arrays]
+        lane.put(items)
+        if len(items) == 1:
+            return [await items[0].future]
+        return list(await asyncio.gather(*(item.future for item in items)))
 
     def queue_depth(self, version: Batchable) -> int:
         """Inputs waiting for ``version``."""

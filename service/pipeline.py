@@ -192,9 +192,6 @@ async def classify(version: ModelVersion, arrays: list[np.ndarray], uploads: lis
     def rank(row: np.ndarray) -> list[Prediction]:
         return top_k(row, labels, k)
 
-    if len(arrays) == 1:
-        ranked = [await batcher.submit(version, arrays[0], rank)]
-    else:
-        ranked = await asyncio.gather(*(batcher.submit(version, a, rank) for a in arrays))
+    ranked = await batcher.submit_many(version, arrays, rank)
     return [ImageResult.model_construct(filename=upload.filename, predictions=predictions)
             for upload, predictions in zip(uploads, ranked, strict=True)]

@@ -185,7 +185,7 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
     if finder is not None:  # the whole cascade, as the detector's inference time
         metrics.inference.labels(finder.name, str(finder.version)).observe(result.detect_s)
     start = time.perf_counter()
-    rows = await asyncio.gather(*(batcher.submit(classifier, a) for a in result.crops))
+    rows = await batcher.submit_many(classifier, list(result.crops))
     classify_s = time.perf_counter() - start
     faces = [_face_result(face, row, classifier.labels, result.photo.size, detect)
              for face, row in zip(result.faces, rows, strict=True)]

@@ -11,7 +11,6 @@ with 400, 404 or 503.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -171,7 +170,7 @@ async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
         raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
                             "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
     request.state.images = count
-    rows = await asyncio.gather(*(batcher.submit(version, image) for image in parsed.tensor))
+    rows = await batcher.submit_many(version, list(parsed.tensor))
     content, header_length = encode_infer_response(version.name, version.version, parsed,
                                                    np.stack(rows), version.labels)
     if header_length is None:

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def server(tiny_models: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     with serve_models(tiny_models, CONVSERVE_MAX_QUEUE_DELAY_MS="1500",
-                      CONVSERVE_GRACEFUL_SHUTDOWN_S="20") as (process, url):
+                      CONVSERVE_MAX_BATCH_SIZE="8", CONVSERVE_GRACEFUL_SHUTDOWN_S="20",
+                      ) as (process, url):
         yield process, url
 
 

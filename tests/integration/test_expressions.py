@@ -39,7 +39,7 @@ def models(shipped_model: Callable[[str], Path], tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def client(make_client: Callable, models: Path) -> Iterator[TestClient]:
-    with make_client(models) as ready:
+    with make_client(models, max_batch_size=8) as ready:  # a photo's faces share one run
         yield ready
 
 
