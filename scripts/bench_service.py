@@ -295,7 +295,7 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
                              intra_op_threads=args.intra_op_threads, instances=args.instances,
                              max_batch_size=args.max_batch_size,
                              decode_workers=args.decode_workers)
-    batches = sorted({1, args.max_batch_size})
+    batches = sorted({1, 4, args.max_batch_size})  # the limit does not depend on the setting
     # ORT threads: the service's, one, and every core
     threads = sorted({settings.intra_threads, 1, os.cpu_count() or 1})
     # The in-process limit is measured before and after the service (the machine is shared: the
