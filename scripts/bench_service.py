@@ -130,12 +130,12 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
     version = repository.get(name)
     spec, limit = version.input, settings.max_image_pixels  # type: ignore[attr-defined]
     for _ in range(5):
-        version.infer(prepare(jpeg, spec, limit).array[None])
+        version.infer(prepare(jpeg, spec, limit).array[None], alone=False)
     latencies, cpu = [], time.process_time()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         start = time.perf_counter()
-        version.infer(prepare(jpeg, spec, limit).array[None])
+        version.infer(prepare(jpeg, spec, limit).array[None], alone=False)
         latencies.append(time.perf_counter() - start)
     result = {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
               "sequential_per_s": len(latencies) / sum(latencies),
@@ -152,7 +152,7 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
             while time.perf_counter() < start + seconds:
                 arrays = [job.result().array for job in jobs]
                 jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
-                version.infer(np.stack(arrays))
+                version.infer(np.stack(arrays), alone=False)
                 done += batch
             record(f"pipelined{batch}", done, start, cpu)
             for job in jobs:
@@ -165,7 +165,8 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
         def work(slot: int, batch: int = batch, start: float = start,
                  counts: list[int] = counts) -> None:
             while time.perf_counter() < start + seconds:
-                version.infer(np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]))
+                version.infer(np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]),
+                              alone=False)
                 counts[slot] += batch
 
         threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]

@@ -80,9 +80,10 @@ class ModelVersion:
             seen.update(dict.fromkeys(session.providers))
         return list(seen)
 
-    def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+    def infer(self, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
         """Run a stacked ``[N, H, W, C]`` batch; returns ``[N, num_classes]`` probabilities.
-        ``alone``: nothing else runs or waits, the run may use every core."""
+        ``alone``: nothing else runs or waits, the run may use every core (None: decide from
+        the runs in flight, see ``Session.run``)."""
         return self.session.run({self.input_name: batch}, [self.output_name], alone=alone)[0]
 
     def require_classifier(self) -> None:

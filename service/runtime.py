@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,23 @@ _DTYPES = {
 }
 
 
+class InFlight:
+    """Counts the runs in flight; ``with in_flight as first:`` says whether this one is alone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __enter__(self) -> bool:
+        with self._lock:
+            self._count += 1
+            return self._count == 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+
 @dataclass(frozen=True)
 class Session:
     """An ONNX Runtime session and the execution providers it really uses.
@@ -45,6 +63,7 @@ class Session:
     inner: ort.InferenceSession
     providers: tuple[str, ...]  # in use, in order
     solo: ort.InferenceSession | None = None
+    in_flight: InFlight = field(default_factory=lambda: InFlight())
 
     @property
     def provider(self) -> str:
@@ -52,17 +71,19 @@ class Session:
         return self.providers[0]
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, *,
-            alone: bool = False) -> list[np.ndarray]:
+            alone: bool | None = None) -> list[np.ndarray]:
         """Run the graph; ``outputs`` defaults to all of them. ``alone``: nothing else runs,
-        so use every core (the ``solo`` session, where there is one)."""
-        session = self.solo if alone and self.solo is not None else self.inner
-        return session.run(outputs, inputs)
+        so use every core (the ``solo`` session, where there is one); None: when no other run
+        of this session is in flight (callers without a queue of their own, e.g. MTCNN)."""
+        with self.in_flight as first:
+            solo = self.solo if (first if alone is None else alone) else None
+            return (solo or self.inner).run(outputs, inputs)
 
     def warm_up(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run both sessions once (the first run of a session allocates its buffers)."""
         if self.solo is not None:
             self.run(inputs, alone=True)
-        return self.run(inputs)
+        return self.run(inputs, alone=False)
 
     def zeros_feed(self, batch: int = 1, free_dim: int = 64) -> dict[str, np.ndarray]:
         """Zero inputs for a warm-up run: dynamic batch axis -> ``batch``, other dynamic -> 64."""

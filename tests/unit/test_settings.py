@@ -126,3 +126,14 @@ def test_a_solo_session_uses_every_core_when_instances_share_them(tiny_models: P
         assert shared.solo is not None
         np.testing.assert_allclose(shared.run(feed, alone=True)[0], shared.run(feed)[0],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_in_flight_says_which_run_is_alone() -> None:
+    from service.runtime import InFlight
+
+    runs = InFlight()
+    with runs as first:
+        with runs as second:
+            assert first and not second
+    with runs as later:
+        assert later  # the others have finished
