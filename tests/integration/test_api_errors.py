@@ -169,7 +169,7 @@ def test_415_wrong_content_type(tiny_client: TestClient) -> None:
     assert "multipart/form-data" in _error(response, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("top_k", ["0", "-3", "five"])
+@pytest.mark.parametrize("top_k", ["0", "-3", "five", "1001", "2.5", "\u00b2"])
 def test_422_bad_top_k(tiny_client: TestClient, photo: Callable[[str], bytes],
                        top_k: str) -> None:
     response = tiny_client.post(CLASSIFY, params={"top_k": top_k},
