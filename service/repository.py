@@ -138,8 +138,7 @@ def _warm_up(loaded: ModelVersion) -> None:
         return
     spec = loaded.input
     zeros = np.zeros((1, spec.height, spec.width, spec.channels), np.uint8)
-    loaded.session.warm_up({loaded.input_name: zeros})
-    out = loaded.infer(zeros)
+    out = loaded.session.warm_up({loaded.input_name: zeros}, [loaded.output_name])[0]
     if out.ndim != 2 or (loaded.labels and out.shape[1] != len(loaded.labels)):
         raise ValueError(f"output {loaded.output_name!r} has shape {list(out.shape)} but "
                          f"model.json lists {len(loaded.labels)} labels")

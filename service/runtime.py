@@ -79,11 +79,13 @@ class Session:
             solo = self.solo if (first if alone is None else alone) else None
             return (solo or self.inner).run(outputs, inputs)
 
-    def warm_up(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run both sessions once (the first run of a session allocates its buffers)."""
+    def warm_up(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                ) -> list[np.ndarray]:
+        """Run both sessions once (the first run of a session allocates its buffers); returns
+        the outputs of the shared one."""
         if self.solo is not None:
-            self.run(inputs, alone=True)
-        return self.run(inputs, alone=False)
+            self.run(inputs, outputs, alone=True)
+        return self.run(inputs, outputs, alone=False)
 
     def zeros_feed(self, batch: int = 1, free_dim: int = 64) -> dict[str, np.ndarray]:
         """Zero inputs for a warm-up run: dynamic batch axis -> ``batch``, other dynamic -> 64."""
