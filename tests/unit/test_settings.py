@@ -137,3 +137,33 @@ def test_in_flight_says_which_run_is_alone() -> None:
             assert first and not second
     with runs as later:
         assert later  # the others have finished
+
+
+def test_run_picks_the_solo_session_only_for_a_lone_run(tiny_models: Path) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from service.runtime import create_session
+
+    graph = tiny_models / "tiny-rgb" / "1" / "model.onnx"
+    session = create_session(graph, Settings(models_dir=tiny_models, providers="CPU",
+                                             instances=1, intra_op_threads=1))
+    used: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self, outputs: object, inputs: dict) -> list[np.ndarray]:
+            used.append(self.name)
+            return session.inner.run(outputs, inputs)  # type: ignore[arg-type]
+
+    both = dataclasses.replace(session, inner=Recording("shared"), solo=Recording("solo"))
+    feed = {"image": np.zeros((1, 32, 32, 3), np.uint8)}
+    both.run(feed, alone=True)
+    both.run(feed, alone=False)
+    both.run(feed)  # nothing else in flight: solo
+    with both.in_flight:  # another run in flight: shared
+        both.run(feed)
+    assert used == ["solo", "shared", "solo", "shared"]
