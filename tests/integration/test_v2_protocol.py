@@ -70,6 +70,13 @@ def _reference(models: Path, name: str, version: int, batch: np.ndarray) -> np.n
     return session.run(["probabilities"], {"image": batch})[0]
 
 
+def _input(batch: np.ndarray, binary: bool = True) -> triton.InferInput:
+    """The ``image`` input of an infer request, holding ``batch``."""
+    tensor = triton.InferInput("image", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    return tensor
+
+
 def _metric(server: str, name: str, model: str) -> float:
     for line in httpx.get(f"http://{server}/metrics").text.splitlines():
         if line.startswith(f'{name}{{model="{model}",version="2"}}'):
@@ -108,8 +115,7 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
 def test_infer_matches_onnx_runtime(client: triton.InferenceServerClient, tiny_models: Path,
                                     photo: Callable[[str], bytes], binary: bool) -> None:
     batch = _batch(tiny_models, photo, "tiny-rgb", 2)
-    tensor = triton.InferInput("image", list(batch.shape), "UINT8")
-    tensor.set_data_from_numpy(batch, binary_data=binary)
+    tensor = _input(batch, binary)
     result = client.infer("tiny-rgb", [tensor], request_id="req-7", outputs=[
         triton.InferRequestedOutput("probabilities", binary_data=binary)])
     got = result.as_numpy("probabilities")
@@ -125,14 +131,12 @@ def test_infer_one_version_and_default_outputs(client: triton.InferenceServerCli
                                                tiny_models: Path,
                                                photo: Callable[[str], bytes]) -> None:
     batch = _batch(tiny_models, photo, "tiny-grey", 1)
-    tensor = triton.InferInput("image", list(batch.shape), "UINT8")
-    tensor.set_data_from_numpy(batch)
+    tensor = _input(batch)
     result = client.infer("tiny-grey", [tensor], model_version="1")  # no outputs: all, binary
     expected = _reference(tiny_models, "tiny-grey", 1, batch)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
     rgb = _batch(tiny_models, photo, "tiny-rgb", 1)
-    tensor = triton.InferInput("image", list(rgb.shape), "UINT8")
-    tensor.set_data_from_numpy(rgb)
+    tensor = _input(rgb)
     old = client.infer("tiny-rgb", [tensor], model_version="1").as_numpy("probabilities")
     np.testing.assert_allclose(old, _reference(tiny_models, "tiny-rgb", 1, rgb), atol=1e-6)
 
@@ -141,8 +145,7 @@ def test_infer_one_version_and_default_outputs(client: triton.InferenceServerCli
 def test_classification_extension(client: triton.InferenceServerClient, tiny_models: Path,
                                   photo: Callable[[str], bytes], binary: bool) -> None:
     batch = _batch(tiny_models, photo, "tiny-rgb", 2)
-    tensor = triton.InferInput("image", list(batch.shape), "UINT8")
-    tensor.set_data_from_numpy(batch, binary_data=binary)
+    tensor = _input(batch, binary)
     result = client.infer("tiny-rgb", [tensor], outputs=[
         triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)])
     strings = result.as_numpy("probabilities")
@@ -165,8 +168,7 @@ def test_real_photo_classified_by_imagenet(client: triton.InferenceServerClient,
     spec = InputSpec.from_json(_meta(models, "imagenet-mobilenetv2", int(meta["versions"][0]))
                                ["input"])
     cat = prepare(photo("chelsea"), spec, 50_000_000).array[None]  # the client's own decoding
-    tensor = triton.InferInput("image", list(cat.shape), "UINT8")
-    tensor.set_data_from_numpy(cat)
+    tensor = _input(cat)
     result = client.infer("imagenet-mobilenetv2", [tensor], outputs=[
         triton.InferRequestedOutput("probabilities", class_count=3)])
     score, index, label = result.as_numpy("probabilities")[0][0].decode().split(":", 2)
@@ -192,8 +194,7 @@ def test_requests_share_the_dynamic_batcher(client: triton.InferenceServerClient
 
     pending = []
     for index in range(len(PHOTOS)):  # the client's own concurrent requests (gevent)
-        tensor = triton.InferInput("image", [1, 32, 32, 3], "UINT8")
-        tensor.set_data_from_numpy(batch[index:index + 1])
+        tensor = _input(batch[index:index + 1])
         pending.append(client.async_infer("tiny-rgb", [tensor]))
     rows = [request.get_result().as_numpy("probabilities")[0] for request in pending]
     np.testing.assert_allclose(rows, _reference(tiny_models, "tiny-rgb", 2, batch), atol=1e-6)
@@ -203,14 +204,12 @@ def test_requests_share_the_dynamic_batcher(client: triton.InferenceServerClient
 
 
 def test_client_sees_the_error_message(client: triton.InferenceServerClient) -> None:
-    tensor = triton.InferInput("image", [1, 32, 32, 3], "UINT8")
-    tensor.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))
+    tensor = _input(np.zeros((1, 32, 32, 3), np.uint8))
     with pytest.raises(InferenceServerException) as caught:
         client.infer("no-such-model", [tensor])
     assert caught.value.status() == "404"
     assert "no model named 'no-such-model'" in caught.value.message()
-    wrong = triton.InferInput("image", [1, 28, 28, 3], "UINT8")
-    wrong.set_data_from_numpy(np.zeros((1, 28, 28, 3), np.uint8))
+    wrong = _input(np.zeros((1, 28, 28, 3), np.uint8))
     with pytest.raises(InferenceServerException) as caught:
         client.infer("tiny-rgb", [wrong])
     assert caught.value.status() == "400"
