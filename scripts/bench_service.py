@@ -147,6 +147,7 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
 
     with ThreadPoolExecutor(settings.decode_threads) as pool:  # type: ignore[attr-defined]
         for batch in batches:  # decoding of the next batch overlaps this batch's inference
+            version.infer(np.stack([prepare(jpeg, spec, limit).array] * batch), alone=False)
             jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
             done, start, cpu = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() < start + seconds:
@@ -160,18 +161,25 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
     workers = os.cpu_count() or 1
     for batch in batches:
         counts = [0] * workers
-        start, cpu = time.perf_counter(), time.process_time()
+        started = threading.Barrier(workers + 1)  # each thread's first run is not measured
+        stop = [float("inf")]
 
-        def work(slot: int, batch: int = batch, start: float = start,
-                 counts: list[int] = counts) -> None:
-            while time.perf_counter() < start + seconds:
-                version.infer(np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]),
-                              alone=False)
+        def work(slot: int, batch: int = batch, counts: list[int] = counts,
+                 started: threading.Barrier = started, stop: list[float] = stop) -> None:
+            run = lambda: version.infer(  # noqa: E731
+                np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]), alone=False)
+            run()
+            started.wait()
+            while time.perf_counter() < stop[0]:
+                run()
                 counts[slot] += batch
 
         threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]
         for thread in threads:
             thread.start()
+        started.wait()
+        start, cpu = time.perf_counter(), time.process_time()
+        stop[0] = start + seconds
         for thread in threads:
             thread.join()
         record(f"workers{workers}x{batch}", sum(counts), start, cpu)
@@ -279,7 +287,8 @@ def drive(port: int, model: str, jpeg_path: Path, clients: int, args: argparse.N
 
 # --------------------------------------------------------------------------- main
 def server_env(args: argparse.Namespace) -> dict[str, str]:
-    return {"CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
+    return {"CONVSERVE_PROVIDERS": os.environ.get("CONVSERVE_PROVIDERS", "CPU"),
+            "CONVSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
             "CONVSERVE_INSTANCES": str(args.instances),
             "CONVSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
             "CONVSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
@@ -292,7 +301,8 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
     from service.settings import load_settings
 
     env = server_env(args)
-    settings = load_settings(models_dir=models, providers="CPU",
+    settings = load_settings(models_dir=models,
+                             providers=os.environ.get("CONVSERVE_PROVIDERS", "CPU"),
                              intra_op_threads=args.intra_op_threads, instances=args.instances,
                              max_batch_size=args.max_batch_size,
                              decode_workers=args.decode_workers)

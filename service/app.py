@@ -41,6 +41,8 @@ async def reload_models(app: FastAPI) -> ScanResult:
         for version in result.added:
             metrics.model_loaded(version.name, version.version, version.task,
                                  version.providers[0], version.load_seconds)
+            if version.batch_sizes and state.batcher is not None:
+                await state.batcher.open(version)  # GPU: warm its inference threads now
         for version in result.removed:
             metrics.model_unloaded(version.name, version.version)
             if state.batcher is not None:
@@ -54,6 +56,8 @@ async def _initial_load(app: FastAPI) -> None:
     except Exception:
         logger.exception("loading the models failed; /readyz stays 503")
         return
+    finally:
+        app.state.starting = False  # loaded, and inference threads warm
     if result.failed:
         logger.error("not ready: %d model version(s) failed to load: %s", len(result.failed),
                      "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
@@ -117,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = None
     app.state.decode_pool = None
     app.state.reload_lock = asyncio.Lock()
+    app.state.starting = True  # until the first load has finished (see /readyz)
     register_error_handlers(app)
     for router in discover_routers():
         app.include_router(router)

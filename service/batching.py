@@ -49,6 +49,9 @@ class Batchable(Protocol):
     def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         """One output row per input; ``alone``: nothing else runs or waits (use every core)."""
 
+    def warm_up_thread(self) -> None:
+        """Called once on each inference thread before its first batch."""
+
 
 @dataclass
 class _Item:
@@ -73,8 +76,10 @@ class _Lane:
         self.running = 0  # batches in flight
         self.gathering = False  # a thread is collecting a batch
         self.stopping = False
-        self.threads = [threading.Thread(target=self._work, name=f"infer-{version.key}-{i}",
-                                         daemon=True) for i in range(batcher.instances)]
+        self.warmed = [threading.Event() for _ in range(batcher.instances)]
+        self.threads = [threading.Thread(target=self._work, args=(warmed,), daemon=True,
+                                         name=f"infer-{version.key}-{i}")
+                        for i, warmed in enumerate(self.warmed)]
         for thread in self.threads:
             thread.start()
 
@@ -126,7 +131,18 @@ class _Lane:
             self.changed.notify_all()  # the next thread may gather
             return items, alone
 
-    def _work(self) -> None:
+    def wait_warm(self) -> None:
+        """Block until every thread has warmed up (inference thread side of ``Batcher.open``)."""
+        for warmed in self.warmed:
+            warmed.wait()
+
+    def _work(self, warmed: threading.Event) -> None:
+        try:
+            self.version.warm_up_thread()
+        except Exception:  # the first batch will fail with the same error, to its callers
+            logger.exception("warming up an inference thread of %s failed", self.version.key)
+        finally:
+            warmed.set()
         while (taken := self._take()) is not None:
             items, alone = taken
             try:
@@ -229,6 +245,11 @@ class Batcher:
         if lane is None or lane.version is not version or lane.stopping:
             lane = self._lanes[id(version)] = _Lane(self, version)
         return lane
+
+    async def open(self, version: Batchable) -> None:
+        """Start ``version``'s inference threads now (not at its first request) and wait until
+        each has run ``version.warm_up_thread()``."""
+        await asyncio.to_thread(self._lane(version).wait_warm)
 
     @overload
     async def submit(self, version: Batchable, array: np.ndarray) -> np.ndarray: ...

@@ -110,6 +110,18 @@ def session_options(settings: Settings, intra_threads: int | None = None) -> ort
     return options
 
 
+def padded_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a GPU session runs: powers of two below ``max_batch_size``, then it."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size]
+    return (*sizes, max_batch_size)
+
+
+def provider_options(providers: list[str], settings: Settings) -> list[str | tuple[str, dict]]:
+    """Providers as ONNX Runtime takes them, with the options the settings give (CUDA's)."""
+    cuda = {"cudnn_conv_algo_search": settings.cuda_conv_algo_search.upper()}
+    return [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
 def create_session(path: Path, settings: Settings) -> Session:
     """Load one ONNX graph with the configured providers (those this build of ORT has).
 
@@ -121,11 +133,13 @@ def create_session(path: Path, settings: Settings) -> Session:
     usable = [p for p in requested if p in available]
     if not usable:
         usable = ["CPUExecutionProvider"]
-    inner = ort.InferenceSession(str(path), session_options(settings), providers=usable)
+    configured = provider_options(usable, settings)
+    inner = ort.InferenceSession(str(path), session_options(settings), providers=configured)
     providers = tuple(inner.get_providers())
     cores, solo = os.cpu_count() or 1, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
-        solo = ort.InferenceSession(str(path), session_options(settings, cores), providers=usable)
+        solo = ort.InferenceSession(str(path), session_options(settings, cores),
+                                    providers=configured)
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 
 

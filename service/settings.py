@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
+    cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
+    # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
+    # all, ~0.5-1.4 s per new batch size on an H200: dynamic batching meets many sizes
 
     # Batching
     max_batch_size: int = Field(4, ge=1)  # images per ORT run: 1-4 on a CPU, 32+ on a GPU

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.deps import MetricsDep, RepositoryDep
@@ -20,8 +20,8 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",
             responses={503: {"model": ErrorResponse}})
-async def readyz(repository: RepositoryDep) -> Health:
-    if not repository.loaded:
+async def readyz(request: Request, repository: RepositoryDep) -> Health:
+    if not repository.loaded or request.app.state.starting:
         raise NotReady("the models are still loading")
     if repository.failures:
         failed = "; ".join(f"{key}: {why}" for key, why in sorted(repository.failures.items()))

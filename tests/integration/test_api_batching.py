@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 PHOTOS = ("chelsea", "rocket", "coffee", "astronaut", "china", "flower", "messi", "squirrel")
@@ -60,3 +62,32 @@ def test_full_queue_answers_503_then_recovers(make_client: Callable[..., Any],
         assert recovered.status_code == 200
         assert client.get("/readyz").status_code == 200
         assert metric(client, "convserve_queue_depth", **MODEL) == 0
+
+
+def test_off_the_cpu_inference_threads_warm_up_before_ready(
+        make_client: Callable[..., Any], tiny_models: Path, photo: Callable[[str], bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where batches are padded (a GPU, here forced on the CPU), each classifier's inference
+    threads run every padded size before /readyz says ready, and answers are unchanged."""
+    from service import repository
+
+    files = [("file", (f"{name}.jpg", photo(name))) for name in PHOTOS[:3]]
+    with make_client(tiny_models, max_batch_size=4) as client:
+        plain = client.post("/v1/models/tiny-rgb/classify", files=files).json()
+    warmed: list[tuple[str, str]] = []
+    warm_up_thread = repository.ModelVersion.warm_up_thread
+
+    def recorded(self: repository.ModelVersion) -> None:
+        time.sleep(0.2)
+        warm_up_thread(self)
+        warmed.append((self.key, threading.current_thread().name))
+
+    monkeypatch.setattr(repository, "gpu_batch_sizes", lambda sessions, settings: (1, 2, 4))
+    monkeypatch.setattr(repository.ModelVersion, "warm_up_thread", recorded)
+    with make_client(tiny_models, max_batch_size=4, instances=2) as client:
+        keys = [f"{v['name']}/{v['version']}" for m in client.get("/v1/models").json()["models"]
+                for v in m["versions"] if v["task"] in ("classification", "expression")]
+        threads = {(key, f"infer-{key}-{i}") for key in keys for i in range(2)}
+        assert set(warmed) == threads and len(warmed) == len(threads)
+        padded = client.post("/v1/models/tiny-rgb/classify", files=files).json()
+    assert padded == plain

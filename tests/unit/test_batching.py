@@ -25,12 +25,19 @@ class RowSums:
     fail: bool = False
     batches: list[int] = field(default_factory=list)
     alone: list[bool] = field(default_factory=list)  # each run's flag
+    warm_up_seconds: float = 0.0
+    events: list[tuple[str, str]] = field(default_factory=list)  # ("warm" | "infer", thread)
 
     @property
     def key(self) -> str:
         return f"{self.name}/{self.version}"
 
+    def warm_up_thread(self) -> None:
+        self.events.append(("warm", threading.current_thread().name))
+        time.sleep(self.warm_up_seconds)
+
     def infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+        self.events.append(("infer", threading.current_thread().name))
         self.batches.append(len(batch))
         self.alone.append(alone)
         time.sleep(self.seconds)
@@ -289,3 +296,31 @@ def test_metrics_record_batches_and_queue(tmp_path: object) -> None:
 def test_invalid_options(option: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _batcher(**{option: value})
+
+
+def test_open_warms_each_inference_thread_before_it_returns() -> None:
+    async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        batcher, model = _batcher(instances=2), RowSums(warm_up_seconds=0.2)
+        await batcher.open(model)
+        opened = list(model.events)
+        await batcher.submit(model, np.ones(1))
+        await batcher.close()
+        return opened, model.events
+
+    opened, events = asyncio.run(scenario())
+    assert sorted(opened) == [("warm", "infer-sums/1-0"), ("warm", "infer-sums/1-1")]
+    assert events[2][0] == "infer" and len(events) == 3  # the lanes were reused, not re-warmed
+
+
+def test_a_thread_warms_up_before_its_first_batch_without_open() -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        batcher, model = _batcher(instances=2, max_queue_delay_ms=0.0), RowSums(
+            warm_up_seconds=0.1)
+        await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(4)))
+        await batcher.close()
+        return model.events
+
+    events = asyncio.run(scenario())
+    for thread in {name for _, name in events}:
+        mine = [kind for kind, name in events if name == thread]
+        assert mine[0] == "warm" and mine.count("warm") == 1, mine

@@ -1,0 +1,86 @@
+"""What the service does differently off the CPU, checked on the CPU: padded batch sizes, the
+per-thread warm-up they make possible, and the CUDA provider's options."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.errors import SettingsError
+from service.repository import ModelVersion, _load_version, gpu_batch_sizes
+from service.runtime import padded_batch_sizes, provider_options
+from service.settings import load_settings
+
+
+@dataclasses.dataclass
+class SpySession:
+    """Records each run's batch size and thread, then runs the real session."""
+
+    real: Any
+    provider: str = "CUDAExecutionProvider"
+    runs: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, *,
+            alone: bool | None = None) -> list[np.ndarray]:
+        self.runs.append((len(next(iter(inputs.values()))), threading.current_thread().name))
+        return self.real.run(inputs, outputs, alone=alone)
+
+
+def _tiny(tiny_models: Path) -> ModelVersion:
+    settings = load_settings(models_dir=tiny_models, providers="CPU", max_batch_size=4)
+    return _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
+
+
+def _with_spy(version: ModelVersion, sizes: tuple[int, ...]) -> tuple[ModelVersion, SpySession]:
+    spy = SpySession(version.session)
+    return dataclasses.replace(version, sessions={"model": spy}, batch_sizes=sizes), spy  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(("largest", "sizes"), [
+    (1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (32, (1, 2, 4, 8, 16, 32))])
+def test_padded_batch_sizes(largest: int, sizes: tuple[int, ...]) -> None:
+    assert padded_batch_sizes(largest) == sizes
+
+
+def test_only_sessions_off_the_cpu_pad(tiny_models: Path) -> None:
+    version = _tiny(tiny_models)
+    settings = load_settings(models_dir=tiny_models, providers="CPU", max_batch_size=8)
+    assert version.batch_sizes == ()
+    assert gpu_batch_sizes(version.sessions, settings) == ()
+    assert gpu_batch_sizes({"model": SpySession(None)}, settings) == (1, 2, 4, 8)  # type: ignore[dict-item]
+
+
+def test_infer_pads_to_a_batch_size_and_returns_only_the_real_rows(tiny_models: Path) -> None:
+    version = _tiny(tiny_models)
+    padded, spy = _with_spy(version, (1, 2, 4))
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    for rows, ran in [(3, 4), (2, 2), (5, 5)]:  # beyond the largest size: run as it is
+        out = padded.infer(images[:rows])
+        assert spy.runs[-1][0] == ran
+        np.testing.assert_allclose(out, version.infer(images[:rows]), rtol=1e-6, atol=1e-7)
+
+
+def test_warm_up_thread_runs_each_batch_size_on_the_calling_thread(tiny_models: Path) -> None:
+    padded, spy = _with_spy(_tiny(tiny_models), (1, 2, 4))
+    thread = threading.Thread(target=padded.warm_up_thread, name="infer-test")
+    thread.start()
+    thread.join()
+    assert spy.runs == [(1, "infer-test"), (2, "infer-test"), (4, "infer-test")]
+    on_cpu, spy = _with_spy(_tiny(tiny_models), ())
+    on_cpu.warm_up_thread()
+    assert spy.runs == []
+
+
+def test_cuda_gets_the_conv_algorithm_search_setting(tmp_path: Path) -> None:
+    settings = load_settings(models_dir=tmp_path, cuda_conv_algo_search="exhaustive")
+    assert provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], settings) == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}),
+        "CPUExecutionProvider"]
+    assert load_settings(models_dir=tmp_path).cuda_conv_algo_search == "heuristic"
+    with pytest.raises(SettingsError, match="CONVSERVE_CUDA_CONV_ALGO_SEARCH"):
+        load_settings(models_dir=tmp_path, cuda_conv_algo_search="fastest")
