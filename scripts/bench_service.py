@@ -4,11 +4,13 @@ For each model it measures, in one run:
 
 * the **in-process limit**: the same work (``service.imaging.prepare`` decode + preprocessing and
   an ONNX Runtime session with the service's settings) in this Python process, no HTTP:
-  single-image latency (decode + run of batch 1, one after another) and throughput (the best
-  of one-at-a-time, batches with decoding overlapped in a thread pool, and one worker thread
-  per core that decodes and runs its own batches), over ORT thread settings (the service's, 1,
-  every core) and batch sizes (1 and ``--max-batch-size``), measured before and after the
-  service runs (the better of the two counts);
+  single-image latency (decode + run of batch 1, one after another) and throughput. A screening
+  pass tries every way briefly (one-at-a-time, batches with decoding overlapped in a thread pool,
+  one worker thread per core that decodes and runs its own batches; ORT threads: the service's,
+  1, every core; batch sizes 1, 4 and ``--max-batch-size``). The fastest way is then measured
+  again for ``--seconds`` right before each service measurement, ``--rounds`` times, and each
+  point reports medians and the per-round ratios: the machine drifts by several per cent within
+  a minute, and the best of many short windows would overstate the limit;
 * the **service**: ``python -m service serve`` started as a subprocess, driven by a separate
   client process (``--client`` mode: asyncio, keep-alive HTTP/1.1 connections, pre-built
   requests, so the load generator costs little CPU) uploading a real 640x480 JPEG (skimage's
@@ -21,7 +23,7 @@ torchvision ResNet-18 with **random weights** (speed only, its answers mean noth
 Usage::
 
     python scripts/bench_service.py [--models imagenet-mobilenetv2,resnet18-random]
-        [--clients 1,32] [--seconds 8] [--instances 2] [--intra-op-threads 0]
+        [--clients 1,32] [--seconds 8] [--rounds 3] [--instances 2] [--intra-op-threads 0]
         [--max-batch-size 4]
 """
 
@@ -37,9 +39,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,69 +115,99 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[int],
-                       seconds: float) -> dict:
-    """One ORT thread setting: one-at-a-time latency, then throughput two ways.
+@dataclass(frozen=True)
+class Way:
+    """One way of doing the work in-process: ORT threads, how it is driven, images per run.
 
-    * ``pipelined{b}``: one thread runs batches of ``b`` while a pool decodes the next batch;
-    * ``workers{w}x{b}``: ``w`` threads (one per core), each decoding ``b`` images and running
-      them, so decoding and several runs overlap with no hand-off at all.
+    * ``sequential``: decode and run one image at a time;
+    * ``pipelined``: one thread runs batches while a pool decodes the next batch;
+    * ``workers``: one thread per core, each decoding its own batch and running it, so decoding
+      and several runs overlap with no hand-off at all.
     """
-    import threading
 
-    import numpy as np
+    threads: int
+    how: str
+    batch: int
 
-    from service.imaging import prepare
-    from service.repository import ModelRepository
+    def __str__(self) -> str:
+        shown = f"workers{os.cpu_count() or 1}x" if self.how == "workers" else self.how
+        return f"intra_op_threads={self.threads} {shown}{self.batch}"
 
-    repository = ModelRepository(settings)  # type: ignore[arg-type]
-    repository.scan()
-    version = repository.get(name)
-    spec, limit = version.input, settings.max_image_pixels  # type: ignore[attr-defined]
-    for _ in range(5):
-        version.infer(prepare(jpeg, spec, limit).array[None], alone=False)
-    latencies, cpu = [], time.process_time()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        version.infer(prepare(jpeg, spec, limit).array[None], alone=False)
-        latencies.append(time.perf_counter() - start)
-    result = {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
-              "sequential_per_s": len(latencies) / sum(latencies),
-              "cpu_ms": (time.process_time() - cpu) * 1e3 / len(latencies)}
 
-    def record(key: str, done: int, start: float, cpu: float) -> None:
-        result[f"{key}_per_s"] = done / (time.perf_counter() - start)
-        result[f"{key}_cpu_ms"] = (time.process_time() - cpu) * 1e3 / done
+class InProcess:
+    """The service's work (``service.imaging.prepare`` + the ORT session) with no HTTP."""
 
-    with ThreadPoolExecutor(settings.decode_threads) as pool:  # type: ignore[attr-defined]
-        for batch in batches:  # decoding of the next batch overlaps this batch's inference
-            version.infer(np.stack([prepare(jpeg, spec, limit).array] * batch), alone=False)
-            jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
-            done, start, cpu = 0, time.perf_counter(), time.process_time()
-            while time.perf_counter() < start + seconds:
-                arrays = [job.result().array for job in jobs]
-                jobs = [pool.submit(prepare, jpeg, spec, limit) for _ in range(batch)]
-                version.infer(np.stack(arrays), alone=False)
-                done += batch
-            record(f"pipelined{batch}", done, start, cpu)
-            for job in jobs:
-                job.result()
-    workers = os.cpu_count() or 1
-    for batch in batches:
+    def __init__(self, settings: Any, name: str, jpeg: bytes) -> None:
+        self.settings, self.name, self.jpeg = settings, name, jpeg
+        self._versions: dict[int, Any] = {}
+
+    def version(self, threads: int) -> Any:
+        """The model loaded as the service loads it, with ``threads`` ORT threads."""
+        from service.repository import ModelRepository
+
+        if threads not in self._versions:
+            repository = ModelRepository(
+                self.settings.model_copy(update={"intra_op_threads": threads}))
+            repository.scan()
+            self._versions[threads] = repository.get(self.name)
+        return self._versions[threads]
+
+    def latency(self, threads: int, seconds: float) -> dict:
+        """Single-image latency, one after another."""
+        from service.imaging import prepare
+
+        version = self.version(threads)
+        spec, limit = version.input, self.settings.max_image_pixels
+        for _ in range(5):
+            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=False)
+        latencies = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=False)
+            latencies.append(time.perf_counter() - start)
+        return {"p50_ms": percentile(latencies, 50) * 1e3,
+                "p99_ms": percentile(latencies, 99) * 1e3}
+
+    def throughput(self, way: Way, seconds: float) -> dict:
+        """Images per second and CPU ms per image of ``way``; each thread's first run is not
+        measured (a GPU builds per-thread state on it)."""
+        import numpy as np
+
+        from service.imaging import prepare
+
+        version = self.version(way.threads)
+        spec, limit = version.input, self.settings.max_image_pixels
+
+        def run(images: list[Any]) -> None:
+            version.infer(np.stack(images), alone=False)
+
+        def decoded(count: int) -> list[Any]:
+            return [prepare(self.jpeg, spec, limit).array for _ in range(count)]
+
+        workers = (os.cpu_count() or 1) if way.how == "workers" else 1
         counts = [0] * workers
-        started = threading.Barrier(workers + 1)  # each thread's first run is not measured
+        started = threading.Barrier(workers + 1)
         stop = [float("inf")]
 
-        def work(slot: int, batch: int = batch, counts: list[int] = counts,
-                 started: threading.Barrier = started, stop: list[float] = stop) -> None:
-            run = lambda: version.infer(  # noqa: E731
-                np.stack([prepare(jpeg, spec, limit).array for _ in range(batch)]), alone=False)
-            run()
+        def work(slot: int) -> None:
+            if way.how == "pipelined":  # decoding of the next batch overlaps this one's run
+                with ThreadPoolExecutor(self.settings.decode_threads) as pool:
+                    run(decoded(way.batch))
+                    jobs = [pool.submit(prepare, self.jpeg, spec, limit) for _ in range(way.batch)]
+                    started.wait()
+                    while time.perf_counter() < stop[0]:
+                        images = [job.result().array for job in jobs]
+                        jobs = [pool.submit(prepare, self.jpeg, spec, limit)
+                                for _ in range(way.batch)]
+                        run(images)
+                        counts[slot] += way.batch
+                return
+            run(decoded(way.batch))
             started.wait()
             while time.perf_counter() < stop[0]:
-                run()
-                counts[slot] += batch
+                run(decoded(way.batch))
+                counts[slot] += way.batch
 
         threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]
         for thread in threads:
@@ -182,25 +217,22 @@ def _measure_in_process(settings: object, name: str, jpeg: bytes, batches: list[
         stop[0] = start + seconds
         for thread in threads:
             thread.join()
-        record(f"workers{workers}x{batch}", sum(counts), start, cpu)
-    return result
+        done = sum(counts)
+        return {"per_s": done / (time.perf_counter() - start),
+                "cpu_ms": (time.process_time() - cpu) * 1e3 / max(1, done)}
 
-
-def in_process(settings: object, name: str, jpeg: bytes, batches: list[int], seconds: float,
-               thread_options: list[int]) -> dict:
-    """The in-process limit: the best latency and throughput over ORT thread settings and ways
-    of running (one at a time, pipelined, one worker per core; see _measure_in_process)."""
-    runs = {}
-    for threads in thread_options:
-        tuned = settings.model_copy(update={"intra_op_threads": threads})  # type: ignore[attr-defined]
-        runs[threads] = _measure_in_process(tuned, name, jpeg, batches,
-                                            seconds / (1 + 2 * len(batches)))
-    best_latency = min(runs.values(), key=lambda r: r["p50_ms"])
-    throughputs = {f"intra_op_threads={t} {k.removesuffix('_per_s')}": v
-                   for t, r in runs.items() for k, v in r.items() if k.endswith("_per_s")}
-    best = max(throughputs, key=lambda k: throughputs[k])
-    return {"p50_ms": best_latency["p50_ms"], "p99_ms": best_latency["p99_ms"],
-            "limit_per_s": throughputs[best], "limit_how": best, "runs": runs}
+    def screen(self, thread_options: list[int], batches: list[int], seconds: float,
+               ) -> tuple[dict, Way, dict[Way, dict]]:
+        """Every way, briefly: the best single-image latency and the fastest way."""
+        ways = [Way(t, "sequential", 1) for t in thread_options] + [
+            Way(t, how, b) for t in thread_options for how in ("pipelined", "workers")
+            for b in batches]
+        share = seconds / len(ways)
+        latency = min((self.latency(t, share) for t in thread_options),
+                      key=lambda r: r["p50_ms"])
+        results = {way: self.throughput(way, share) for way in ways}
+        best = max(results, key=lambda way: results[way]["per_s"])
+        return latency, best, results
 
 
 # --------------------------------------------------------------------------- load generator
@@ -296,6 +328,22 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
             "CONVSERVE_LOG_LEVEL": args.log_level}
 
 
+def summarise(clients: int, rounds: list[tuple[dict, dict]]) -> dict:
+    """Medians over the rounds of (in-process limit, service) measured back to back."""
+    import statistics
+
+    ratios = [served["per_s"] / limit["per_s"] for limit, served in rounds]
+    median = statistics.median
+    return {"clients": clients, "per_s": median(s["per_s"] for _, s in rounds),
+            "p50_ms": median(s["p50_ms"] for _, s in rounds),
+            "p99_ms": median(s["p99_ms"] for _, s in rounds),
+            "errors": sum(s["errors"] for _, s in rounds),
+            "limit_per_s": median(limit["per_s"] for limit, _ in rounds),
+            "ratio": median(ratios), "ratios": ratios,
+            "server_cpu_ms": median(s["server_cpu_ms"] for _, s in rounds),
+            "cpu_ratio": median(limit["cpu_ms"] / s["server_cpu_ms"] for limit, s in rounds)}
+
+
 def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
                 args: argparse.Namespace) -> None:
     from service.settings import load_settings
@@ -307,44 +355,36 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
                              max_batch_size=args.max_batch_size,
                              decode_workers=args.decode_workers)
     batches = sorted({1, 4, args.max_batch_size})  # the limit does not depend on the setting
-    # ORT threads: the service's, one, and every core
-    threads = sorted({settings.intra_threads, 1, os.cpu_count() or 1})
-    # The in-process limit is measured before and after the service (the machine is shared: the
-    # better of the two is the limit, so a busy moment cannot flatter the service's ratio).
-    before = in_process(settings, name, jpeg, batches, args.seconds, threads)
+    threads = sorted({settings.intra_threads, 1, os.cpu_count() or 1})  # service's, 1, all
+    local = InProcess(settings, name, jpeg)
+    latency, best, screened = local.screen(threads, batches, args.seconds)
+    print(f"\n== {name} ==")
+    for way, result in screened.items():
+        print(f"in-process {way}: {result['per_s']:.1f}/s, CPU {result['cpu_ms']:.2f} ms/image")
+    print(f"in-process: single image p50 {latency['p50_ms']:.2f} ms (p99 {latency['p99_ms']:.2f})"
+          f"; fastest way {best}, measured again for {args.seconds:g} s before each service "
+          f"point ({args.rounds} rounds)")
     port = free_port()
     server = start_service(models, port, env, log=models.parent / "server.log")
+    rows = []
     try:
-        served = [drive(port, name, jpeg_path, clients, args, server.pid)
-                  for clients in args.clients]
+        for clients in args.clients:
+            rounds = [(local.throughput(best, args.seconds),
+                       drive(port, name, jpeg_path, clients, args, server.pid))
+                      for _ in range(args.rounds)]
+            rows.append(summarise(clients, rounds))
     finally:
         server.terminate()
         server.wait(30)
-    after = in_process(settings, name, jpeg, batches, args.seconds, threads)
-    limit = {
-        "p50_ms": min(before["p50_ms"], after["p50_ms"]),
-        "p99_ms": min(before["p99_ms"], after["p99_ms"]),
-        "limit_per_s": max(before["limit_per_s"], after["limit_per_s"]),
-        "limit_how": max(before, after, key=lambda r: r["limit_per_s"])["limit_how"],
-        "runs": {f"{t} ({when})": run for when, result in (("before", before), ("after", after))
-                 for t, run in result["runs"].items()}}
-    limit["cpu_ms"] = min(v for run in limit["runs"].values() for k, v in run.items()
-                          if k.endswith("cpu_ms"))
-    print(f"\n== {name} ==")
-    for config, run in limit["runs"].items():
-        details = ", ".join(f"{k} {v:.2f}" for k, v in run.items() if k != "p99_ms")
-        print(f"in-process, intra_op_threads={config}: {details}")
-    print(f"in-process limit: single image p50 {limit['p50_ms']:.2f} ms (p99 "
-          f"{limit['p99_ms']:.2f}); throughput {limit['limit_per_s']:.1f}/s ({limit['limit_how']});"
-          f" CPU {limit['cpu_ms']:.2f} ms per image")
     print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'thr/limit':>10} {'p50-inproc':>11} {'server CPU/req':>15} {'CPU ratio':>10}")
-    for row in served:
+          f"{'limit/s':>8} {'thr/limit':>10} {'(rounds)':>16} {'p50-inproc':>11} "
+          f"{'server CPU/req':>15} {'CPU ratio':>10}")
+    for row in rows:
+        spread = " ".join(f"{r:.2f}" for r in row["ratios"])
         print(f"{row['clients']:>8} {row['per_s']:>8.1f} {row['p50_ms']:>8.2f} "
-              f"{row['p99_ms']:>8.2f} {row['errors']:>7} "
-              f"{row['per_s'] / limit['limit_per_s']:>10.2f} "
-              f"{row['p50_ms'] - limit['p50_ms']:>+10.2f}ms {row['server_cpu_ms']:>12.2f} ms "
-              f"{limit['cpu_ms'] / row['server_cpu_ms']:>10.2f}")
+              f"{row['p99_ms']:>8.2f} {row['errors']:>7} {row['limit_per_s']:>8.1f} "
+              f"{row['ratio']:>10.2f} {spread:>16} {row['p50_ms'] - latency['p50_ms']:>+10.2f}ms "
+              f"{row['server_cpu_ms']:>12.2f} ms {row['cpu_ratio']:>10.2f}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -355,6 +395,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", default="1,32")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per point")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="in-process limit and service measured back to back this many times "
+                             "per point; medians are printed")
     parser.add_argument("--intra-op-threads", type=int, default=0)
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=4)
