@@ -7,9 +7,12 @@ provider that did not load, so an operator can see it (``GET /v1/models`` shows 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,24 +125,57 @@ def provider_options(providers: list[str], settings: Settings) -> list[str | tup
     return [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
+# Providers whose library failed to load in this process: not asked for again (ONNX Runtime
+# would retry for every session and log two lines each time; warn_missing_providers says it once).
+_UNLOADABLE: set[str] = set()
+_PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+                       "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
+
+
+@contextlib.contextmanager
+def _quiet_provider_errors(active: bool) -> Iterator[None]:
+    """Silence ONNX Runtime's default logger while a session may fail to load a provider."""
+    if not active:
+        yield
+        return
+    ort.set_default_logger_severity(4)  # fatal only
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default: warnings
+
+
+def provider_load_error(provider: str) -> str | None:
+    """Why ``provider``'s library does not load (the missing CUDA library, say), or None when
+    it loads or is built in."""
+    library = _PROVIDER_LIBRARIES.get(provider)
+    if library is None:
+        return None
+    try:
+        ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / library))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def create_session(path: Path, settings: Settings) -> Session:
-    """Load one ONNX graph with the configured providers (those this build of ORT has).
+    """Load one ONNX graph with the configured providers (those this build of ORT has, less
+    those that already failed to load in this process).
 
     Raises:
         onnxruntime's exceptions when the file is not a valid graph.
     """
-    requested = list(settings.providers)
-    available = set(ort.get_available_providers())
-    usable = [p for p in requested if p in available]
-    if not usable:
-        usable = ["CPUExecutionProvider"]
+    available = set(ort.get_available_providers()) - _UNLOADABLE
+    usable = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
     configured = provider_options(usable, settings)
-    inner = ort.InferenceSession(str(path), session_options(settings), providers=configured)
+    with _quiet_provider_errors(usable != ["CPUExecutionProvider"]):
+        inner = ort.InferenceSession(str(path), session_options(settings), providers=configured)
     providers = tuple(inner.get_providers())
+    _UNLOADABLE.update(p for p in usable if p not in providers)
     cores, solo = os.cpu_count() or 1, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
         solo = ort.InferenceSession(str(path), session_options(settings, cores),
-                                    providers=configured)
+                                    providers=["CPUExecutionProvider"])
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 
 
@@ -151,9 +187,10 @@ def warn_missing_providers(requested: list[str], in_use: set[str]) -> list[str]:
     """
     missing = [p for p in requested if p != "CPUExecutionProvider" and p not in in_use]
     for provider in missing:
+        reason = provider_load_error(provider) or "its library loads: no usable device?"
         logger.warning(
-            "execution provider %s was requested but did not load; running on %s. Install its "
-            "libraries (for CUDA: the CUDA and cuDNN versions onnxruntime-gpu needs) or drop it "
-            "from CONVSERVE_PROVIDERS to silence this warning",
-            provider, ", ".join(sorted(in_use)) or "CPUExecutionProvider")
+            "execution provider %s was requested but did not load (%s); running on %s. Install "
+            "its libraries (for CUDA: the CUDA and cuDNN versions onnxruntime-gpu needs) or drop "
+            "it from CONVSERVE_PROVIDERS to silence this warning",
+            provider, reason, ", ".join(sorted(in_use)) or "CPUExecutionProvider")
     return missing

@@ -84,3 +84,22 @@ def test_cuda_gets_the_conv_algorithm_search_setting(tmp_path: Path) -> None:
     assert load_settings(models_dir=tmp_path).cuda_conv_algo_search == "heuristic"
     with pytest.raises(SettingsError, match="CONVSERVE_CUDA_CONV_ALGO_SEARCH"):
         load_settings(models_dir=tmp_path, cuda_conv_algo_search="fastest")
+
+
+def test_a_provider_that_fails_to_load_is_tried_once_and_quietly(
+        tiny_models: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Where CUDA cannot load (no GPU libraries), ONNX Runtime logs two lines for every session
+    that asks for it; the service asks once, silences those, and says why in its own warning."""
+    from service import runtime
+
+    monkeypatch.setattr(runtime, "_UNLOADABLE", set())
+    settings = load_settings(models_dir=tiny_models, providers="CUDA,CPU")
+    graph = tiny_models / "tiny-rgb" / "1" / "model.onnx"
+    sessions = [runtime.create_session(graph, settings) for _ in range(3)]
+    if sessions[0].provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA loads on this machine")
+    assert runtime._UNLOADABLE == {"CUDAExecutionProvider"}
+    assert "CUDAExecutionProvider" not in capfd.readouterr().err
+    reason = runtime.provider_load_error("CUDAExecutionProvider")
+    assert reason and ".so" in reason  # the library that is missing, e.g. libcublasLt.so.13
