@@ -11,8 +11,10 @@ with the CUDA provider first and once on the CPU alone, and prints:
 For each classifier and each ``cuda_conv_algo_search`` setting it also times the first run at
 each new batch size (cuDNN picks its kernels then) against the steady runs after it.
 
-Then it starts the app in-process with CUDA first, and reports ``GET /v1/models``' providers
-and one ``classify`` and one ``expressions`` request. Exits 1 when CUDA did not load.
+Then it starts the app in-process with CUDA first, and reports ``GET /v1/models``' providers,
+one ``classify`` and one ``expressions`` request, and the first and second ``expressions``
+request at three new photo sizes (MTCNN's shapes follow the photo). Exits 1 when CUDA did not
+load.
 
 Usage::
 
@@ -25,6 +27,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +131,28 @@ def check_app(models: Path) -> None:
         faces = client.post("/v1/expressions",
                             files={"file": ("photo", fetch("multi-face").read_bytes())})
         print("expressions multi-face:", faces.status_code, faces.text[:400])
+        check_new_photo_sizes(client, fetch("multi-face").read_bytes())
+
+
+def check_new_photo_sizes(client: Any, photo: bytes) -> None:
+    """MTCNN's pyramid changes shape with the photo's size: time the first and the second
+    expressions request at a few sizes (a new shape may cost a GPU provider its first run)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    for scale in (0.9, 0.75, 0.6):
+        resized = image.resize((int(image.width * scale), int(image.height * scale)))
+        data = io.BytesIO()
+        resized.save(data, "JPEG", quality=90)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            answer = client.post("/v1/expressions", files={"file": ("photo", data.getvalue())})
+            times.append((time.perf_counter() - start) * 1000)
+        print(f"expressions {resized.width}x{resized.height}: {answer.status_code}, first "
+              f"{times[0]:.0f} ms, again {times[1]:.0f} ms")
 
 
 def main() -> int:
