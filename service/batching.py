@@ -3,7 +3,8 @@
 ``await batcher.submit(version, array)`` queues one input (e.g. a ``[H, W, C]`` image) and returns
 its output row. Each model version gets a lane: a bounded queue and ``instances`` inference
 threads (Triton's instance count). A free thread takes the first waiting input, gathers more for
-at most ``max_queue_delay_ms`` (or until ``max_batch_size``), stacks them, runs
+at most ``max_queue_delay_ms`` (or until ``max_batch_size``, or the version's own ``max_batch``
+when smaller), stacks them, runs
 ``version.infer(batch)`` (ONNX Runtime releases the GIL) and hands each caller its own row on the
 event loop. While runs are busy the queue fills, so under load batches grow without any delay.
 
@@ -42,6 +43,7 @@ class Batchable(Protocol):
 
     name: str
     version: int
+    max_batch: int | None  # the version's own cap on the batch size, if any
 
     @property
     def key(self) -> str: ...
@@ -70,6 +72,7 @@ class _Lane:
         self.loop = asyncio.get_running_loop()
         self.metrics = batcher.metrics.model(version.name, str(version.version)) \
             if batcher.metrics else None
+        self.max_batch = min(batcher.max_batch_size, version.max_batch or batcher.max_batch_size)
         self.items: collections.deque[_Item] = collections.deque()
         self.changed = threading.Condition()  # guards the five below
         self.pending = 0  # items queued, not yet taken into a batch
@@ -116,7 +119,7 @@ class _Lane:
             self.gathering = True
             items = [self.items.popleft()]
             deadline = time.monotonic() + delay
-            while len(items) < self.batcher.max_batch_size:
+            while len(items) < self.max_batch:
                 if self.items:
                     items.append(self.items.popleft())
                     continue

@@ -22,6 +22,8 @@ def describe(version: ModelVersion) -> VersionInfo:
         output=dict(meta.get("output") or {}), metrics=dict(meta.get("metrics") or {}),
         provider=version.providers[0], providers=version.providers,
         load_seconds=round(version.load_seconds, 4),
+        max_batch_size=version.max_batch,
+        batch_costs_ms={str(size): ms for size, ms in version.batch_costs.items()},
         files={key: session.path.name for key, session in version.sessions.items()})
 
 

@@ -25,6 +25,7 @@ class RowSums:
     fail: bool = False
     batches: list[int] = field(default_factory=list)
     alone: list[bool] = field(default_factory=list)  # each run's flag
+    max_batch: int | None = None
     warm_up_seconds: float = 0.0
     events: list[tuple[str, str]] = field(default_factory=list)  # ("warm" | "infer", thread)
 
@@ -324,3 +325,13 @@ def test_a_thread_warms_up_before_its_first_batch_without_open() -> None:
     for thread in {name for _, name in events}:
         mine = [kind for kind, name in events if name == thread]
         assert mine[0] == "warm" and mine.count("warm") == 1, mine
+
+
+def test_a_version_with_a_smaller_max_batch_gets_smaller_batches() -> None:
+    async def scenario() -> list[int]:
+        batcher, model = _batcher(max_batch_size=8, max_queue_delay_ms=50.0), RowSums(max_batch=2)
+        await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(6)))
+        await batcher.close()
+        return model.batches
+
+    assert asyncio.run(scenario()) == [2, 2, 2]

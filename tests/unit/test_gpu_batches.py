@@ -1,5 +1,5 @@
-"""What the service does differently off the CPU, checked on the CPU: padded batch sizes, the
-per-thread warm-up they make possible, and the CUDA provider's options."""
+"""How batches are sized: padded sizes and per-thread warm-up off the CPU (checked on the CPU),
+the batch size with the cheapest image on the CPU, and the CUDA provider's options."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.errors import SettingsError
-from service.repository import ModelVersion, _load_version, gpu_batch_sizes
+from service.repository import ModelVersion, _load_version, cheapest_batch, gpu_batch_sizes
 from service.runtime import padded_batch_sizes, provider_options
 from service.settings import load_settings
 
@@ -103,3 +103,25 @@ def test_a_provider_that_fails_to_load_is_tried_once_and_quietly(
     assert "CUDAExecutionProvider" not in capfd.readouterr().err
     reason = runtime.provider_load_error("CUDAExecutionProvider")
     assert reason and ".so" in reason  # the library that is missing, e.g. libcublasLt.so.13
+
+
+@pytest.mark.parametrize(("costs", "chosen"), [
+    ({1: 3.96, 2: 3.91, 4: 3.98}, 2),  # MobileNetV2 on this machine: 4 is not cheaper
+    ({1: 6.75, 2: 7.04, 4: 7.94}, 1),  # EfficientNet-Lite0
+    ({1: 9.8, 2: 8.9, 4: 8.1}, 4),  # a model whose weights dominate (ResNet-18)
+    ({1: 0.2, 2: 0.2, 4: 0.2}, 4),  # a tie: the larger batch saves hand-offs
+    ({1: 0.200, 2: 0.190, 4: 0.195}, 4),  # cheap models: the run overhead decides
+])
+def test_cheapest_batch(costs: dict[int, float], chosen: int) -> None:
+    assert cheapest_batch(costs) == chosen
+
+
+def test_on_the_cpu_the_batch_size_is_measured_at_load(tiny_models: Path) -> None:
+    version = _tiny(tiny_models)  # max_batch_size 4
+    assert sorted(version.batch_costs) == [1, 2, 4]
+    assert all(cost > 0 for cost in version.batch_costs.values())
+    assert version.max_batch == cheapest_batch(version.batch_costs)
+    settings = load_settings(models_dir=tiny_models, providers="CPU", max_batch_size=4,
+                             warmup=False)
+    unmeasured = _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
+    assert (unmeasured.max_batch, unmeasured.batch_costs) == (4, {})
