@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     # all: 0.3-1.4 s per new batch size and thread on an H200 (0.2-0.9 s heuristic)
 
     # Batching
-    max_batch_size: int = Field(4, ge=1)  # images per ORT run: 1-4 on a CPU, 32+ on a GPU
+    max_batch_size: int = Field(4, ge=1)  # images per ORT run at most: 1-4 on a CPU (each
+    # classifier is capped lower if a smaller batch measures cheaper at load), 32+ on a GPU
     max_queue_delay_ms: float = Field(0.0, ge=0)  # wait at most this long for a fuller batch
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded
