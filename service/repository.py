@@ -96,16 +96,21 @@ class ModelVersion:
         out = self.session.run({self.input_name: batch}, [self.output_name], alone=alone)[0]
         return out[:rows]
 
+    def zeros(self, size: int) -> np.ndarray:
+        """A batch of ``size`` black images as the graph takes them (uint8 ``[N, H, W, C]``)."""
+        spec = self.input
+        assert spec is not None
+        return np.zeros((size, spec.height, spec.width, spec.channels), np.uint8)
+
     def warm_up_thread(self) -> None:
         """Run each of ``batch_sizes`` once on the calling thread (an inference thread, before
         its first batch). ONNX Runtime's CUDA provider builds per-thread state on a thread's
         first run of each shape: 0.3-1.4 s each on an H200, stalls that would otherwise hit the
         first requests. Nothing to do on a CPU (``batch_sizes`` is empty)."""
-        spec = self.input
-        if spec is None:
+        if self.input is None:
             return
         for size in self.batch_sizes:
-            self.infer(np.zeros((size, spec.height, spec.width, spec.channels), np.uint8), False)
+            self.infer(self.zeros(size), False)
 
     def require_classifier(self) -> None:
         """Raises UnsupportedTask unless this version classifies whole images."""
@@ -148,14 +153,13 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
     spec = None
     if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
         spec = InputSpec.from_json(meta.get("input") or {})
+    classifier = task in CLASSIFIER_TASKS and spec is not None
     loaded = ModelVersion(
         name=name, version=version, path=path, meta=meta, sessions=sessions, input=spec,
         stamp=stamp, input_name=str((meta.get("input") or {}).get("name", "image")),
         output_name=str((meta.get("output") or {}).get("name", "probabilities")),
-        batch_sizes=gpu_batch_sizes(sessions, settings)
-        if task in CLASSIFIER_TASKS and spec is not None else ())
-    if task in CLASSIFIER_TASKS and spec is not None:
-        loaded.max_batch = settings.max_batch_size
+        batch_sizes=gpu_batch_sizes(sessions, settings) if classifier else (),
+        max_batch=settings.max_batch_size if classifier else None)
     if settings.warmup:
         _warm_up(loaded)
         # Whole-image classifiers on the CPU: the size with the cheapest image. (An expression
@@ -175,12 +179,9 @@ def measure_batch_costs(version: ModelVersion, max_batch_size: int, runs: int = 
     On a CPU a bigger batch is not always cheaper per image: MobileNetV2 and EfficientNet-Lite0
     cost more at 4 than at 1-2 (activations spill the L2 cache), ResNet-18 less (its weights
     are read once per run)."""
-    spec = version.input
-    assert spec is not None
     costs = {}
     for size in padded_batch_sizes(max_batch_size):
-        feed = {version.input_name: np.zeros((size, spec.height, spec.width, spec.channels),
-                                             np.uint8)}
+        feed = {version.input_name: version.zeros(size)}
         version.session.run(feed, [version.output_name], alone=False)
         best = float("inf")
         for _ in range(runs):
@@ -210,9 +211,7 @@ def _warm_up(loaded: ModelVersion) -> None:
         for session in loaded.sessions.values():
             session.warm_up(session.zeros_feed())
         return
-    spec = loaded.input
-    zeros = np.zeros((1, spec.height, spec.width, spec.channels), np.uint8)
-    out = loaded.session.warm_up({loaded.input_name: zeros}, [loaded.output_name])[0]
+    out = loaded.session.warm_up({loaded.input_name: loaded.zeros(1)}, [loaded.output_name])[0]
     if out.ndim != 2 or (loaded.labels and out.shape[1] != len(loaded.labels)):
         raise ValueError(f"output {loaded.output_name!r} has shape {list(out.shape)} but "
                          f"model.json lists {len(loaded.labels)} labels")
