@@ -52,8 +52,8 @@ class ModelVersion:
     stamp: int = 0  # model.json's mtime_ns when loaded
     input_name: str = "image"
     output_name: str = "probabilities"
-    batch_sizes: tuple[int, ...] = ()  # on a GPU, batches are padded up to one of these: each
-    # new shape costs 0.3-1.4 s on an H200 (cuDNN picks kernels), so only a few shapes are run
+    batch_sizes: tuple[int, ...] = ()  # on a GPU, batches are padded up to one of these, each
+    # run by a session of its own (``Session.with_batch_sessions``): a few shapes, none changing
     max_batch: int | None = None  # classifiers: max_batch_size, or on a CPU the batch size with
     # the cheapest image (measured at load)
     batch_costs: dict[int, float] = field(default_factory=dict)  # ms per image, by batch size
@@ -104,9 +104,10 @@ class ModelVersion:
 
     def warm_up_thread(self) -> None:
         """Run each of ``batch_sizes`` once on the calling thread (an inference thread, before
-        its first batch). ONNX Runtime's CUDA provider builds per-thread state on a thread's
-        first run of each shape: 0.3-1.4 s each on an H200, stalls that would otherwise hit the
-        first requests. Nothing to do on a CPU (``batch_sizes`` is empty)."""
+        its first batch): each size's session picks its kernels on its first run (0.2-1.4 s on
+        an H200), and ONNX Runtime's CUDA provider keeps per-thread state (its cuDNN and cuBLAS
+        handles), stalls that would otherwise hit the first requests. Nothing to do on a CPU
+        (``batch_sizes`` is empty)."""
         if self.input is None:
             return
         for size in self.batch_sizes:
@@ -143,23 +144,27 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
     stamp = meta_path.stat().st_mtime_ns
     meta = json.loads(meta_path.read_text())
     files = meta.get("files") or {"model": "model.onnx"}
+    task = str(meta.get("task", "classification"))
     sessions = {}
     for key, filename in files.items():
         graph = path / Path(str(filename)).name  # never leave the version directory
         if not graph.is_file():
             raise FileNotFoundError(f"{graph} is missing (named in model.json)")
-        sessions[str(key)] = create_session(graph, settings)
-    task = str(meta.get("task", "classification"))
+        # MTCNN's pyramid gives every run a new input shape, which a GPU provider re-plans
+        # (0.8-1.3 s per expressions request on an H200 against ~0.1 s on its CPU): CPU only.
+        sessions[str(key)] = create_session(graph, settings, cpu_only=task == DETECTOR_TASK)
     spec = None
     if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
         spec = InputSpec.from_json(meta.get("input") or {})
     classifier = task in CLASSIFIER_TASKS and spec is not None
+    batch_sizes = gpu_batch_sizes(sessions, settings) if classifier else ()
+    if batch_sizes:
+        sessions["model"] = sessions["model"].with_batch_sessions(batch_sizes, settings)
     loaded = ModelVersion(
         name=name, version=version, path=path, meta=meta, sessions=sessions, input=spec,
         stamp=stamp, input_name=str((meta.get("input") or {}).get("name", "image")),
         output_name=str((meta.get("output") or {}).get("name", "probabilities")),
-        batch_sizes=gpu_batch_sizes(sessions, settings) if classifier else (),
-        max_batch=settings.max_batch_size if classifier else None)
+        batch_sizes=batch_sizes, max_batch=settings.max_batch_size if classifier else None)
     if settings.warmup:
         _warm_up(loaded)
         # Whole-image classifiers on the CPU: the size with the cheapest image. (An expression

@@ -1,5 +1,6 @@
-"""How batches are sized: padded sizes and per-thread warm-up off the CPU (checked on the CPU),
-the batch size with the cheapest image on the CPU, and the CUDA provider's options."""
+"""How batches are sized: padded sizes, a session per size and per-thread warm-up off the CPU
+(checked on the CPU), detectors on the CPU, the batch size with the cheapest image on the CPU,
+and the CUDA provider's options."""
 
 from __future__ import annotations
 
@@ -63,6 +64,58 @@ def test_infer_pads_to_a_batch_size_and_returns_only_the_real_rows(tiny_models: 
         out = padded.infer(images[:rows])
         assert spy.runs[-1][0] == ran
         np.testing.assert_allclose(out, version.infer(images[:rows]), rtol=1e-6, atol=1e-7)
+
+
+def test_each_padded_size_runs_on_a_session_of_its_own(tiny_models: Path) -> None:
+    """A CUDA session re-plans its convolutions whenever its input shape changes (711 ms per
+    run on an H200 when sizes alternate), so each padded size gets its own session."""
+    version = _tiny(tiny_models)
+    settings = load_settings(models_dir=tiny_models, providers="CPU")
+    split = version.session.with_batch_sessions((1, 2, 4), settings)
+    assert sorted(split.by_batch) == [1, 2, 4] and split.by_batch[1] is version.session.inner
+    assert len({id(session) for session in split.by_batch.values()}) == 3
+    ran: list[int] = []
+
+    class Counting:  # an ORT session that records which size it was
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def run(self, outputs: Any, feed: dict[str, np.ndarray]) -> Any:
+            ran.append(self.size)
+            return split.by_batch[self.size].run(outputs, feed)
+
+    routed = dataclasses.replace(split, by_batch={size: Counting(size) for size in (1, 2, 4)})
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for rows in (2, 4, 1, 2):
+        routed.run({"image": images[:rows]}, ["probabilities"])
+    assert ran == [2, 4, 1, 2]
+    for rows in (1, 2, 4):
+        np.testing.assert_allclose(split.run({"image": images[:rows]}, ["probabilities"])[0],
+                                   version.infer(images[:rows]), rtol=1e-6, atol=1e-7)
+
+
+def test_detectors_ask_for_the_cpu_alone(tiny_models: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTCNN's pyramid gives every run a new shape: on a GPU each would be re-planned."""
+    from service import runtime
+
+    asked: list[list[Any]] = []
+    real = runtime.ort.InferenceSession
+
+    def recording(path: str, options: Any, providers: list[Any]) -> Any:
+        asked.append(providers)
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(runtime, "_UNLOADABLE", set())
+    monkeypatch.setattr(runtime.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
+    settings = load_settings(models_dir=tiny_models, providers="CUDA,CPU", warmup=False)
+    _load_version("tiny-faces", 1, tiny_models / "tiny-faces" / "1", settings)
+    assert asked and all(providers == ["CPUExecutionProvider"] for providers in asked)
+    detector_sessions = len(asked)
+    _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
+    assert asked[detector_sessions][0][0] == "CUDAExecutionProvider"  # the configured order
 
 
 def test_warm_up_thread_runs_each_batch_size_on_the_calling_thread(tiny_models: Path) -> None:
