@@ -10,7 +10,9 @@ For each model it measures, in one run:
   1, every core; batch sizes 1, 4 and ``--max-batch-size``). The fastest way is then measured
   again for ``--seconds`` right before each service measurement, ``--rounds`` times, and each
   point reports medians and the per-round ratios: the machine drifts by several per cent within
-  a minute, and the best of many short windows would overstate the limit;
+  a minute, and the best of many short windows would overstate the limit. Before each 1-client
+  round the single-image latency is measured again too (``--seconds`` / 2), and that row's
+  ``p50-inproc`` is the median of the per-round differences;
 * the **service**: ``python -m service serve`` started as a subprocess, driven by a separate
   client process (``--client`` mode: asyncio, keep-alive HTTP/1.1 connections, pre-built
   requests, so the load generator costs little CPU) uploading a real 640x480 JPEG (skimage's
@@ -36,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,7 +170,7 @@ class InProcess:
             version.infer(prepare(self.jpeg, spec, limit).array[None], alone=False)
             latencies.append(time.perf_counter() - start)
         return {"p50_ms": percentile(latencies, 50) * 1e3,
-                "p99_ms": percentile(latencies, 99) * 1e3}
+                "p99_ms": percentile(latencies, 99) * 1e3, "threads": threads}
 
     def throughput(self, way: Way, seconds: float) -> dict:
         """Images per second and CPU ms per image of ``way``; each thread's first run is not
@@ -330,7 +333,6 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
 
 def summarise(clients: int, rounds: list[tuple[dict, dict]]) -> dict:
     """Medians over the rounds of (in-process limit, service) measured back to back."""
-    import statistics
 
     ratios = [served["per_s"] / limit["per_s"] for limit, served in rounds]
     median = statistics.median
@@ -341,7 +343,9 @@ def summarise(clients: int, rounds: list[tuple[dict, dict]]) -> dict:
             "limit_per_s": median(limit["per_s"] for limit, _ in rounds),
             "ratio": median(ratios), "ratios": ratios,
             "server_cpu_ms": median(s["server_cpu_ms"] for _, s in rounds),
-            "cpu_ratio": median(limit["cpu_ms"] / s["server_cpu_ms"] for limit, s in rounds)}
+            "cpu_ratio": median(limit["cpu_ms"] / s["server_cpu_ms"] for limit, s in rounds),
+            "p50_gaps": [s["p50_ms"] - limit["single_p50_ms"] for limit, s in rounds
+                         if "single_p50_ms" in limit]}
 
 
 def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
@@ -369,9 +373,13 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
     rows = []
     try:
         for clients in args.clients:
-            rounds = [(local.throughput(best, args.seconds),
-                       drive(port, name, jpeg_path, clients, args, server.pid))
-                      for _ in range(args.rounds)]
+            rounds = []
+            for _ in range(args.rounds):
+                limit = local.throughput(best, args.seconds)
+                if clients == 1:  # the single-image latency too, in the same minute
+                    single = local.latency(latency["threads"], args.seconds / 2)
+                    limit["single_p50_ms"] = single["p50_ms"]
+                rounds.append((limit, drive(port, name, jpeg_path, clients, args, server.pid)))
             rows.append(summarise(clients, rounds))
     finally:
         server.terminate()
@@ -381,10 +389,17 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
           f"{'server CPU/req':>15} {'CPU ratio':>10}")
     for row in rows:
         spread = " ".join(f"{r:.2f}" for r in row["ratios"])
+        # 1 client: the service's p50 against the single-image p50 measured just before it, the
+        # median over rounds; other rows against the screening pass's
+        gap = (statistics.median(row["p50_gaps"]) if row["p50_gaps"]
+               else row["p50_ms"] - latency["p50_ms"])
         print(f"{row['clients']:>8} {row['per_s']:>8.1f} {row['p50_ms']:>8.2f} "
               f"{row['p99_ms']:>8.2f} {row['errors']:>7} {row['limit_per_s']:>8.1f} "
-              f"{row['ratio']:>10.2f} {spread:>16} {row['p50_ms'] - latency['p50_ms']:>+10.2f}ms "
+              f"{row['ratio']:>10.2f} {spread:>16} {gap:>+10.2f}ms "
               f"{row['server_cpu_ms']:>12.2f} ms {row['cpu_ratio']:>10.2f}")
+        if row["p50_gaps"]:
+            print(f"{'':>8} p50 - single image p50 by round: "
+                  + " ".join(f"{g:+.2f}" for g in row["p50_gaps"]) + " ms")
 
 
 def parse_args() -> argparse.Namespace:

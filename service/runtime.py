@@ -120,16 +120,21 @@ class Session:
         return feed
 
 
-def session_options(settings: Settings, intra_threads: int | None = None) -> ort.SessionOptions:
-    """Session options from the settings (threads, graph optimisation)."""
+def session_options(settings: Settings, intra_threads: int | None = None, *,
+                    spin_within_runs: bool = False) -> ort.SessionOptions:
+    """Session options from the settings (threads, graph optimisation). ``spin_within_runs``:
+    ORT's threads busy-wait between the operators of a run and stop when it returns (for the
+    ``solo`` session, whose runs have the cores to themselves)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_threads or settings.intra_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     options.log_severity_level = 3  # ORT warnings are noisy; ours say what matters
-    spin = "1" if settings.allow_spinning else "0"
+    spin = "1" if settings.allow_spinning or spin_within_runs else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if spin_within_runs:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
@@ -195,7 +200,8 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False) ->
     _UNLOADABLE.update(p for p in usable if p not in providers)
     cores, solo = os.cpu_count() or 1, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
-        solo = ort.InferenceSession(str(path), session_options(settings, cores),
+        solo = ort.InferenceSession(str(path), session_options(settings, cores,
+                                                               spin_within_runs=True),
                                     providers=["CPUExecutionProvider"])
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
+    # (a lone run's solo session spins within the run regardless: see runtime.session_options)
     cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
     # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
     # all: 0.3-1.4 s per new batch size and thread on an H200 (0.2-0.9 s heuristic)
