@@ -4,7 +4,8 @@ For each model it measures, in one run:
 
 * the **in-process limit**: the same work (``service.imaging.prepare`` decode + preprocessing and
   an ONNX Runtime session with the service's settings) in this Python process, no HTTP:
-  single-image latency (decode + run of batch 1, one after another) and throughput. A screening
+  single-image latency (decode + run of batch 1, one after another; the best of each ORT thread
+  count and of the ``solo`` session the service uses for a lone run) and throughput. A screening
   pass tries every way briefly (one-at-a-time, batches with decoding overlapped in a thread pool,
   one worker thread per core that decodes and runs its own batches; ORT threads: the service's,
   1, every core; batch sizes 1, 4 and ``--max-batch-size``). The fastest way is then measured
@@ -155,22 +156,23 @@ class InProcess:
             self._versions[threads] = repository.get(self.name)
         return self._versions[threads]
 
-    def latency(self, threads: int, seconds: float) -> dict:
-        """Single-image latency, one after another."""
+    def latency(self, threads: int, seconds: float, solo: bool = False) -> dict:
+        """Single-image latency, one after another; ``solo``: on the session the service uses
+        for a lone run (every core, spinning within the run), where there is one."""
         from service.imaging import prepare
 
         version = self.version(threads)
         spec, limit = version.input, self.settings.max_image_pixels
         for _ in range(5):
-            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=False)
+            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=solo)
         latencies = []
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             start = time.perf_counter()
-            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=False)
+            version.infer(prepare(self.jpeg, spec, limit).array[None], alone=solo)
             latencies.append(time.perf_counter() - start)
         return {"p50_ms": percentile(latencies, 50) * 1e3,
-                "p99_ms": percentile(latencies, 99) * 1e3, "threads": threads}
+                "p99_ms": percentile(latencies, 99) * 1e3, "threads": threads, "solo": solo}
 
     def throughput(self, way: Way, seconds: float) -> dict:
         """Images per second and CPU ms per image of ``way``; each thread's first run is not
@@ -231,8 +233,8 @@ class InProcess:
             Way(t, how, b) for t in thread_options for how in ("pipelined", "workers")
             for b in batches]
         share = seconds / len(ways)
-        latency = min((self.latency(t, share) for t in thread_options),
-                      key=lambda r: r["p50_ms"])
+        latency = min((self.latency(t, share, solo) for t in thread_options
+                       for solo in (False, True)), key=lambda r: r["p50_ms"])
         results = {way: self.throughput(way, share) for way in ways}
         best = max(results, key=lambda way: results[way]["per_s"])
         return latency, best, results
@@ -365,7 +367,8 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
     print(f"\n== {name} ==")
     for way, result in screened.items():
         print(f"in-process {way}: {result['per_s']:.1f}/s, CPU {result['cpu_ms']:.2f} ms/image")
-    print(f"in-process: single image p50 {latency['p50_ms']:.2f} ms (p99 {latency['p99_ms']:.2f})"
+    print(f"in-process: single image p50 {latency['p50_ms']:.2f} ms (p99 {latency['p99_ms']:.2f};"
+          f" intra_op_threads={latency['threads']}{' solo' * latency['solo']})"
           f"; fastest way {best}, measured again for {args.seconds:g} s before each service "
           f"point ({args.rounds} rounds)")
     port = free_port()
@@ -377,7 +380,8 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
             for _ in range(args.rounds):
                 limit = local.throughput(best, args.seconds)
                 if clients == 1:  # the single-image latency too, in the same minute
-                    single = local.latency(latency["threads"], args.seconds / 2)
+                    single = local.latency(latency["threads"], args.seconds / 2,
+                                           latency["solo"])
                     limit["single_p50_ms"] = single["p50_ms"]
                 rounds.append((limit, drive(port, name, jpeg_path, clients, args, server.pid)))
             rows.append(summarise(clients, rounds))
