@@ -87,11 +87,12 @@ def check_algo_search(path: Path, repeats: int) -> None:
     """First run at each new batch size, then steady runs, for each conv algorithm search."""
     import json
 
+    from service.imaging import InputSpec
     from service.runtime import create_session
     from service.settings import load_settings
 
-    meta = json.loads((path / "model.json").read_text())
-    shape = (meta["input"]["height"], meta["input"]["width"], meta["input"]["channels"])
+    spec = InputSpec.from_json(json.loads((path / "model.json").read_text())["input"])
+    shape = (spec.height, spec.width, spec.channels)
     for mode in ("exhaustive", "heuristic", "default"):
         settings = load_settings(models_dir=path.parents[1], providers=["CUDA", "CPU"],
                                  cuda_conv_algo_search=mode)
