@@ -152,7 +152,11 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
             raise FileNotFoundError(f"{graph} is missing (named in model.json)")
         # MTCNN's pyramid gives every run a new input shape, which a GPU provider re-plans
         # (0.8-1.3 s per expressions request on an H200 against ~0.1 s on its CPU): CPU only.
-        sessions[str(key)] = create_session(graph, settings, cpu_only=task == DETECTOR_TASK)
+        # A lone classification run spins its threads (1-client p50 -1.7 ms for MobileNetV2);
+        # MTCNN's and the expression model's lone runs share the cores with other requests' work
+        # (spinning there cost 15% of expressions throughput at 8-16 clients).
+        sessions[str(key)] = create_session(graph, settings, cpu_only=task == DETECTOR_TASK,
+                                            solo_spins=task == "classification")
     spec = None
     if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
         spec = InputSpec.from_json(meta.get("input") or {})

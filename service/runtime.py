@@ -183,9 +183,12 @@ def provider_load_error(provider: str) -> str | None:
     return None
 
 
-def create_session(path: Path, settings: Settings, *, cpu_only: bool = False) -> Session:
+def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
+                   solo_spins: bool = False) -> Session:
     """Load one ONNX graph with the configured providers (those this build of ORT has, less
     those that already failed to load in this process), or on the CPU alone (``cpu_only``).
+    ``solo_spins``: the solo session's threads spin within its runs (for graphs whose runs are
+    called alone only when nothing else waits: whole-image classifiers behind the batcher).
 
     Raises:
         onnxruntime's exceptions when the file is not a valid graph.
@@ -201,7 +204,7 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False) ->
     cores, solo = os.cpu_count() or 1, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
         solo = ort.InferenceSession(str(path), session_options(settings, cores,
-                                                               spin_within_runs=True),
+                                                               spin_within_runs=solo_spins),
                                     providers=["CPUExecutionProvider"])
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 

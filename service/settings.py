@@ -63,10 +63,10 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
-    # (a lone run's solo session spins within the run regardless: see runtime.session_options)
+    # (a classifier's lone runs spin within the run regardless: runtime.create_session)
     cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
     # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
-    # all: 0.3-1.4 s per new batch size and thread on an H200 (0.2-0.9 s heuristic)
+    # all: 0.3-1.4 s per session and new batch size on an H200 (0.2-0.9 s heuristic)
 
     # Batching
     max_batch_size: int = Field(4, ge=1)  # images per ORT run at most: 1-4 on a CPU (each
