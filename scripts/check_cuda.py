@@ -8,8 +8,10 @@ with the CUDA provider first and once on the CPU alone, and prints:
   the CUDA and CPU probabilities and whether the top-1 class agrees;
 * ORT latency of a batch of 1 and throughput of a batch of ``--batch`` on each provider.
 
-For each classifier and each ``cuda_conv_algo_search`` setting it also times the first run at
-each new batch size (cuDNN picks its kernels then) against the steady runs after it.
+For each ImageNet classifier it times runs whose batch size changes from run to run (as dynamic
+batching makes them) on one session against a session per size (``Session.with_batch_sessions``,
+what the service does off the CPU), and, for each ``cuda_conv_algo_search`` setting, the first
+run at each new batch size (cuDNN picks its kernels then) against the steady runs after it.
 
 Then it starts the app in-process with CUDA first, and reports ``GET /v1/models``' providers,
 one ``classify`` and one ``expressions`` request, and the first and second ``expressions``
@@ -24,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -83,10 +86,36 @@ def check_model(path: Path, batch_size: int, repeats: int) -> bool:
     return on_cuda
 
 
+def check_shape_changes(path: Path, rounds: int = 8) -> None:
+    """Milliseconds (wall and CPU) per run when the batch size changes every run: one session
+    against a session per size. On an H200 the CUDA provider re-planned its convolutions at
+    every change (MobileNetV2: 711 ms per run against 1.9 ms)."""
+    from service.imaging import InputSpec
+    from service.runtime import create_session, padded_batch_sizes
+    from service.settings import load_settings
+
+    settings = load_settings(models_dir=path.parents[1], providers=["CUDA", "CPU"])
+    spec = InputSpec.from_json(json.loads((path / "model.json").read_text())["input"])
+    sizes = padded_batch_sizes(32)
+    feeds = {n: {"image": np.zeros((n, spec.height, spec.width, spec.channels), np.uint8)}
+             for n in sizes}
+    one = create_session(path / "model.onnx", settings)
+    for name, session in (("one session", one),
+                          ("a session per size", one.with_batch_sessions(sizes, settings))):
+        for n in sizes:  # every size's first run (kernel choice) is not timed
+            session.run(feeds[n], alone=False)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(rounds):
+            for n in sizes:
+                session.run(feeds[n], alone=False)
+        runs = rounds * len(sizes)
+        print(f"  batch sizes {sizes[0]}..{sizes[-1]} in turn, {name}: "
+              f"{(time.perf_counter() - wall) * 1000 / runs:.2f} ms per run, "
+              f"CPU {(time.process_time() - cpu) * 1000 / runs:.2f} ms")
+
+
 def check_algo_search(path: Path, repeats: int) -> None:
     """First run at each new batch size, then steady runs, for each conv algorithm search."""
-    import json
-
     from service.imaging import InputSpec
     from service.runtime import create_session
     from service.settings import load_settings
@@ -171,6 +200,10 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}, available: {', '.join(ort.get_available_providers())}")
     paths = [p for p in sorted(args.models.glob("*/[0-9]*")) if (p / "model.json").exists()]
     on_cuda = [check_model(path, args.batch, args.runs) for path in paths]
+    for path in paths:
+        if path.parent.name.startswith("imagenet-"):
+            print(f"{path.parent.name}: batch size changing from run to run")
+            check_shape_changes(path)
     for path in paths if not args.no_algo_search else []:
         if path.parent.name.startswith("imagenet-"):
             print(f"{path.parent.name}: cuDNN algorithm search")
