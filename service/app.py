@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import pkgutil
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = None
     app.state.decode_pool = None
     app.state.reload_lock = asyncio.Lock()
+    app.state.reload_models = functools.partial(reload_models, app)  # for the reload route
     app.state.starting = True  # until the first load has finished (see /readyz)
     register_error_handlers(app)
     for router in discover_routers():

@@ -1,15 +1,14 @@
 """``convserve``: the command line. ``convserve serve`` runs the HTTP service under uvicorn.
 
-Subcommands register themselves in :data:`COMMANDS`: a name -> (help, add_arguments, run)
-triple. Another module adds one with :func:`add_command` (``service/predict.py`` adds
-``convserve predict`` this way, imported in :func:`_load_commands`).
+Subcommands are in :data:`COMMANDS`: a name -> (help, add_arguments, run) triple, added with
+:func:`add_command`. ``convserve predict`` lives in ``service/predict.py``, which knows nothing
+of this module; :func:`_load_commands` imports it when the parser is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import importlib
 import logging
 import logging.handlers
 import queue
@@ -23,8 +22,6 @@ from service.errors import SettingsError
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
-# Modules that may add subcommands; missing ones are skipped.
-PLUGIN_MODULES = ("service.predict",)
 
 
 def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run) -> None:
@@ -111,12 +108,15 @@ add_command("serve", "run the HTTP service", _serve_arguments, _serve)
 
 
 def _load_commands() -> None:
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    from service.predict import COMMAND
+
+    help_text, add_arguments, run = COMMAND
+
+    def run_predict(args: argparse.Namespace) -> int:
+        configure_logging("warning")  # a command line tool: only what the user must see
+        return run(args)
+
+    add_command("predict", help_text, add_arguments, run_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ FastAPI runs plain ``def`` dependencies in a worker thread, one thread hop each.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,7 +17,7 @@ from fastapi import Depends, Request
 from service.batching import Batcher
 from service.errors import NotReady
 from service.metrics import Metrics
-from service.repository import ModelRepository
+from service.repository import ModelRepository, ScanResult
 from service.settings import Settings
 
 
@@ -46,6 +47,12 @@ async def get_decode_pool(request: Request) -> Executor:
     return pool
 
 
+async def get_reload(request: Request) -> Callable[[], Awaitable[ScanResult]]:
+    """``service.app.reload_models`` bound to this app (set by ``create_app``; routes do not
+    import the app module, which imports them)."""
+    return request.app.state.reload_models
+
+
 @dataclass(frozen=True)
 class Serving:
     """Everything a model-serving route needs, in one dependency (each FastAPI dependency costs
@@ -72,3 +79,4 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 DecodePoolDep = Annotated[Executor, Depends(get_decode_pool)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
+ReloadDep = Annotated[Callable[[], Awaitable[ScanResult]], Depends(get_reload)]

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.model_format import ImageInput, describe
 
 # Formats we read, by magic number -> Pillow's format name.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -49,7 +51,7 @@ RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "area": Image.Resampling.BOX,
 }
-RESIZE_METHODS = ("stretch", "shorter-side-center-crop")
+# The resize methods and interpolation names are defined by service.model_format.
 
 
 @dataclass(frozen=True)
@@ -59,32 +61,28 @@ class InputSpec:
     height: int
     width: int
     channels: int  # 1 (grey) or 3 (RGB)
-    method: str = "stretch"  # one of RESIZE_METHODS
+    method: str = "stretch"  # one of model_format.RESIZE_METHODS
     shorter_side: int | None = None  # for shorter-side-center-crop
     interpolation: str = "bilinear"  # a key of RESAMPLE
 
     @classmethod
     def from_json(cls, spec: dict[str, Any]) -> InputSpec:
-        """Parse and check ``model.json``'s ``input``.
+        """Parse and check ``model.json``'s ``input`` (:class:`~service.model_format.ImageInput`).
 
         Raises:
             ValueError: naming the field to fix.
         """
-        resize = spec.get("resize") or {}
-        made = cls(height=int(spec["height"]), width=int(spec["width"]),
-                   channels=int(spec.get("channels", 3)),
-                   method=str(resize.get("method", "stretch")),
-                   shorter_side=resize.get("shorter_side"),
-                   interpolation=str(resize.get("interpolation", "bilinear")))
-        if made.channels not in (1, 3):
-            raise ValueError(f"input.channels must be 1 or 3, not {made.channels}")
-        if made.method not in RESIZE_METHODS:
-            raise ValueError(f"input.resize.method must be one of {RESIZE_METHODS}")
-        if made.interpolation not in RESAMPLE:
-            raise ValueError(f"input.resize.interpolation must be one of {sorted(RESAMPLE)}")
-        if made.method == "shorter-side-center-crop" and not made.shorter_side:
-            raise ValueError("input.resize.shorter_side is required for shorter-side-center-crop")
-        return made
+        try:
+            return cls.from_card(ImageInput.model_validate(spec))
+        except ValidationError as error:
+            raise ValueError(describe(error, prefix="input.")) from None
+
+    @classmethod
+    def from_card(cls, spec: ImageInput) -> InputSpec:
+        """The validated ``input`` of a model card, as a plain frozen record (hot path)."""
+        return cls(height=spec.height, width=spec.width, channels=spec.channels,
+                   method=spec.resize.method, shorter_side=spec.resize.shorter_side,
+                   interpolation=spec.resize.interpolation)
 
 
 @dataclass(frozen=True)

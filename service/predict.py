@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 
-from service.cli import add_command
-
 EXPRESSION_TASK = "expression"
 DEFAULT_DETECTOR = "face-mtcnn"
 READY_TIMEOUT_S = 300.0
@@ -80,7 +78,6 @@ def local_client(models_dir: Path, name: str) -> Iterator[httpx.Client]:
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.cli import configure_logging
     from service.settings import load_settings
 
     needed = [name]
@@ -93,7 +90,6 @@ def local_client(models_dir: Path, name: str) -> Iterator[httpx.Client]:
                                    f"the face detector {DEFAULT_DETECTOR!r} beside them")
             (Path(tmp) / model).symlink_to((models_dir / model).resolve(), True)
         settings = load_settings(models_dir=Path(tmp))
-        configure_logging("warning")
         with TestClient(create_app(settings), base_url="http://convserve") as client:
             _wait_ready(client)
             yield client
@@ -206,5 +202,6 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-add_command("predict", "classify local image files (through --url, or in this process)",
-            _add_arguments, _run)
+# ``convserve predict``: (help, add_arguments, run), registered by service/cli.py (which also
+# sets up logging); this module does not import the command line.
+COMMAND = ("classify local image files (through --url, or in this process)", _add_arguments, _run)

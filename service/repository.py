@@ -9,14 +9,11 @@ dictionary keys, never as paths.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,25 +24,31 @@ from service.errors import (
     VersionNotFound,
 )
 from service.imaging import InputSpec
+from service.model_format import (
+    CARD_FILE,
+    CLASSIFIER_TASKS,
+    DETECTOR_TASK,
+    NAME_RE,
+    VERSION_RE,
+    ClassifierCard,
+    DetectorCard,
+    load_card,
+)
 from service.runtime import Session, create_session, padded_batch_sizes, warn_missing_providers
 from service.settings import Settings
 
 logger = logging.getLogger("convserve.repository")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
-CLASSIFIER_TASKS = ("classification", "expression")
-DETECTOR_TASK = "face-detection"
 
 
 @dataclass(eq=False)
 class ModelVersion:
-    """One loaded version of a model: its ``model.json``, ONNX sessions and input spec."""
+    """One loaded version of a model: its validated ``model.json``, ONNX sessions, input spec."""
 
     name: str
     version: int
     path: Path
-    meta: dict[str, Any]
+    card: ClassifierCard | DetectorCard
     sessions: dict[str, Session]  # "model" for single-graph models, else model.json's `files` keys
     input: InputSpec | None  # None for detectors whose input is not one image tensor
     load_seconds: float = 0.0
@@ -65,12 +68,12 @@ class ModelVersion:
 
     @property
     def task(self) -> str:
-        return str(self.meta.get("task", "classification"))
+        return self.card.task
 
     @functools.cached_property
     def labels(self) -> list[str]:
-        """``model.json``'s class names, converted once (read on every request)."""
-        return [str(label) for label in self.meta.get("labels", [])]
+        """``model.json``'s class names (read on every request)."""
+        return list(self.card.labels)
 
     @property
     def session(self) -> Session:
@@ -140,40 +143,34 @@ def gpu_batch_sizes(sessions: dict[str, Session], settings: Settings) -> tuple[i
 
 def _load_version(name: str, version: int, path: Path, settings: Settings) -> ModelVersion:
     start = time.perf_counter()
-    meta_path = path / "model.json"
-    stamp = meta_path.stat().st_mtime_ns
-    meta = json.loads(meta_path.read_text())
-    files = meta.get("files") or {"model": "model.onnx"}
-    task = str(meta.get("task", "classification"))
+    card_path = path / CARD_FILE
+    stamp = card_path.stat().st_mtime_ns
+    card = load_card(card_path)
     sessions = {}
-    for key, filename in files.items():
-        graph = path / Path(str(filename)).name  # never leave the version directory
+    for key, filename in card.graphs.items():
+        graph = path / Path(filename).name  # never leave the version directory
         if not graph.is_file():
-            raise FileNotFoundError(f"{graph} is missing (named in model.json)")
+            raise FileNotFoundError(f"{graph} is missing (named in {card_path})")
         # MTCNN's pyramid gives every run a new input shape, which a GPU provider re-plans
-        # (0.8-1.3 s per expressions request on an H200 against ~0.1 s on its CPU): CPU only.
-        # A lone classification run spins its threads (1-client p50 -1.7 ms for MobileNetV2);
-        # MTCNN's and the expression model's lone runs share the cores with other requests' work
-        # (spinning there cost 15% of expressions throughput at 8-16 clients).
-        sessions[str(key)] = create_session(graph, settings, cpu_only=task == DETECTOR_TASK,
-                                            solo_spins=task == "classification")
-    spec = None
-    if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
-        spec = InputSpec.from_json(meta.get("input") or {})
-    classifier = task in CLASSIFIER_TASKS and spec is not None
-    batch_sizes = gpu_batch_sizes(sessions, settings) if classifier else ()
+        # (docs/service-architecture.md): CPU only. A lone classification run spins its threads
+        # (it has the cores to itself); MTCNN's and the expression model's lone runs share the
+        # cores with other requests' work, where spinning costs throughput.
+        sessions[key] = create_session(graph, settings, cpu_only=card.task == DETECTOR_TASK,
+                                       solo_spins=card.task == "classification")
+    spec = InputSpec.from_card(card.input) if isinstance(card, ClassifierCard) else None
+    batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
     if batch_sizes:
         sessions["model"] = sessions["model"].with_batch_sessions(batch_sizes, settings)
     loaded = ModelVersion(
-        name=name, version=version, path=path, meta=meta, sessions=sessions, input=spec,
-        stamp=stamp, input_name=str((meta.get("input") or {}).get("name", "image")),
-        output_name=str((meta.get("output") or {}).get("name", "probabilities")),
-        batch_sizes=batch_sizes, max_batch=settings.max_batch_size if classifier else None)
+        name=name, version=version, path=path, card=card, sessions=sessions, input=spec,
+        stamp=stamp, input_name=card.input.name,
+        output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
+        batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
     if settings.warmup:
         _warm_up(loaded)
         # Whole-image classifiers on the CPU: the size with the cheapest image. (An expression
         # model keeps max_batch_size: a photo's faces go through one run.)
-        if task == "classification" and spec is not None and not loaded.batch_sizes:
+        if card.task == "classification" and spec is not None and not loaded.batch_sizes:
             loaded.batch_costs = measure_batch_costs(loaded, settings.max_batch_size)
             loaded.max_batch = cheapest_batch(loaded.batch_costs)
     loaded.load_seconds = time.perf_counter() - start
@@ -250,7 +247,7 @@ def discover(root: Path) -> dict[tuple[str, int], Path]:
             continue
         for version_dir in model_dir.iterdir():
             if (version_dir.is_dir() and VERSION_RE.match(version_dir.name)
-                    and (version_dir / "model.json").is_file()):
+                    and (version_dir / CARD_FILE).is_file()):
                 found[(model_dir.name, int(version_dir.name))] = version_dir
     return found
 
@@ -281,7 +278,7 @@ class ModelRepository:
                 result.removed.append(current.pop(gone))
             for (name, version), path in sorted(found.items()):
                 existing = current.get((name, version))
-                stamp = (path / "model.json").stat().st_mtime_ns
+                stamp = (path / CARD_FILE).stat().st_mtime_ns
                 if existing is not None and existing.stamp == stamp:
                     continue
                 key = f"{name}/{version}"

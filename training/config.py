@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from service.model_format import INTERPOLATIONS, RESIZE_METHODS
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -115,8 +117,8 @@ class TrainConfig:
 
 _CHOICES = {
     "data.name": ("mnist", "fashion-mnist", "fer2013", "folder"),
-    "data.resize_method": ("stretch", "shorter-side-center-crop"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest", "area"),
+    "data.resize_method": RESIZE_METHODS,
+    "data.interpolation": INTERPOLATIONS,
     "data.crop": ("random", "resized", "none"),
     "data.normalization": ("fit", "imagenet"),
     "data.whitening": ("none", "pca", "zca"),

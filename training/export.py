@@ -16,9 +16,7 @@ written first, ``model.json`` last and atomically.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
 import subprocess
 import tempfile
@@ -32,12 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from pydantic import ValidationError
 
+from service.model_format import ClassifierCard, describe, write_card
 from training.assets import sha256_of
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 OPSET = 17
 TOLERANCE = 1e-4
 EXPORTER = "convserve.training.export"
@@ -97,19 +96,9 @@ class ExportSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise :class:`ExportError` if a field breaks docs/model-format.md."""
-        if not NAME_PATTERN.match(self.name):
-            raise ExportError(f"model name {self.name!r} must match {NAME_PATTERN.pattern} "
-                              "(lower-case letters, digits and '-')")
-        if not isinstance(self.version, int) or self.version < 1:
-            raise ExportError(f"version must be a positive integer, got {self.version!r}")
-        if self.channels not in (1, 3):
-            raise ExportError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ExportError(f"labels must be at least two distinct names, got {self.labels}")
-        mixed = set(self.metrics) - {"measured", "reported"}
-        if mixed:
-            raise ExportError(f"metrics keys must be 'measured' and/or 'reported', got {mixed}")
+        """Raise :class:`ExportError` if a field breaks the model format
+        (:mod:`service.model_format`, docs/model-format.md)."""
+        card(self, onnx_sha256="0" * 64, export_check=None)
 
 
 def git_commit() -> str | None:
@@ -238,15 +227,21 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
         worst = check_parity(onnx_path, wrapper, images, tolerance)
         logger.info("%s v%d: ORT vs PyTorch max abs diff %.3g on %d images", spec.name,
                     spec.version, worst, len(images))
-        meta = model_json(spec, sha256_of(onnx_path), worst, len(images), opset, tolerance)
+        meta = card(spec, sha256_of(onnx_path), {
+            "opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": worst,
+            "images": len(images), "tolerance": tolerance})
         _publish(onnx_path, meta, target)
     return target
 
 
-def model_json(spec: ExportSpec, onnx_sha256: str, parity: float, images: int, opset: int,
-               tolerance: float) -> dict[str, Any]:
-    """The ``model.json`` document (docs/model-format.md)."""
-    return {
+def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None,
+         ) -> ClassifierCard:
+    """The validated ``model.json`` of an export (:class:`service.model_format.ClassifierCard`).
+
+    Raises:
+        ExportError: a field breaks the format; the message names it.
+    """
+    document = {
         "name": spec.name, "version": spec.version, "task": spec.task,
         "labels": list(spec.labels),
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": spec.height,
@@ -259,24 +254,25 @@ def model_json(spec: ExportSpec, onnx_sha256: str, parity: float, images: int, o
             "git_commit": git_commit(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "exporter": EXPORTER,
-            "export_check": {"opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": parity,
-                             "images": images, "tolerance": tolerance},
+            **({"export_check": export_check} if export_check else {}),
         },
         **spec.extra,
         "onnx_sha256": onnx_sha256,
     }
+    try:
+        return ClassifierCard.model_validate(document)
+    except ValidationError as error:
+        raise ExportError(f"model.json of {spec.name!r}: {describe(error)}") from None
 
 
-def _publish(onnx_path: Path, meta: dict[str, Any], target: Path) -> None:
+def _publish(onnx_path: Path, meta: ClassifierCard, target: Path) -> None:
     """model.onnx first, then model.json atomically (a reader never sees half a model)."""
     target.mkdir(parents=True, exist_ok=True)
     (target / "model.json").unlink(missing_ok=True)
     partial = target / "model.onnx.tmp"
     shutil.copyfile(onnx_path, partial)
     partial.replace(target / "model.onnx")
-    partial = target / "model.json.tmp"
-    partial.write_text(json.dumps(meta, indent=1) + "\n")
-    partial.replace(target / "model.json")
+    write_card(meta, target)
     logger.info("wrote %s", target)
 
 

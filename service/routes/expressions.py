@@ -27,6 +27,7 @@ from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, S
 from service.errors import UnsupportedTask
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
+from service.model_format import ClassifierCard, DetectorCard
 from service.pipeline import read_uploads
 from service.repository import DETECTOR_TASK, ModelVersion
 from service.runtime import Session
@@ -101,10 +102,12 @@ class CropSpec:
     align: bool = True  # turn the face so that the eyes are level
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> CropSpec:
-        crop = meta.get("face_crop") or {}
-        return cls(margin=float(crop.get("margin", DEFAULT_MARGIN)),
-                   align=bool(crop.get("align", True)))
+    def from_card(cls, card: ClassifierCard | DetectorCard) -> CropSpec:
+        crop = card.face_crop if isinstance(card, ClassifierCard) else None
+        if crop is None:
+            return cls()
+        return cls(margin=DEFAULT_MARGIN if crop.margin is None else crop.margin,
+                   align=crop.align)
 
 
 def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
@@ -178,7 +181,7 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
     result = await loop.run_in_executor(
         pool, analyse, upload.data, settings.max_image_pixels, graphs,
         DetectorConfig(min_face_size=min_face_size), classifier.input,
-        CropSpec.from_meta(classifier.meta), max_faces)
+        CropSpec.from_card(classifier.card), max_faces)
     labels = (classifier.name, str(classifier.version))
     metrics.decode.labels(*labels).observe(result.decode_s)
     metrics.preprocess.labels(*labels).observe(result.crop_s)

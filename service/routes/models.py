@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from service.deps import RepositoryDep
 from service.repository import ModelVersion
@@ -14,17 +17,21 @@ router = APIRouter(prefix="/v1/models", tags=["models"],
 
 def describe(version: ModelVersion) -> VersionInfo:
     """The public description of one loaded version."""
-    meta = version.meta
+    card = version.card
     labels = version.labels
     return VersionInfo(
         name=version.name, version=version.version, task=version.task, labels=labels,
-        num_classes=len(labels), input=dict(meta.get("input") or {}),
-        output=dict(meta.get("output") or {}), metrics=dict(meta.get("metrics") or {}),
+        num_classes=len(labels), input=_dump(card.input),
+        output=_dump(card.output), metrics=_dump(card.metrics),
         provider=version.providers[0], providers=version.providers,
         load_seconds=round(version.load_seconds, 4),
         max_batch_size=version.max_batch,
         batch_costs_ms={str(size): ms for size, ms in version.batch_costs.items()},
         files={key: session.path.name for key, session in version.sessions.items()})
+
+
+def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return part.model_dump(mode="json", exclude_unset=True) if isinstance(part, BaseModel) else part
 
 
 def _model_info(versions: list[ModelVersion]) -> ModelInfo:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from service.app import reload_models
+from service.deps import ReloadDep, RepositoryDep
 from service.schemas import ReloadResponse
 
 router = APIRouter(prefix="/v1/repository", tags=["repository"])
 
 
 @router.post("/reload", response_model=ReloadResponse, summary="Rescan the models directory")
-async def reload_repository(request: Request) -> ReloadResponse:
-    result = await reload_models(request.app)
+async def reload_repository(reload: ReloadDep, repository: RepositoryDep) -> ReloadResponse:
+    result = await reload()
     return ReloadResponse(
         added=[v.key for v in result.added], removed=[v.key for v in result.removed],
-        failed=result.failed, models=[v.key for v in request.app.state.repository.all_versions()])
+        failed=result.failed, models=[v.key for v in repository.all_versions()])

@@ -153,7 +153,7 @@ def test_stretch(chelsea: Image.Image, interpolation: str) -> None:
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ({"height": 8, "width": 8, "channels": 4}, "channels must be 1 or 3"),
+    ({"height": 8, "width": 8, "channels": 4}, "input.channels: Input should be 1 or 3"),
     ({"height": 8, "width": 8, "resize": {"method": "squash"}}, "resize.method"),
     ({"height": 8, "width": 8, "resize": {"interpolation": "lanczos9"}}, "interpolation"),
     ({"height": 8, "width": 8, "resize": {"method": "shorter-side-center-crop"}},

@@ -1,0 +1,353 @@
+"""The model repository format: one pydantic definition of ``models/<name>/<version>/model.json``.
+
+``training/export.py`` builds a :data:`ModelCard` and writes it with :func:`write_card`;
+``service/repository.py`` reads it with :func:`load_card`, which validates it and names the file
+and the field to fix. This module needs pydantic only (no torch, no ONNX Runtime), so the
+serving install and the training code share it. docs/model-format.md's field tables are
+generated from these classes (:func:`markdown_tables`) and a test keeps them in step.
+
+Every object accepts fields it does not know (``extra="allow"``: an exporter may record more,
+e.g. ``sanity`` or ``training``, and a later version may add optional fields) but validates every
+field it defines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+NAME_RE = re.compile(NAME_PATTERN)
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+RESIZE_METHODS = ("stretch", "shorter-side-center-crop")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+CLASSIFIER_TASKS = ("classification", "expression")
+DETECTOR_TASK = "face-detection"
+CARD_FILE = "model.json"
+
+ResizeMethod = Literal["stretch", "shorter-side-center-crop"]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
+
+
+def _check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(f"model names are lower-case letters, digits and '-', at most 64 "
+                         f"(regex {NAME_PATTERN})")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_check_name),
+                      Field(description="lower-case letters, digits and '-'")]
+
+
+class ModelFormatError(ValueError):
+    """``model.json`` breaks the format; the message names the file and each bad field."""
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Resize(_Part):
+    """How the service turns a decoded image into ``height x width``."""
+
+    method: ResizeMethod = Field(
+        default="stretch", description="stretch: to exactly width x height; "
+        "shorter-side-center-crop: shorter side to shorter_side, then a centre crop")
+    shorter_side: int | None = Field(default=None, gt=0,
+                                     description="required for shorter-side-center-crop")
+    interpolation: Interpolation = Field(default="bilinear", description="resampling filter")
+
+    @model_validator(mode="after")
+    def _crop_needs_side(self) -> Resize:
+        if self.method == "shorter-side-center-crop" and self.shorter_side is None:
+            raise ValueError("shorter_side is required for shorter-side-center-crop")
+        return self
+
+
+class ImageInput(_Part):
+    """The graph's one input: uint8 ``[N, height, width, channels]`` pixels."""
+
+    name: str = Field(default="image", description="ONNX input name")
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3] = Field(default=3, description="1 grey, 3 RGB")
+    resize: Resize = Field(default_factory=lambda: Resize())
+
+
+class Output(_Part):
+    """The graph's output: float32 ``[N, len(labels)]`` softmax probabilities."""
+
+    name: str = Field(default="probabilities", description="ONNX output name")
+    dtype: Literal["float32"] = "float32"
+
+
+class Preprocessing(_Part):
+    """Informative: what the graph does to [0, 1] pixels (it is inside the graph already)."""
+
+    scale: float = Field(default=1 / 255, description="uint8 -> [0, 1]")
+    mean: list[float] | None = Field(default=None, description="per channel, on [0, 1] pixels")
+    std: list[float] | None = Field(default=None, description="per channel, on [0, 1] pixels")
+    whitening: Literal["pca", "zca"] | None = None
+    source: str | None = Field(default=None, description="where these statistics come from")
+
+
+class Measured(_Part):
+    """Measured by convserve on a held-out split."""
+
+    dataset: str
+    split: str
+    images: int = Field(gt=0)
+    top1: float = Field(ge=0, le=1)
+    top5: float | None = Field(default=None, ge=0, le=1)
+
+
+class Reported(_Part):
+    """Reported by the weights' authors (not measured here)."""
+
+    dataset: str
+    top1: float = Field(ge=0, le=1)
+    source: str | None = None
+
+
+class Metrics(BaseModel):
+    """``measured`` and/or ``reported``, never mixed."""
+
+    model_config = ConfigDict(extra="forbid")
+    measured: Measured | None = None
+    reported: Reported | None = None
+
+
+class SourceWeights(_Part):
+    """One reused weight file, from a registry package, pinned by sha256."""
+
+    package: str
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ExportCheck(_Part):
+    """The exporter's ONNX Runtime vs PyTorch check."""
+
+    opset: int = Field(ge=17)
+    onnxruntime_vs_pytorch_max_abs_diff: float = Field(ge=0)
+    images: int = Field(gt=0)
+    tolerance: float = Field(gt=0)
+
+
+class Provenance(_Part):
+    """Where the model came from."""
+
+    source_weights: list[SourceWeights] = Field(default_factory=list)
+    config: dict[str, Any] | None = Field(default=None, description="resolved training config")
+    git_commit: str | None = None
+    created: str | None = Field(default=None, description="UTC, ISO 8601")
+    exporter: str | None = None
+    export_check: ExportCheck | None = None
+
+
+class FaceCrop(_Part):
+    """How an expression model wants its faces cut (``service/faces.py``)."""
+
+    detector: str | None = Field(default=None,
+                                 description="the face detector it was checked with")
+    margin: float | None = Field(default=None, ge=0, le=1,
+                                 description="per side, fraction of the box")
+    align: bool = Field(default=True, description="turn the face so the eyes are level")
+
+
+class _Card(_Part):
+    name: ModelName
+    version: int = Field(gt=0)
+    labels: list[str] = Field(min_length=1, description="class names in output order")
+    files: dict[str, str] | None = Field(
+        None, description="graphs of a multi-graph model: key -> file in the version directory")
+    preprocessing: Preprocessing | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    provenance: Provenance | None = None
+    onnx_sha256: str | dict[str, str] | None = Field(
+        None, description="sha256 of model.onnx (multi-graph: of each file in files)")
+
+    @model_validator(mode="after")
+    def _distinct_labels(self) -> _Card:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be distinct")
+        return self
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """Session key -> graph file: ``{"model": "model.onnx"}`` unless ``files`` says more."""
+        return dict(self.files) if self.files else {"model": "model.onnx"}
+
+
+class ClassifierCard(_Card):
+    """A whole-image classifier (``classification``) or a face classifier (``expression``)."""
+
+    task: Literal["classification", "expression"] = "classification"
+    labels: list[str] = Field(min_length=2, description="class names in output order")
+    input: ImageInput
+    output: Output = Field(default_factory=lambda: Output())
+    face_crop: FaceCrop | None = Field(default=None,
+                                       description="expression models: how faces are cut")
+
+
+class DetectorInput(_Part):
+    """A detector's input as its code (``service/faces.py``) expects it; free-form beyond this."""
+
+    name: str = "image"
+    dtype: str = "float32"
+
+
+class DetectorCard(_Card):
+    """A face detector: one or more graphs run by ``service/faces.py``, never classified."""
+
+    task: Literal["face-detection"]
+    input: DetectorInput = Field(default_factory=DetectorInput)
+    output: dict[str, Any] = Field(default_factory=dict)
+    detector: dict[str, Any] | None = Field(default=None,
+                                            description="algorithm and its parameters")
+
+
+def _kind(value: Any) -> str:
+    task = value.get("task") if isinstance(value, dict) else getattr(value, "task", None)
+    return "detector" if task == DETECTOR_TASK else "classifier"
+
+
+ModelCard = Annotated[Annotated[ClassifierCard, Tag("classifier")]
+                      | Annotated[DetectorCard, Tag("detector")], Discriminator(_kind)]
+_CARD = TypeAdapter[ClassifierCard | DetectorCard](ModelCard)
+
+
+def describe(error: ValidationError, prefix: str = "", skip: int = 0) -> str:
+    """Each error of ``error`` as ``field.path: what is wrong (got value)``, joined by ``; ``.
+
+    Args:
+        error: From validating a model card or a part of one.
+        prefix: Put before each field path (e.g. ``input.`` for an ``ImageInput``).
+        skip: Leading path items to drop (the union tag of a :data:`ModelCard`).
+    """
+    lines = []
+    for item in error.errors():
+        where = prefix + ".".join(str(p) for p in item["loc"][skip:]) or "(top level)"
+        got = item.get("input")
+        shown = "" if item["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}{shown}")
+    return "; ".join(lines)
+
+
+def parse_card(data: Any, source: str = CARD_FILE) -> ClassifierCard | DetectorCard:
+    """Validate a decoded ``model.json``.
+
+    Raises:
+        ModelFormatError: naming ``source`` and every bad field.
+    """
+    try:
+        return _CARD.validate_python(data)
+    except ValidationError as error:
+        raise ModelFormatError(f"{source}: {describe(error, skip=1)} (see docs/model-format.md)"
+                               ) from None
+
+
+def load_card(path: Path) -> ClassifierCard | DetectorCard:
+    """Read and validate ``path`` (a ``model.json``).
+
+    Raises:
+        ModelFormatError: not JSON, or a field breaks the format (message names both).
+        OSError: unreadable.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelFormatError(f"{path}: not valid JSON ({error})") from None
+    return parse_card(data, str(path))
+
+
+def dump_card(card: ClassifierCard | DetectorCard) -> str:
+    """``card`` as ``model.json`` text: the fields it was built with, nothing added."""
+    return json.dumps(card.model_dump(mode="json", exclude_unset=True), indent=1) + "\n"
+
+
+def write_card(card: ClassifierCard | DetectorCard, directory: Path) -> Path:
+    """Write ``directory/model.json`` atomically (``.tmp`` then rename): a reader never sees
+    half a model, and the graph files must already be there."""
+    path = directory / CARD_FILE
+    partial = directory / (CARD_FILE + ".tmp")
+    partial.write_text(dump_card(card))
+    partial.replace(path)
+    return path
+
+
+def markdown_tables() -> str:
+    """One table of fields per object, for docs/model-format.md (kept in step by a test)."""
+    parts = []
+    for model in (ClassifierCard, DetectorCard, ImageInput, Resize, Output, Preprocessing,
+                  Metrics, Measured, Reported, Provenance, SourceWeights, ExportCheck, FaceCrop,
+                  DetectorInput):
+        rows = [f"### `{model.__name__}`", "", (model.__doc__ or "").strip().split("\n")[0], "",
+                "| field | type | required | description |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            kind = _type_name(info.annotation) + _constraints(info.metadata)
+            default = "yes" if info.is_required() else f"no (default `{_default(info)}`)"
+            rows.append(f"| `{name}` | {kind} | {default} | {info.description or ''} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace(f"{__name__}.", "")
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _constraints(metadata: list[Any]) -> str:
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >="}
+    found = [f"{sign} {getattr(item, key)}" for item in metadata
+             for key, sign in signs.items() if getattr(item, key, None) is not None]
+    return f" ({', '.join(found)})" if found else ""
+
+
+def _default(info: Any) -> str:
+    if info.default_factory is not None:
+        return json.dumps(info.default_factory().model_dump()
+                          if hasattr(info.default_factory(), "model_dump")
+                          else info.default_factory())
+    return json.dumps(info.default)
+
+
+BEGIN_MARK = "<!-- fields: generated by `python -m service.model_format --write`; do not edit -->"
+END_MARK = "<!-- end of generated fields -->"
+
+
+def update_doc(path: Path) -> bool:
+    """Replace the generated tables in ``path`` (between the marks); True if it changed."""
+    text = path.read_text()
+    head, rest = text.split(BEGIN_MARK, 1)
+    _, tail = rest.split(END_MARK, 1)
+    new = f"{head}{BEGIN_MARK}\n\n{markdown_tables()}\n{END_MARK}{tail}"
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        update_doc(Path(__file__).resolve().parents[1] / "docs" / "model-format.md")
+    else:
+        sys.stdout.write(markdown_tables())
