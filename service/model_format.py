@@ -38,6 +38,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 CLASSIFIER_TASKS = ("classification", "expression")
 DETECTOR_TASK = "face-detection"
 CARD_FILE = "model.json"
+SERVING_FILE = "serving.json"
 
 ResizeMethod = Literal["stretch", "shorter-side-center-crop"]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -224,6 +225,33 @@ class DetectorCard(_Card):
                                             description="algorithm and its parameters")
 
 
+class ServingHints(_Part):
+    """``serving.json`` beside ``model.json`` (optional): measured once on a serving machine by
+    ``python -m service.batch_sizes --write``, not by the exporter, and read at every load."""
+
+    cpu_max_batch_size: int = Field(gt=0, description="on a CPU, images per ONNX Runtime run at "
+                                    "most (capped by CONVSERVE_MAX_BATCH_SIZE)")
+    cpu_batch_costs_ms: dict[int, float] = Field(
+        default_factory=dict, description="ms of ONNX Runtime per image by batch size, measured")
+    measured: dict[str, Any] | None = Field(default=None,
+                                            description="when, where and with what command")
+
+
+def load_serving_hints(directory: Path) -> ServingHints | None:
+    """``directory/serving.json`` validated, or None when there is none.
+
+    Raises:
+        ModelFormatError: naming the file and each bad field.
+    """
+    path = directory / SERVING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ServingHints.model_validate_json(path.read_text())
+    except ValidationError as error:
+        raise ModelFormatError(f"{path}: {describe(error)}") from None
+
+
 def _kind(value: Any) -> str:
     task = value.get("task") if isinstance(value, dict) else getattr(value, "task", None)
     return "detector" if task == DETECTOR_TASK else "classifier"
@@ -298,7 +326,7 @@ def markdown_tables() -> str:
     parts = []
     for model in (ClassifierCard, DetectorCard, ImageInput, Resize, Output, Preprocessing,
                   Metrics, Measured, Reported, Provenance, SourceWeights, ExportCheck, FaceCrop,
-                  DetectorInput):
+                  DetectorInput, ServingHints):
         rows = [f"### `{model.__name__}`", "", (model.__doc__ or "").strip().split("\n")[0], "",
                 "| field | type | required | description |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():

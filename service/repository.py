@@ -33,6 +33,7 @@ from service.model_format import (
     ClassifierCard,
     DetectorCard,
     load_card,
+    load_serving_hints,
 )
 from service.runtime import Session, create_session, padded_batch_sizes, warn_missing_providers
 from service.settings import Settings
@@ -58,8 +59,8 @@ class ModelVersion:
     batch_sizes: tuple[int, ...] = ()  # on a GPU, batches are padded up to one of these, each
     # run by a session of its own (``Session.with_batch_sessions``): a few shapes, none changing
     max_batch: int | None = None  # classifiers: max_batch_size, or on a CPU the batch size with
-    # the cheapest image (measured at load)
-    batch_costs: dict[int, float] = field(default_factory=dict)  # ms per image, by batch size
+    # the cheapest image as serving.json says (service/batch_sizes.py)
+    batch_costs: dict[int, float] = field(default_factory=dict)  # serving.json: ms per image
 
     @property
     def key(self) -> str:
@@ -166,49 +167,17 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
         stamp=stamp, input_name=card.input.name,
         output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
         batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
+    # Whole-image classifiers on the CPU: the size with the cheapest image, measured once and
+    # stored in serving.json (service/batch_sizes.py). An expression model keeps max_batch_size:
+    # a photo's faces go through one run.
+    hints = load_serving_hints(path)
+    if hints and card.task == "classification" and spec is not None and not batch_sizes:
+        loaded.batch_costs = dict(hints.cpu_batch_costs_ms)
+        loaded.max_batch = min(settings.max_batch_size, hints.cpu_max_batch_size)
     if settings.warmup:
         _warm_up(loaded)
-        # Whole-image classifiers on the CPU: the size with the cheapest image. (An expression
-        # model keeps max_batch_size: a photo's faces go through one run.)
-        if card.task == "classification" and spec is not None and not loaded.batch_sizes:
-            loaded.batch_costs = measure_batch_costs(loaded, settings.max_batch_size)
-            loaded.max_batch = cheapest_batch(loaded.batch_costs)
     loaded.load_seconds = time.perf_counter() - start
     return loaded
-
-
-def measure_batch_costs(version: ModelVersion, max_batch_size: int, runs: int = 3,
-                        ) -> dict[int, float]:
-    """Milliseconds of ONNX Runtime per image at each of 1, 2, 4, ... ``max_batch_size`` (the
-    best of ``runs`` runs on zeros, after one untimed run), on the session the batcher uses.
-
-    On a CPU a bigger batch is not always cheaper per image: MobileNetV2 and EfficientNet-Lite0
-    cost more at 4 than at 1-2 (activations spill the L2 cache), ResNet-18 less (its weights
-    are read once per run)."""
-    costs = {}
-    for size in padded_batch_sizes(max_batch_size):
-        feed = {version.input_name: version.zeros(size)}
-        version.session.run(feed, [version.output_name], alone=False)
-        best = float("inf")
-        for _ in range(runs):
-            start = time.perf_counter()
-            version.session.run(feed, [version.output_name], alone=False)
-            best = min(best, time.perf_counter() - start)
-        costs[size] = best * 1000 / size
-    return costs
-
-
-# The batcher's own CPU per run beyond ONNX Runtime (thread hand-offs, stacking, posting the
-# results): ~23 us on the 2-core development machine, measured with a model that does nothing.
-RUN_OVERHEAD_MS = 0.025
-
-
-def cheapest_batch(costs: dict[int, float], overhead_ms: float = RUN_OVERHEAD_MS) -> int:
-    """The batch size with the cheapest image, counting the batcher's overhead per run (on a
-    tie, the larger). No margin for the larger sizes: under load they cost more than alone
-    (decoding shares the caches): MobileNetV2's service CPU per request is ~3% higher at 4 than
-    at 1-2 (6.14-6.35 ms against 6.01-6.08)."""
-    return min(costs, key=lambda size: (costs[size] + overhead_ms / size, -size))
 
 
 def _warm_up(loaded: ModelVersion) -> None:

@@ -39,9 +39,11 @@ class VersionInfo(BaseModel):
     load_seconds: float
     max_batch_size: int | None = Field(
         description="images per ONNX Runtime run at most: CONVSERVE_MAX_BATCH_SIZE, or on a CPU "
-                    "the size with the cheapest image, measured at load (null: not batched)")
+                    "the size with the cheapest image as the version's serving.json says "
+                    "(measured once by python -m service.batch_sizes; null: not batched)")
     batch_costs_ms: dict[str, float] = Field(
-        default_factory=dict, description="on a CPU: ms of ONNX Runtime per image by batch size")
+        default_factory=dict, description="on a CPU: serving.json's ms of ONNX Runtime per "
+                                          "image by batch size")
     files: dict[str, str] = Field(default_factory=dict, description="graphs of multi-file models")
 
 

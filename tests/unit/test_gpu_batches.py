@@ -5,6 +5,8 @@ and the CUDA provider's options."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.batch_sizes import cheapest_batch, main, measure
 from service.errors import SettingsError
-from service.repository import ModelVersion, _load_version, cheapest_batch, gpu_batch_sizes
+from service.model_format import SERVING_FILE
+from service.repository import ModelVersion, _load_version, gpu_batch_sizes
 from service.runtime import padded_batch_sizes, provider_options
 from service.settings import load_settings
 
@@ -169,12 +173,26 @@ def test_cheapest_batch(costs: dict[int, float], chosen: int) -> None:
     assert cheapest_batch(costs) == chosen
 
 
-def test_on_the_cpu_the_batch_size_is_measured_at_load(tiny_models: Path) -> None:
-    version = _tiny(tiny_models)  # max_batch_size 4
-    assert sorted(version.batch_costs) == [1, 2, 4]
-    assert all(cost > 0 for cost in version.batch_costs.values())
-    assert version.max_batch == cheapest_batch(version.batch_costs)
-    settings = load_settings(models_dir=tiny_models, providers="CPU", max_batch_size=4,
-                             warmup=False)
-    unmeasured = _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
-    assert (unmeasured.max_batch, unmeasured.batch_costs) == (4, {})
+def test_the_cpu_batch_size_is_measured_once_and_read_at_every_load(
+        tiny_models: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "tiny-rgb", models / "tiny-rgb")
+    settings = load_settings(models_dir=models, providers="CPU", max_batch_size=4)
+    directory = models / "tiny-rgb" / "1"
+    unmeasured = _load_version("tiny-rgb", 1, directory, settings)
+    assert (unmeasured.max_batch, unmeasured.batch_costs) == (4, {})  # no serving.json
+    hints = measure(unmeasured, 4, rounds=3)
+    assert sorted(hints.cpu_batch_costs_ms) == [1, 2, 4]
+    assert all(cost > 0 for cost in hints.cpu_batch_costs_ms.values())
+    assert hints.cpu_max_batch_size == cheapest_batch(hints.cpu_batch_costs_ms)
+    assert main(["--models", str(models), "--only", "tiny-rgb", "--write"]) == 0
+    written = json.loads((directory / SERVING_FILE).read_text())
+    loads = [_load_version("tiny-rgb", 1, directory, settings) for _ in range(3)]
+    assert {v.max_batch for v in loads} == {written["cpu_max_batch_size"]}  # the same each load
+    (directory / SERVING_FILE).write_text(json.dumps({"cpu_max_batch_size": 3}))
+    capped = load_settings(models_dir=models, providers="CPU", max_batch_size=2)
+    assert _load_version("tiny-rgb", 1, directory, capped).max_batch == 2  # the setting caps it
+    (directory / SERVING_FILE).write_text(json.dumps({"cpu_max_batch_size": 0}))
+    with pytest.raises(ValueError, match=r"serving.json: cpu_max_batch_size: Input should be "
+                                         r"greater than 0"):
+        _load_version("tiny-rgb", 1, directory, settings)
