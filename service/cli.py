@@ -36,7 +36,7 @@ def configure_logging(level: str, background: bool = False) -> Callable[[], None
         level: the root logger's level, e.g. ``info``.
         background: write records to stderr from a thread (``serve``): the event loop only
             queues them. A write releases the GIL, and taking it back from the decode and
-            inference threads cost the loop ~0.4 ms per request under load.
+            inference threads costs the loop time under load (figure: docs/service-architecture.md).
 
     Returns:
         A function that writes what is queued and goes back to direct writes (call it before

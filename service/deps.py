@@ -56,7 +56,7 @@ async def get_reload(request: Request) -> Callable[[], Awaitable[ScanResult]]:
 @dataclass(frozen=True)
 class Serving:
     """Everything a model-serving route needs, in one dependency (each FastAPI dependency costs
-    ~50 us per request to resolve)."""
+    CPU per request to resolve; docs/service-architecture.md)."""
 
     settings: Settings
     repository: ModelRepository

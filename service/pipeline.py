@@ -129,8 +129,8 @@ def _decode_inline(data: bytes) -> bool:
     """Whether to decode on the event loop rather than in the pool: one small JPEG, 1-2 cores.
 
     Its cost is bounded (entropy decoding follows the byte count; draft mode scales big pictures
-    down while decoding), a few ms at most, and skipping the two thread hand-offs (and a fourth
-    busy thread on the cores) measured +7-9% requests/s at 32 clients on 2 cores. Everything
+    down while decoding), and skipping the two thread hand-offs (and a fourth busy thread on the
+    cores) raised requests/s at 32 clients on 2 cores (docs/service-architecture.md). Everything
     else, whose decoding time the byte count does not bound (PNG...), goes to the pool.
     """
     return len(data) <= INLINE_JPEG_BYTES and data[:3] == b"\xff\xd8\xff"

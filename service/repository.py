@@ -108,8 +108,8 @@ class ModelVersion:
 
     def warm_up_thread(self) -> None:
         """Run each of ``batch_sizes`` once on the calling thread (an inference thread, before
-        its first batch): each size's session picks its kernels on its first run (0.2-1.4 s on
-        an H200), and ONNX Runtime's CUDA provider keeps per-thread state (its cuDNN and cuBLAS
+        its first batch): each size's session picks its kernels on its first run (up to seconds
+        on a GPU), and ONNX Runtime's CUDA provider keeps per-thread state (its cuDNN and cuBLAS
         handles), stalls that would otherwise hit the first requests. Nothing to do on a CPU
         (``batch_sizes`` is empty)."""
         if self.input is None:

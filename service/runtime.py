@@ -1,8 +1,25 @@
 """ONNX Runtime sessions: options from the settings, and the providers actually in use.
 
-ONNX Runtime silently falls back from a GPU provider to the CPU when the GPU's libraries do not
-load. :func:`create_session` compares what was asked with what runs and logs a warning naming the
-provider that did not load, so an operator can see it (``GET /v1/models`` shows it too).
+This module is the one place that works around ONNX Runtime; nothing else in ``service/``
+imports ``onnxruntime`` (but ``settings.py``, for the list of provider names). Each workaround,
+and the measurement it rests on in docs/service-architecture.md:
+
+* **Provider fallback.** ONNX Runtime silently falls back from a GPU provider to the CPU when
+  the GPU's libraries do not load. :func:`create_session` compares what was asked with what
+  runs; :func:`warn_missing_providers` logs one warning naming the provider, and
+  :func:`provider_load_error` finds the missing library by loading the provider's shared object
+  with ``ctypes`` (ORT's own message does not name it). A provider that failed is not asked for
+  again in this process (``_UNLOADABLE``).
+* **The global logger switch.** While a session may fail to load a provider, ORT's process-wide
+  default logger is set to fatal-only (:func:`_quiet_provider_errors`), then back to warnings:
+  ORT would log two lines per session otherwise.
+* **Solo sessions** (``Session.solo``, CPU only): a twin of each graph on every core for runs
+  with the machine to themselves; whole-image classifiers' solo sessions spin within a run and
+  stop when it returns (``session.force_spinning_stop``). Performance notes: "The solo session
+  spins within a run".
+* **Per-size GPU sessions** (``Session.with_batch_sessions``): off the CPU a session per padded
+  batch size, because the CUDA provider re-plans every convolution whenever a session's input
+  shape changes. Batching, "Off the CPU".
 """
 
 from __future__ import annotations
@@ -94,9 +111,8 @@ class Session:
         keeps this one), on the same providers.
 
         For GPUs: ONNX Runtime's CUDA provider re-plans every convolution whenever a session's
-        input shape differs from its previous run's. On an H200, MobileNetV2 alternating batch
-        sizes 1..32 on one session took 711 ms (of CPU) per run; with a session per size,
-        1.9 ms."""
+        input shape differs from its previous run's, which costs far more than the run itself
+        (figures and the command: docs/service-architecture.md, Batching)."""
         options = provider_options(list(self.providers), settings)
         extra = {size: ort.InferenceSession(str(self.path), session_options(settings),
                                             providers=options) for size in sizes[1:]}

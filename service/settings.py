@@ -66,11 +66,11 @@ class Settings(BaseSettings):
     # (a classifier's lone runs spin within the run regardless: runtime.create_session)
     cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
     # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
-    # all: 0.3-1.4 s per session and new batch size on an H200 (0.2-0.9 s heuristic)
+    # all, which makes each session's first run at a size slower (docs/service-architecture.md)
 
     # Batching
-    max_batch_size: int = Field(4, ge=1)  # images per ORT run at most: 1-4 on a CPU (each
-    # classifier is capped lower if a smaller batch measures cheaper at load), 32+ on a GPU
+    max_batch_size: int = Field(4, ge=1)  # images per ORT run at most: 1-4 on a CPU (a
+    # classifier's serving.json may cap it lower: service/batch_sizes.py), 32+ on a GPU
     max_queue_delay_ms: float = Field(0.0, ge=0)  # wait at most this long for a fuller batch
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded

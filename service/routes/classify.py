@@ -2,7 +2,8 @@
 
 The two routes are declared to FastAPI (OpenAPI docs, ``/docs``), and :class:`ClassifyShortcut`
 answers them before FastAPI's routing: a pure-ASGI step that skips routing, dependency injection
-and the exception middleware, ~60 us of CPU per request (scripts/bench_request_overhead.py).
+and the exception middleware, CPU saved on every request (docs/service-architecture.md gives the
+figure and the command, scripts/bench_request_overhead.py).
 Both call :func:`answer`, so they answer alike.
 """
 
