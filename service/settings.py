@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(256, gt=0)  # queued images per model version before 503
     retry_after_s: int = Field(1, gt=0)  # Retry-After sent with 503 overloaded
     decode_workers: int = Field(0, ge=0)  # image decoding threads; 0 = one per CPU core
+    cpus: int = Field(0, ge=0)  # cores this process may use; 0 = os.cpu_count(), which in a
+    # container counts the node's cores, not the pod's: Kubernetes sets it to the CPU request
 
     # Limits
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)  # request body; larger -> 413
@@ -126,14 +128,19 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def cores(self) -> int:
+        """CPU cores to size thread pools by: ``cpus``, or every core the machine has."""
+        return self.cpus or os.cpu_count() or 1
+
+    @property
     def intra_threads(self) -> int:
         """Threads inside one ORT run: ``intra_op_threads``, or the cores over the instances."""
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.instances)
+        return self.intra_op_threads or max(1, self.cores // self.instances)
 
     @property
     def decode_threads(self) -> int:
         """Threads for decoding: ``decode_workers`` or one per CPU core."""
-        return self.decode_workers or os.cpu_count() or 1
+        return self.decode_workers or self.cores
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -197,3 +197,19 @@ def test_run_picks_the_solo_session_only_for_a_lone_run(tiny_models: Path) -> No
     with both.in_flight:  # another run in flight: shared
         both.run(feed)
     assert used == ["solo", "shared", "solo", "shared"]
+
+
+def test_cpus_sizes_the_threads_and_the_solo_session(tiny_models: Path) -> None:
+    """In a pod ``os.cpu_count()`` is the node's: ``CONVSERVE_CPUS`` (the CPU request) wins."""
+    from service.runtime import create_session
+
+    settings = Settings(models_dir=tiny_models, providers="CPU", cpus=3, instances=3)
+    assert (settings.cores, settings.intra_threads, settings.decode_threads) == (3, 1, 3)
+    assert Settings(models_dir=tiny_models, cpus=3, decode_workers=5).decode_threads == 5
+    session = create_session(tiny_models / "tiny-rgb" / "1" / "model.onnx", settings)
+    assert session.inner.get_session_options().intra_op_num_threads == 1
+    assert session.solo is not None
+    assert session.solo.get_session_options().intra_op_num_threads == 3
+    alone = create_session(tiny_models / "tiny-rgb" / "1" / "model.onnx",
+                           Settings(models_dir=tiny_models, providers="CPU", cpus=1))
+    assert alone.solo is None  # one core: the instances' sessions already have it
