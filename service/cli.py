@@ -20,6 +20,7 @@ from pathlib import Path
 
 from service.errors import SettingsError
 
+DESCRIPTION = "convserve: serve the models over HTTP, or classify image files from the shell."
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
@@ -122,7 +123,7 @@ def _load_commands() -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     _load_commands()
-    parser = argparse.ArgumentParser(prog="convserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="convserve", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text, description=help_text))
