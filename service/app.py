@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The application. ``settings`` default to :func:`load_settings` (the environment)."""
     settings = settings or load_settings()
     app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan,
-                  description="CNN image classification served by ONNX Runtime")
+                  description="CNN image classification served by ONNX Runtime",
+                  docs_url=None, redoc_url=None)  # routes/docs.py: the same pages, offline
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.repository = ModelRepository(settings)

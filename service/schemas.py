@@ -47,7 +47,10 @@ class VersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    default_version: int = Field(description="the highest version, used when none is named")
+    default_version: int = Field(description="the version used when none is named: the one "
+                                             "models/<name>/default_version pins, else the newest")
+    pinned: bool = Field(description="true: models/<name>/default_version chose the default; "
+                                     "false: it is the newest version")
     versions: list[VersionInfo] = Field(description="newest first")
 
 
