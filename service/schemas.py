@@ -20,7 +20,8 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="'alive' or 'ready'")
-    models: list[str] = Field(default_factory=list, description="name/version of each model")
+    models: list[str] = Field(default_factory=list,
+                              description="name/version of each model loaded so far")
 
 
 class VersionInfo(BaseModel):
