@@ -167,6 +167,8 @@ MaxFaces = Annotated[int, Query(ge=1, le=1000, description="at most this many fa
 Detect = Annotated[bool, Query(description="false: the whole image is one face crop")]
 AnnotateFlag = Annotated[bool, Query(alias="annotate",
                                      description="answer the photo with labelled boxes")]
+Version = Annotated[int | None, Query(ge=1, description="version of the expression model "
+                                      "(default: its default version, GET /v1/models)")]
 
 
 @router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
@@ -175,8 +177,9 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
                       batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
                       min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
                       detect: Detect = True, annotate_flag: AnnotateFlag = False,
-                      model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR) -> Any:
-    classifier = _classifier(repository.get(model))  # both held for the whole request
+                      model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR,
+                      version: Version = None) -> Any:
+    classifier = _classifier(repository.get(model, version))  # both held for the request
     assert classifier.input is not None
     finder = repository.get(detector) if detect else None
     graphs = _detector(finder) if finder is not None else None
