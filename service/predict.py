@@ -42,7 +42,7 @@ class PredictError(Exception):
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files")
     parser.add_argument("--model", "-m", required=True, help="model name (GET /v1/models)")
-    parser.add_argument("--version", help="model version (default: the newest)")
+    parser.add_argument("--version", help="model version (default: the model's default version)")
     parser.add_argument("--url", help="a running service, e.g. http://localhost:8000 "
                                       "(default: run the model in this process)")
     parser.add_argument("--models", type=Path,
