@@ -243,3 +243,12 @@ def test_no_image_is_422(client: TestClient) -> None:
     response = client.post("/v1/expressions")
     assert response.status_code == 422
     assert "no image" in response.json()["error"]["message"]
+
+
+def test_a_version_of_the_expression_model_can_be_named(client: TestClient) -> None:
+    data = fetch("face-happy").read_bytes()
+    assert post(client, data, version=1)["model"] == "fer-minixception/1"
+    response = client.post("/v1/expressions", params={"version": 9}, content=data,
+                           headers={"content-type": "image/jpeg"})
+    assert response.status_code == 404
+    assert "has no version '9'" in response.json()["error"]["message"]
