@@ -113,7 +113,7 @@ def check_models(settings: Settings) -> None:
     """
     from service.repository import discover
 
-    if settings.allow_empty or discover(settings.models_dir):
+    if settings.allow_empty or discover(settings.models_dir, warn=False):
         return
     raise SettingsError(
         f"no models in {settings.models_dir.resolve()} (expected <name>/<version>/model.json "

@@ -237,8 +237,9 @@ def _batching(version: ModelVersion) -> str:
     return ""
 
 
-def discover(root: Path) -> dict[tuple[str, int], Path]:
-    """Complete version directories under ``root`` (those with a ``model.json``)."""
+def discover(root: Path, warn: bool = True) -> dict[tuple[str, int], Path]:
+    """Complete version directories under ``root`` (those with a ``model.json``); ``warn``:
+    log each directory skipped for its name."""
     found: dict[tuple[str, int], Path] = {}
     if not root.is_dir():
         return found
@@ -246,8 +247,9 @@ def discover(root: Path) -> dict[tuple[str, int], Path]:
         if not model_dir.is_dir() or model_dir.name.startswith("."):
             continue
         if not NAME_RE.match(model_dir.name):
-            logger.warning("skipping %s: model names are lower-case letters, digits and '-'",
-                           model_dir)
+            if warn:
+                logger.warning("skipping %s: model names are lower-case letters, digits and "
+                               "'-'", model_dir)
             continue
         for version_dir in model_dir.iterdir():
             if (version_dir.is_dir() and VERSION_RE.match(version_dir.name)

@@ -107,7 +107,7 @@ def test_port_in_use_fails_at_once_in_one_line(tiny_models: Path) -> None:
 
 def test_empty_models_dir_refused_unless_allowed(tmp_path: Path) -> None:
     empty = tmp_path / "models"
-    empty.mkdir()
+    (empty / "Not_A_Model").mkdir(parents=True)  # a wrong path holds other things
     code, output, _ = _start(empty, free_port())
     assert code == 2
     assert f"no models in {empty}" in output and "--allow-empty" in output
