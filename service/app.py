@@ -63,7 +63,15 @@ async def _initial_load(app: FastAPI) -> None:
         logger.error("not ready: %d model version(s) failed to load: %s", len(result.failed),
                      "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
     else:
-        logger.info("ready: %d model version(s) loaded", len(app.state.repository.all_versions()))
+        loaded = len(app.state.repository.all_versions())
+        settings: Settings = app.state.settings
+        if not loaded and not settings.allow_empty:
+            logger.warning("ready with NO models: %s holds no <name>/<version>/model.json; set "
+                           "CONVSERVE_MODELS_DIR to the right directory, or "
+                           "CONVSERVE_ALLOW_EMPTY=true if none is intended",
+                           settings.models_dir.resolve())
+        else:
+            logger.info("ready: %d model version(s) loaded", loaded)
 
 
 async def _poll(app: FastAPI, interval: float) -> None:
@@ -115,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The application. ``settings`` default to :func:`load_settings` (the environment)."""
     settings = settings or load_settings()
     app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan,
-                  description="CNN image classification served by ONNX Runtime")
+                  description="CNN image classification served by ONNX Runtime",
+                  docs_url=None, redoc_url=None)  # routes/docs.py: the same pages, offline
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.repository = ModelRepository(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import logging
 import logging.handlers
 import queue
@@ -16,9 +17,14 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import SettingsError
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+DESCRIPTION = "convserve: serve the models over HTTP, or classify image files from the shell."
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
@@ -70,6 +76,46 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="TCP port (CONVSERVE_PORT, default 8000)")
     parser.add_argument("--models", type=Path,
                         help="models directory (CONVSERVE_MODELS_DIR, default ./models)")
+    parser.add_argument("--allow-empty", action="store_true", default=None,
+                        help="start even if the models directory holds no model yet "
+                             "(CONVSERVE_ALLOW_EMPTY)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, before any model loads, if ``host:port`` cannot be bound (binding as uvicorn
+    does, with SO_REUSEADDR, then letting go).
+
+    Raises:
+        SettingsError: naming the port and how to choose another.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = (" (another process is listening there, perhaps another convserve)"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise SettingsError(f"cannot listen on {host}:{port}: {reason}{hint}; choose another "
+                            "port with --port (or CONVSERVE_PORT), or --host") from None
+
+
+def check_models(settings: Settings) -> None:
+    """Refuse an empty models directory (most likely a wrong path) unless it is intended.
+
+    Raises:
+        SettingsError: naming the directory and the two ways out.
+    """
+    from service.repository import discover
+
+    if settings.allow_empty or discover(settings.models_dir, warn=False):
+        return
+    raise SettingsError(
+        f"no models in {settings.models_dir.resolve()} (expected <name>/<version>/model.json "
+        "under it): pass --models DIR (or CONVSERVE_MODELS_DIR), or --allow-empty "
+        "(CONVSERVE_ALLOW_EMPTY=true) to start with none and add them later")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,9 +125,12 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
-                 (("host", args.host), ("port", args.port), ("models_dir", args.models))
+                 (("host", args.host), ("port", args.port), ("models_dir", args.models),
+                  ("allow_empty", args.allow_empty))
                  if value is not None}
     settings = load_settings(**overrides)
+    check_models(settings)
+    check_port(settings.host, settings.port)
     flush_logs = configure_logging(settings.log_level, background=True)
 
     class Server(uvicorn.Server):
@@ -122,7 +171,7 @@ def _load_commands() -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     _load_commands()
-    parser = argparse.ArgumentParser(prog="convserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="convserve", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text, description=help_text))

@@ -10,13 +10,14 @@ one object per file, as a JSON list.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class PredictError(Exception):
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files")
     parser.add_argument("--model", "-m", required=True, help="model name (GET /v1/models)")
-    parser.add_argument("--version", help="model version (default: the newest)")
+    parser.add_argument("--version", help="model version (default: the model's default version)")
     parser.add_argument("--url", help="a running service, e.g. http://localhost:8000 "
                                       "(default: run the model in this process)")
     parser.add_argument("--models", type=Path,
@@ -72,11 +73,12 @@ def _newest_meta(models_dir: Path, name: str) -> dict[str, Any]:
     return dict(json.loads(versions[-1][1].read_text()))
 
 
-@contextlib.contextmanager
-def local_client(models_dir: Path, name: str) -> Iterator[httpx.Client]:
-    """The service's app in this process, over ``name`` (and the face detector it needs)."""
-    from fastapi.testclient import TestClient
+@contextlib.asynccontextmanager
+async def local_client(models_dir: Path, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The service's app in this process, over ``name`` (and the face detector it needs).
 
+    Requests go straight to the ASGI app (``httpx.ASGITransport``), and its lifespan runs here,
+    so the models load and the batcher drains as under uvicorn."""
     from service.app import create_app
     from service.settings import load_settings
 
@@ -90,44 +92,53 @@ def local_client(models_dir: Path, name: str) -> Iterator[httpx.Client]:
                                    f"the face detector {DEFAULT_DETECTOR!r} beside them")
             (Path(tmp) / model).symlink_to((models_dir / model).resolve(), True)
         settings = load_settings(models_dir=Path(tmp))
-        with TestClient(create_app(settings), base_url="http://convserve") as client:
-            _wait_ready(client)
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://convserve") as client:
+            await _wait_ready(client)
             yield client
 
 
-def _wait_ready(client: httpx.Client) -> None:
+async def _wait_ready(client: httpx.AsyncClient) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
-        response = client.get("/readyz")
+        response = await client.get("/readyz")
         if response.status_code == 200:
             return
         if "failed" in _message(response) or time.monotonic() > deadline:
             raise PredictError(f"the model did not load: {_message(response)}")
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
 
 
-@contextlib.contextmanager
-def remote_client(url: str, api_key: str | None, timeout: float) -> Iterator[httpx.Client]:
+@contextlib.asynccontextmanager
+async def remote_client(url: str, api_key: str | None, timeout: float,
+                        ) -> AsyncIterator[httpx.AsyncClient]:
     """A client for the service at ``url``."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
+                                 timeout=timeout) as client:
         yield client
 
 
-def _task(client: httpx.Client, name: str, version: str | None) -> dict[str, Any]:
+async def _task(client: httpx.AsyncClient, name: str, version: str | None) -> dict[str, Any]:
     path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "")
     try:
-        response = client.get(path)
+        response = await client.get(path)
     except httpx.TransportError as exc:
         raise PredictError(f"cannot reach {client.base_url} ({exc}); is the service running? "
                            "Start it with `convserve serve` or leave out --url") from None
     if response.status_code != 200:
         raise PredictError(_message(response))
     info = response.json()
-    return dict(info["versions"][0] if "versions" in info else info)
+    if "versions" not in info:
+        return dict(info)
+    default = info.get("default_version")
+    return dict(next((v for v in info["versions"] if v["version"] == default),
+                     info["versions"][0]))
 
 
-def predict_file(client: httpx.Client, path: Path, name: str, version: str | None,
+async def predict_file(client: httpx.AsyncClient, path: Path, name: str, version: str | None,
                  task: str, top_k: int) -> dict[str, Any]:
     """The service's answer for one file, with ``path`` added.
 
@@ -140,10 +151,10 @@ def predict_file(client: httpx.Client, path: Path, name: str, version: str | Non
         raise PredictError(f"{path}: {exc.strerror or exc}") from None
     files = {"file": (path.name, data, "application/octet-stream")}
     if task == EXPRESSION_TASK:
-        response = client.post("/v1/expressions", files=files, params={"model": name})
+        response = await client.post("/v1/expressions", files=files, params={"model": name})
     else:
         route = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/classify"
-        response = client.post(route, files=files, params={"top_k": top_k})
+        response = await client.post(route, files=files, params={"top_k": top_k})
     if response.status_code != 200:
         raise PredictError(f"{path}: {_message(response)}")
     answer = response.json()
@@ -171,29 +182,36 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def _predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
+    """Every file's answer, and how many failed (each reported on stderr)."""
+    opened: contextlib.AbstractAsyncContextManager[httpx.AsyncClient]
+    if args.url:
+        opened = remote_client(args.url, args.api_key, args.timeout)
+    else:
+        models_dir = args.models or Path(os.environ.get("CONVSERVE_MODELS_DIR", "models"))
+        opened = local_client(models_dir, args.model)
+    results, failures = [], 0
+    async with opened as client:
+        info = await _task(client, args.model, args.version)
+        for path in args.paths:
+            try:
+                results.append(await predict_file(client, path, args.model, args.version,
+                                                   info["task"], args.top_k))
+            except PredictError as exc:
+                failures += 1
+                _say(f"convserve predict: {exc}", sys.stderr)
+                continue
+            if not args.json:
+                _say(format_result(results[-1]))
+    return results, failures
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         _say("convserve predict: --top-k must be at least 1", sys.stderr)
         return 2
     try:
-        if args.url:
-            opened = remote_client(args.url, args.api_key, args.timeout)
-        else:
-            models_dir = args.models or Path(os.environ.get("CONVSERVE_MODELS_DIR", "models"))
-            opened = local_client(models_dir, args.model)
-        with opened as client:
-            info = _task(client, args.model, args.version)
-            results, failures = [], 0
-            for path in args.paths:
-                try:
-                    results.append(predict_file(client, path, args.model, args.version,
-                                                info["task"], args.top_k))
-                except PredictError as exc:
-                    failures += 1
-                    _say(f"convserve predict: {exc}", sys.stderr)
-                    continue
-                if not args.json:
-                    _say(format_result(results[-1]))
+        results, failures = asyncio.run(_predict(args))
     except PredictError as exc:
         _say(f"convserve predict: {exc}", sys.stderr)
         return 2

@@ -40,6 +40,7 @@ from service.settings import Settings
 
 logger = logging.getLogger("convserve.repository")
 
+DEFAULT_FILE = "default_version"  # models/<name>/default_version: the version served by default
 
 
 @dataclass(eq=False)
@@ -202,8 +203,9 @@ def _batching(version: ModelVersion) -> str:
     return ""
 
 
-def discover(root: Path) -> dict[tuple[str, int], Path]:
-    """Complete version directories under ``root`` (those with a ``model.json``)."""
+def discover(root: Path, warn: bool = True) -> dict[tuple[str, int], Path]:
+    """Complete version directories under ``root`` (those with a ``model.json``); ``warn``:
+    log each directory skipped for its name."""
     found: dict[tuple[str, int], Path] = {}
     if not root.is_dir():
         return found
@@ -211,8 +213,9 @@ def discover(root: Path) -> dict[tuple[str, int], Path]:
         if not model_dir.is_dir() or model_dir.name.startswith("."):
             continue
         if not NAME_RE.match(model_dir.name):
-            logger.warning("skipping %s: model names are lower-case letters, digits and '-'",
-                           model_dir)
+            if warn:
+                logger.warning("skipping %s: model names are lower-case letters, digits and "
+                               "'-'", model_dir)
             continue
         for version_dir in model_dir.iterdir():
             if (version_dir.is_dir() and VERSION_RE.match(version_dir.name)
@@ -221,16 +224,43 @@ def discover(root: Path) -> dict[tuple[str, int], Path]:
     return found
 
 
+def read_defaults(root: Path, names: set[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """The pinned default versions: ``models/<name>/default_version`` holding a version number.
+
+    A model without the file serves its newest version. Returns the pins and, for files that do
+    not hold a version number, ``"name/default_version" -> why``.
+    """
+    pins: dict[str, int] = {}
+    bad: dict[str, str] = {}
+    for name in sorted(names):
+        path = root / name / DEFAULT_FILE
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace").strip()
+        if VERSION_RE.match(text):
+            pins[name] = int(text)
+        else:
+            bad[f"{name}/{DEFAULT_FILE}"] = (f"{path} holds {text[:20]!r}, not a version "
+                                             "number: write one (e.g. 1) or delete the file to "
+                                             "serve the newest version")
+    return pins, bad
+
+
 class ModelRepository:
     """Every loaded model version, reloadable while the service runs. Thread-safe."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._versions: dict[tuple[str, int], ModelVersion] = {}
+        # Loaded versions and pinned defaults, replaced together by one assignment.
+        self._state: tuple[dict[tuple[str, int], ModelVersion], dict[str, int]] = ({}, {})
         self.failures: dict[str, str] = {}
         self._failed_stamps: dict[tuple[str, int], int] = {}  # not retried until model.json changes
         self.loaded = False  # True once the first scan has finished
         self._scan_lock = threading.Lock()
+
+    @property
+    def _versions(self) -> dict[tuple[str, int], ModelVersion]:
+        return self._state[0]
 
     @property
     def ready(self) -> bool:
@@ -268,7 +298,18 @@ class ModelRepository:
                 result.added.append(loaded)
                 logger.info("loaded model %s version %s in %.2f s on %s%s", name, version,
                             loaded.load_seconds, ", ".join(loaded.providers), _batching(loaded))
-            self._versions = current  # one assignment: readers see the old or the new dict
+            pins, bad = read_defaults(self.settings.models_dir, {name for name, _ in found})
+            for name, version in pins.items():
+                if (name, version) not in current:
+                    have = ", ".join(str(v) for n, v in sorted(current) if n == name) or "none"
+                    bad[f"{name}/{DEFAULT_FILE}"] = (
+                        f"the default version {version} is not loaded (versions: {have}); "
+                        f"fix {self.settings.models_dir / name / DEFAULT_FILE} or delete it to "
+                        "serve the newest version")
+            for key, why in bad.items():
+                logger.error("%s: %s", key, why)
+            result.failed.update(bad)
+            self._state = (current, pins)  # one assignment: readers see old or new, never a mix
             self.failures = result.failed
             if result.added:
                 in_use = {p for v in current.values() for p in v.providers}
@@ -287,33 +328,49 @@ class ModelRepository:
             ModelNotFound: no such model (or an invalid name).
             NotReady: the first scan has not finished.
         """
+        return self._versions_of(name, self._state[0])
+
+    def _versions_of(self, name: str, snapshot: dict[tuple[str, int], ModelVersion],
+                     ) -> list[ModelVersion]:
         if not self.loaded:
             raise NotReady("the models are still loading; retry when GET /readyz answers 200")
         if not NAME_RE.match(name):
             raise ModelNotFound(f"no model named {name!r}: names are lower-case letters, "
                                 "digits and '-'; GET /v1/models lists the models")
-        snapshot = self._versions
         found = sorted((v for (n, _), v in snapshot.items() if n == name),
                        key=lambda v: v.version, reverse=True)
         if not found:
-            known = ", ".join(self.names()) or "none loaded"
+            known = ", ".join(sorted({n for n, _ in snapshot})) or "none loaded"
             raise ModelNotFound(f"no model named {name!r}; models: {known}")
         return found
 
+    def default_version(self, name: str) -> tuple[int, bool]:
+        """The version served when none is named, and whether ``default_version`` pins it
+        (else it is the newest). Raises like :meth:`versions`."""
+        snapshot, pins = self._state
+        newest = self._versions_of(name, snapshot)[0].version
+        return (pins[name], True) if name in pins else (newest, False)
+
     def get(self, name: str, version: str | int | None = None) -> ModelVersion:
-        """One version of ``name``: the highest when ``version`` is None.
+        """One version of ``name``: when ``version`` is None, the one ``default_version`` pins,
+        else the newest.
 
         Raises:
             ModelNotFound, VersionNotFound, NotReady.
         """
-        versions = self.versions(name)
-        if version is None:
+        snapshot, pins = self._state
+        versions = self._versions_of(name, snapshot)
+        if version is None and name not in pins:
             return versions[0]
-        wanted = str(version)
+        wanted = str(version if version is not None else pins[name])
         for candidate in versions:
             if str(candidate.version) == wanted:
                 return candidate
         have = ", ".join(str(v.version) for v in versions)
+        if version is None:
+            raise VersionNotFound(
+                f"the default version {wanted} of model {name!r} is not loaded (versions: "
+                f"{have}): name a version, or fix models/{name}/{DEFAULT_FILE}")
         raise VersionNotFound(f"model {name!r} has no version {wanted!r}; versions: {have}")
 
     def all_versions(self) -> list[ModelVersion]:

@@ -20,7 +20,8 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="'alive' or 'ready'")
-    models: list[str] = Field(default_factory=list, description="name/version of each model")
+    models: list[str] = Field(default_factory=list,
+                              description="name/version of each model loaded so far")
 
 
 class VersionInfo(BaseModel):
@@ -49,7 +50,10 @@ class VersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    default_version: int = Field(description="the highest version, used when none is named")
+    default_version: int = Field(description="the version used when none is named: the one "
+                                             "models/<name>/default_version pins, else the newest")
+    pinned: bool = Field(description="true: models/<name>/default_version chose the default; "
+                                     "false: it is the newest version")
     versions: list[VersionInfo] = Field(description="newest first")
 
 

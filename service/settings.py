@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
     reload_interval_s: float = Field(0.0, ge=0)  # poll models_dir every N s; 0 = only on POST
     warmup: bool = True  # run each model once on zeros before declaring it ready
+    allow_empty: bool = False  # start with no models (they come later, by reload); otherwise
+    # `convserve serve` refuses an empty models_dir (most likely the wrong path)
 
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = [

@@ -37,7 +37,7 @@ _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 async def answer(request: Request, serving: Serving, name: str, version: str | None,
                  top_k: int) -> Response:
-    """Classify the request's images with ``name`` (its newest version, or ``version``)."""
+    """Classify the request's images with ``name`` (its default version, or ``version``)."""
     chosen = serving.repository.get(name, version)  # held for the whole request (reloads)
     chosen.require_classifier()
     assert chosen.input is not None
@@ -55,7 +55,7 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
 
 
 @router.post("/{name}/classify", response_model=ClassifyResponse, openapi_extra=_BODY,
-             summary="Classify images with the newest version")
+             summary="Classify images with the default version")
 async def classify_latest(name: str, request: Request, serving: ServingDep,
                           top_k: TopK = 5) -> Response:
     return await answer(request, serving, name, None, top_k)

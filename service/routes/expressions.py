@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
 from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
-from service.errors import UnsupportedTask
+from service.errors import InvalidParameter
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
 from service.model_format import ClassifierCard, DetectorCard
@@ -35,6 +35,7 @@ from service.schemas import ErrorResponse
 
 DEFAULT_MODEL = "fer-minixception"
 DEFAULT_DETECTOR = "face-mtcnn"
+EXPRESSION_TASK = "expression"
 
 router = APIRouter(prefix="/v1", tags=["expressions"], responses={
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
@@ -132,10 +133,19 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
                     time.perf_counter() - detected)
 
 
+def _classifier(version: ModelVersion) -> ModelVersion:
+    """``version`` if it classifies face crops into expressions; a 422 naming the fix if not."""
+    if version.task != EXPRESSION_TASK or version.input is None:
+        raise InvalidParameter(f"model={version.name} is a {version.task} model, not an "
+                               f"expression model: use model={DEFAULT_MODEL} or another model "
+                               "whose task is 'expression' (GET /v1/models)")
+    return version
+
+
 def _detector(version: ModelVersion) -> MTCNN:
     if version.task != DETECTOR_TASK or not {"pnet", "rnet", "onet"} <= set(version.sessions):
-        raise UnsupportedTask(f"model {version.name!r} is not an MTCNN face detector (task "
-                              f"{version.task!r}); use detector={DEFAULT_DETECTOR}")
+        raise InvalidParameter(f"detector={version.name} is not an MTCNN face detector (task "
+                               f"{version.task!r}): use detector={DEFAULT_DETECTOR}")
 
     def graph(session: Session) -> Graph:
         return lambda batch: session.run({"image": batch})
@@ -160,6 +170,8 @@ MaxFaces = Annotated[int, Query(ge=1, le=1000, description="at most this many fa
 Detect = Annotated[bool, Query(description="false: the whole image is one face crop")]
 AnnotateFlag = Annotated[bool, Query(alias="annotate",
                                      description="answer the photo with labelled boxes")]
+Version = Annotated[int | None, Query(ge=1, description="version of the expression model "
+                                      "(default: its default version, GET /v1/models)")]
 
 
 @router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
@@ -168,9 +180,9 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
                       batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
                       min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
                       detect: Detect = True, annotate_flag: AnnotateFlag = False,
-                      model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR) -> Any:
-    classifier = repository.get(model)  # both held for the whole request
-    classifier.require_classifier()
+                      model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR,
+                      version: Version = None) -> Any:
+    classifier = _classifier(repository.get(model, version))  # both held for the request
     assert classifier.input is not None
     finder = repository.get(detector) if detect else None
     graphs = _detector(finder) if finder is not None else None

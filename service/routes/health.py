@@ -14,8 +14,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-async def healthz() -> Health:
-    return Health(status="alive")
+async def healthz(repository: RepositoryDep) -> Health:
+    """Alive whatever the models do; lists those loaded so far (all of them once ready)."""
+    return Health(status="alive", models=[v.key for v in repository.all_versions()])
 
 
 @router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service.deps import RepositoryDep
-from service.repository import ModelVersion
+from service.repository import ModelRepository, ModelVersion
 from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"],
@@ -34,20 +34,20 @@ def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:
     return part.model_dump(mode="json", exclude_unset=True) if isinstance(part, BaseModel) else part
 
 
-def _model_info(versions: list[ModelVersion]) -> ModelInfo:
-    return ModelInfo(name=versions[0].name, default_version=versions[0].version,
-                     versions=[describe(v) for v in versions])
+def _model_info(repository: ModelRepository, name: str) -> ModelInfo:
+    default, pinned = repository.default_version(name)
+    return ModelInfo(name=name, default_version=default, pinned=pinned,
+                     versions=[describe(v) for v in repository.versions(name)])
 
 
 @router.get("", response_model=ModelList, summary="Every model and its versions")
 async def list_models(repository: RepositoryDep) -> ModelList:
-    return ModelList(models=[_model_info(repository.versions(name))
-                             for name in repository.names()])
+    return ModelList(models=[_model_info(repository, name) for name in repository.names()])
 
 
 @router.get("/{name}", response_model=ModelInfo, summary="One model and its versions")
 async def get_model(name: str, repository: RepositoryDep) -> ModelInfo:
-    return _model_info(repository.versions(name))
+    return _model_info(repository, name)
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionInfo,

@@ -1,7 +1,7 @@
-"""The web page: ``GET /`` and its two static files (plain HTML/JS/CSS, no build step).
+"""The web page: ``GET /`` and its static files (plain HTML/JS/CSS, no build step).
 
 The page talks to the public REST API (``/readyz``, ``/v1/models``, ``/v1/models/{name}/classify``,
-``/v1/expressions``) like any other client. Only the three files in :data:`FILES` are served, by
+``/v1/expressions``) like any other client. Only the files in :data:`FILES` are served, by
 name, so no request path ever reaches the file system.
 """
 
@@ -17,6 +17,7 @@ FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 CACHE = {"Cache-Control": "no-cache"}  # revalidate (ETag): a new release shows at once
 
@@ -37,5 +38,5 @@ async def page() -> FileResponse:
 
 @router.get("/static/{name}")
 async def static(name: str) -> FileResponse:
-    """The page's script and style sheet."""
+    """The page's script, style sheet and icon."""
     return _file(name)

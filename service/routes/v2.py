@@ -108,7 +108,7 @@ async def ready(repository: RepositoryDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/models/{name}", summary="Model metadata (newest version)")
+@router.get("/models/{name}", summary="Model metadata (default version)")
 async def model_metadata(name: str, repository: RepositoryDep) -> dict[str, Any]:
     versions = repository.versions(name)
     return metadata(versions[0], versions)
@@ -133,7 +133,7 @@ def config(version: ModelVersion, settings: Settings) -> dict[str, Any]:
                                  int(settings.max_queue_delay_ms * 1000)}}
 
 
-@router.get("/models/{name}/config", summary="Model configuration (newest version)")
+@router.get("/models/{name}/config", summary="Model configuration (default version)")
 async def model_config(name: str, repository: RepositoryDep,
                        settings: SettingsDep) -> dict[str, Any]:
     return config(repository.get(name), settings)
@@ -146,7 +146,7 @@ async def version_config(name: str, version: str, repository: RepositoryDep,
     return config(repository.get(name, version), settings)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (newest version)")
+@router.get("/models/{name}/ready", summary="Model readiness (default version)")
 async def model_ready(name: str, repository: RepositoryDep) -> dict[str, Any]:
     chosen = repository.get(name)
     return {"name": chosen.name, "version": str(chosen.version), "ready": True}
@@ -179,7 +179,7 @@ async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
                     headers={HEADER_LENGTH: str(header_length)})
 
 
-@router.post("/models/{name}/infer", summary="Inference (newest version)")
+@router.post("/models/{name}/infer", summary="Inference (default version)")
 async def infer(name: str, request: Request, repository: RepositoryDep, batcher: BatcherDep,
                 settings: SettingsDep) -> Response:
     version = repository.get(name)  # held for the whole request, whatever a reload does

@@ -1,6 +1,7 @@
 // convserve's page: pick a model, give it an image, show what the service answers.
 // Plain JavaScript, no build step. Talks to the same REST API as any client:
-//   GET /readyz, GET /v1/models, POST /v1/models/{name}/classify, POST /v1/expressions.
+//   GET /readyz, GET /v1/models, POST /v1/models/{name}/versions/{v}/classify,
+//   POST /v1/expressions?model=&version=.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -55,27 +56,92 @@ async function checkReady() {
   return false;
 }
 
+// The page starts on a photo classifier: a new user's first image is a photo.
+const PREFERRED_MODEL = "imagenet-mobilenetv2";
+const GROUPS = [
+  { id: "photos", label: "Photos: ImageNet's 1,000 classes" },
+  { id: "faces", label: "Faces: expressions" },
+  { id: "small", label: "Digits and clothes: small grey images" },
+  { id: "other", label: "Other classifiers" },
+];
+// What a small model expects, by the data set it was trained on.
+const HINTS = {
+  "MNIST": "give it one handwritten digit, light on a dark background, filling the image",
+  "Fashion-MNIST": "give it one garment or shoe, light on a dark background, centred",
+};
+
+function dataset(version) {
+  const metrics = version.metrics || {};
+  return (metrics.measured || metrics.reported || {}).dataset || "";
+}
+
+function groupOf(version) {
+  if (version.task === "expression") return "faces";
+  if (dataset(version).startsWith("ImageNet")) return "photos";
+  if ((version.input || {}).channels === 1) return "small";
+  return "other";
+}
+
 async function loadModels() {
   const response = await fetch("/v1/models", { headers: headers() });
   if (!response.ok) throw new Error(await errorMessage(response));
   const body = await response.json();
   state.models = body.models
-    .map((m) => ({ name: m.name, version: m.default_version, ...m.versions[0] }))
-    .filter((m) => m.task === "classification" || m.task === "expression");
+    .map((m) => ({ ...m, versions: m.versions.filter((v) => v.task === "classification" ||
+                                                     v.task === "expression") }))
+    .filter((m) => m.versions.length);
   const select = $("model");
   const previous = select.value;
-  select.replaceChildren(...state.models.map((m) => {
+  select.replaceChildren(...GROUPS.map((group) => {
+    const optgroup = document.createElement("optgroup");
+    optgroup.label = group.label;
+    optgroup.dataset.group = group.id;
+    optgroup.append(...state.models.filter((m) => groupOf(defaultVersion(m)) === group.id)
+      .map((m) => {
+        const option = document.createElement("option");
+        option.value = m.name;
+        option.textContent = m.name;
+        return option;
+      }));
+    return optgroup;
+  }).filter((optgroup) => optgroup.children.length));
+  const names = state.models.map((m) => m.name);
+  const photos = state.models.filter((m) => groupOf(defaultVersion(m)) === "photos");
+  select.value = names.includes(previous) ? previous
+    : names.includes(PREFERRED_MODEL) ? PREFERRED_MODEL
+    : photos.length ? photos[0].name : (names[0] || "");
+  listVersions();
+}
+
+function defaultVersion(model) {
+  return model.versions.find((v) => v.version === model.default_version) || model.versions[0];
+}
+
+function chosenEntry() {
+  return state.models.find((m) => m.name === $("model").value);
+}
+
+// The versions of the chosen model, newest first, the default one selected.
+function listVersions() {
+  const model = chosenEntry();
+  const select = $("version");
+  select.replaceChildren(...(model ? model.versions : []).map((v) => {
     const option = document.createElement("option");
-    option.value = m.name;
-    option.textContent = `${m.name} (${m.task}, v${m.version})`;
+    option.value = String(v.version);
+    const why = model.pinned ? "default" : "default: newest";
+    option.textContent = v.version === model.default_version ? `v${v.version} (${why})`
+      : `v${v.version}`;
     return option;
   }));
-  if (state.models.some((m) => m.name === previous)) select.value = previous;
+  if (model) select.value = String(model.default_version);
   describeModel();
 }
 
 function chosenModel() {
-  return state.models.find((m) => m.name === $("model").value);
+  const model = chosenEntry();
+  if (!model) return undefined;
+  const version = Number($("version").value);
+  return model.versions.find((v) => v.version === version) || defaultVersion(model);
 }
 
 function describeModel() {
@@ -84,8 +150,10 @@ function describeModel() {
   if (!model) { info.textContent = "no classification or expression model is loaded"; return; }
   const input = model.input || {};
   const faces = model.task === "expression" ? "; faces are found first, then each is classified" : "";
-  info.textContent = `${model.num_classes} classes, ${input.width}x${input.height} ` +
-    `${input.channels === 1 ? "grey" : "RGB"} input, on ${model.provider}${faces}`;
+  const trained = dataset(model) ? `trained on ${dataset(model)}; ` : "";
+  const hint = HINTS[dataset(model)] ? `; ${HINTS[dataset(model)]}` : "";
+  info.textContent = `${trained}${model.num_classes} classes, ${input.width}x${input.height} ` +
+    `${input.channels === 1 ? "grey" : "RGB"} input, on ${model.provider}${faces}${hint}`;
   const isExpression = model.task === "expression";
   $("top-k").hidden = isExpression;
   $("top-k-label").hidden = isExpression;
@@ -96,15 +164,26 @@ function updateSubmit() {
   $("submit").disabled = !(state.image && chosenModel());
 }
 
+function clearImage() {
+  state.image = null;
+  state.imageName = null;
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  preview.hidden = true;
+}
+
 function setImage(blob, name) {
+  clearImage(); // a refused file must not leave the previous image to be run again
+  clearOutput();
   if (!blob || !blob.type.startsWith("image/")) {
-    showError(`${name || "that file"} is not an image`);
+    showError(`${name || "that file"} is not an image: choose a photo (JPEG, PNG, WebP, ...)`);
+    updateSubmit();
     return;
   }
   state.image = blob;
   state.imageName = name;
   const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
   preview.onerror = () => { preview.hidden = true; }; // the service will say what is wrong
   preview.src = URL.createObjectURL(blob);
   preview.hidden = false;
@@ -138,7 +217,8 @@ async function classify(model) {
   const form = new FormData();
   form.append("file", state.image, state.imageName || "image");
   const k = Math.max(1, Math.min(20, Number($("top-k").value) || 5));
-  const url = `/v1/models/${encodeURIComponent(model.name)}/classify?top_k=${k}`;
+  const url = `/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}` +
+    `/classify?top_k=${k}`;
   const response = await fetch(url, { method: "POST", body: form, headers: headers() });
   if (!response.ok) throw new Error(await errorMessage(response));
   const body = await response.json();
@@ -150,7 +230,8 @@ async function classify(model) {
 async function expressions(model) {
   const form = new FormData();
   form.append("file", state.image, state.imageName || "image");
-  const url = `/v1/expressions?model=${encodeURIComponent(model.name)}`;
+  const url = `/v1/expressions?model=${encodeURIComponent(model.name)}` +
+    `&version=${model.version}`;
   const response = await fetch(url, { method: "POST", body: form, headers: headers() });
   if (!response.ok) throw new Error(await errorMessage(response));
   const body = await response.json();
@@ -270,7 +351,8 @@ function setUpCamera() {
 
 async function start() {
   $("api-key").value = localStorage.getItem("convserve-api-key") || "";
-  $("model").addEventListener("change", describeModel);
+  $("model").addEventListener("change", listVersions);
+  $("version").addEventListener("change", describeModel);
   $("api-key").addEventListener("change", () => loadModels().catch((e) => showError(e.message)));
   $("form").addEventListener("submit", run);
   setUpDropzone();

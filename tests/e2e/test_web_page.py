@@ -15,10 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import serve_models
-from playwright.sync_api import Browser, Page, sync_playwright
+from conftest import REPO_ROOT, SHIPPED_MODELS, serve_models
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from training.assets import fetch
+
+SAMPLES = REPO_ROOT / "samples"
 
 pytestmark = pytest.mark.browser
 
@@ -34,7 +36,14 @@ BOX_COLOUR = (255, 212, 0)  # app.js draws boxes in #ffd400
 
 @pytest.fixture(scope="module")
 def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
-    models = shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn")
+    models = shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn",
+                                "fashion-simple-cnn")
+    # mnist-lenet5 with two versions, version 1 pinned as the default (as shipped)
+    lenet = models / "mnist-lenet5"
+    lenet.mkdir()
+    for version in ("1", "2"):
+        (lenet / version).symlink_to(SHIPPED_MODELS / "mnist-lenet5" / "1", True)
+    (lenet / "default_version").write_text("1\n")
     with serve_models(models) as (_, address):
         yield address
 
@@ -59,9 +68,9 @@ def page(browser: Browser, url: str) -> Iterator[Page]:
     context.close()
 
 
-def _screenshot(page: Page, name: str) -> None:
+def _screenshot(page: Page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=full_page)
 
 
 def _bars(page: Page) -> list[tuple[str, float]]:
@@ -150,3 +159,96 @@ def test_service_error_is_shown_in_its_words(page: Page) -> None:
     assert "not a decodable image" in message
     assert page.eval_on_selector_all("#results > .bar", "b => b.length") == 0
     _screenshot(page, "web-page-error.png")
+
+
+def test_starts_on_an_imagenet_classifier_with_the_choices_grouped(page: Page) -> None:
+    assert page.input_value("#model") == "imagenet-mobilenetv2"
+    groups = page.eval_on_selector_all(
+        "#model optgroup", "gs => gs.map(g => [g.label, Array.from(g.children, o => o.value)])")
+    assert groups == [
+        ["Photos: ImageNet's 1,000 classes", ["imagenet-mobilenetv2"]],
+        ["Faces: expressions", ["fer-minixception"]],
+        ["Digits and clothes: small grey images", ["fashion-simple-cnn", "mnist-lenet5"]],
+    ]
+    page.select_option("#model", "mnist-lenet5")
+    hint = page.inner_text("#model-info")
+    assert "trained on MNIST" in hint and "28x28 grey" in hint and "handwritten digit" in hint
+    page.select_option("#model", "fashion-simple-cnn")
+    assert "garment or shoe" in page.inner_text("#model-info")
+
+
+def test_a_version_can_be_chosen_and_the_default_is_marked(page: Page) -> None:
+    page.select_option("#model", "mnist-lenet5")
+    options = page.eval_on_selector_all("#version option", "o => o.map(x => [x.value, x.text])")
+    assert options == [["2", "v2"], ["1", "v1 (default)"]]
+    assert page.input_value("#version") == "1"
+    page.set_input_files("#file", str(SAMPLES / "digit.png"))
+    page.click("#submit")
+    page.wait_for_selector("#results > .bar")
+    assert page.inner_text("#summary") == "mnist-lenet5 v1: 7"
+    page.select_option("#version", "2")
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('v2')")
+    assert page.inner_text("#summary") == "mnist-lenet5 v2: 7"
+    page.select_option("#model", "imagenet-mobilenetv2")  # its only version, the default
+    assert page.eval_on_selector_all("#version option", "o => o.map(x => x.text)") == [
+        "v1 (default)"]
+    _screenshot(page, "web-page-version.png")
+
+
+def test_a_refused_file_clears_the_previous_photo(page: Page) -> None:
+    page.set_input_files("#file", str(SAMPLES / "cat.jpg"))
+    assert page.is_visible("#preview") and page.is_enabled("#submit")
+    page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain",
+                                   "buffer": b"not a photo"})
+    assert "notes.txt is not an image" in page.inner_text("#error")
+    assert page.is_hidden("#preview") and page.get_attribute("#preview", "src") is None
+    assert page.is_disabled("#submit")  # Run cannot classify the old photo again
+    _screenshot(page, "web-page-refused.png")
+
+
+def test_page_loads_without_a_failed_request(browser: Browser, url: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400
+            else None)
+    page.goto(url + "/")
+    page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+    icon = page.get_attribute("link[rel=icon]", "href")
+    assert icon is not None
+    answer = httpx.get(url + icon)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/svg+xml"
+    page.wait_for_timeout(500)  # the browser fetches the icon after the page
+    assert failed == []
+    context.close()
+
+
+@pytest.mark.parametrize(("path", "rendered"), [
+    ("/docs", ".opblock-summary-path"),  # Swagger UI: one row per operation
+    ("/redoc", "h2:has-text('Detect faces and classify their expressions')"),  # ReDoc
+])
+def test_docs_pages_render_with_the_network_blocked(browser: Browser, url: str, path: str,
+                                                     rendered: str) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 1400})
+    blocked: list[str] = []
+
+    def only_this_host(route: Route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:  # an air-gapped host: nothing else answers
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_this_host)
+    page = context.new_page()
+    page.goto(url + path)
+    page.wait_for_selector(rendered, timeout=30_000)
+    if path == "/docs":
+        paths = page.eval_on_selector_all(".opblock-summary-path", "p => p.map(e => e.textContent)")
+        assert "/v1/models/{name}/classify" in " ".join(paths) and len(paths) > 10
+    # Nothing else is asked of another host except ReDoc's "powered by" logo in the side bar,
+    # a picture the page shows fine without.
+    assert [u for u in blocked if u != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []
+    _screenshot(page, f"docs{path.replace('/', '-')}.png", full_page=False)
+    context.close()

@@ -41,9 +41,11 @@ def test_one_model_and_version(tiny_client: TestClient) -> None:
 
 
 def test_health(tiny_client: TestClient) -> None:
-    assert tiny_client.get("/healthz").json() == {"status": "alive", "models": []}
     ready = tiny_client.get("/readyz")
     assert ready.status_code == 200
+    # Liveness lists what is loaded too: it must not look as if the models were lost.
+    assert tiny_client.get("/healthz").json() == {"status": "alive",
+                                                  "models": ready.json()["models"]}
     assert "tiny-rgb/2" in ready.json()["models"] and "tiny-faces/1" in ready.json()["models"]
 
 
@@ -114,3 +116,16 @@ def test_gpu_provider_fallback_is_reported(make_client: Callable[..., Any], tiny
         assert not warned
     else:
         assert provider == "CPUExecutionProvider" and len(warned) == 1, caplog.text
+
+
+def test_an_empty_repository_is_ready_but_warned_about(make_client: Callable[..., Any],
+                                                       tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="convserve.app"), make_client(tmp_path) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "models": []}
+    assert f"ready with NO models: {tmp_path.resolve()} holds no" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="convserve.app"), \
+            make_client(tmp_path, allow_empty=True):
+        pass
+    assert "NO models" not in caplog.text and "ready: 0 model version(s) loaded" in caplog.text

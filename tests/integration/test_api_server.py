@@ -78,3 +78,46 @@ def test_cli_help_lists_serve_and_its_options() -> None:
     serve = subprocess.run([sys.executable, "-m", "service", "serve", "--help"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert all(option in serve.stdout for option in ("--host", "--port", "--models"))
+
+
+def _start(models: Path, port: int, *extra: str) -> tuple[int, str, float]:
+    start = time.monotonic()
+    env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU"}
+    done = subprocess.run([*serve_command(models, port), *extra], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def test_port_in_use_fails_at_once_in_one_line(tiny_models: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, output, seconds = _start(tiny_models, port)
+    assert code == 2
+    assert output.strip() == (f"convserve: cannot listen on 127.0.0.1:{port}: Address already "
+                              "in use (another process is listening there, perhaps another "
+                              "convserve); choose another port with --port (or CONVSERVE_PORT), "
+                              "or --host")
+    assert "loaded model" not in output  # nothing loaded before the check
+    print(f"port in use: exit {code} after {seconds:.2f} s")  # noqa: T201
+
+
+def test_empty_models_dir_refused_unless_allowed(tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    (empty / "Not_A_Model").mkdir(parents=True)  # a wrong path holds other things
+    code, output, _ = _start(empty, free_port())
+    assert code == 2
+    assert f"no models in {empty}" in output and "--allow-empty" in output
+    assert output.strip().count("\n") == 0
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU"}
+    from conftest import run_service
+
+    with run_service([*serve_command(empty, port), "--allow-empty"], url, env):
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "models": []}
+    with run_service(serve_command(empty, port), url, {**env, "CONVSERVE_ALLOW_EMPTY": "true"}):
+        assert httpx.get(f"{url}/v1/models").json() == {"models": []}

@@ -37,7 +37,8 @@ def test_top_level_help_lists_commands_and_examples() -> None:
         assert word in result.stdout
 
 
-def test_train_then_evaluate_through_the_cli(tmp_path: Path) -> None:
+def test_train_then_evaluate_through_the_cli(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     result = _cli("train", "--config", "training/configs/mnist-lenet5.yaml",
                   "--set", "data.train_limit=1000", "--set", "data.eval_limit=300",
@@ -69,6 +70,17 @@ def test_train_then_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert meta["provenance"]["config"]["data"]["train_limit"] == 1000
     assert main(["export", str(out), "--name", "cli-digits", "--version", "3",
                  "--models-dir", str(models)]) == 2  # refuses to overwrite silently
+    pin = models / "cli-digits" / "default_version"
+    assert not pin.exists()  # no pin: the service serves the newest version
+    capsys.readouterr()
+    assert main(["export", str(out), "--name", "cli-digits", "--version", "4",
+                 "--models-dir", str(models), "--make-default"]) == 0
+    assert pin.read_text() == "4\n"
+    capsys.readouterr()
+    assert main(["export", str(out), "--name", "cli-digits", "--version", "5",
+                 "--models-dir", str(models)]) == 0
+    assert pin.read_text() == "4\n"
+    assert "default_version still names version 4" in capsys.readouterr().err
 
 
 def test_bad_overrides_fail_with_the_valid_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,3 +93,30 @@ def test_bad_overrides_fail_with_the_valid_keys(capsys: pytest.CaptureFixture[st
     assert "shipped configs: " in capsys.readouterr().err
     assert main(["train", "--config", "mnist-lenet5", "--set", "optim.lr"]) == 2
     assert "--set expects key=value" in capsys.readouterr().err
+
+
+NO_TORCH = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoTorch(MetaPathFinder):  # the serving install: no torch
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv[0] = "python -m training"
+from training.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [["models"], ["train", "--config", "mnist-lenet5"],
+                                  ["export", "runs/x", "--name", "x"]])
+def test_without_torch_one_line_names_the_install(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "no module 'torch'" in result.stderr and "pip install -e '.[train]'" in result.stderr
+    assert "6.2 GB" in result.stderr

@@ -32,7 +32,7 @@ QUANTIZATION = 0.04  # how far fer's int8 TFLite strays from its own float Keras
 def models(shipped_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory,
            ) -> Path:
     root = tmp_path_factory.mktemp("fer-models")
-    for name in ("fer-minixception", "face-mtcnn"):
+    for name in ("fer-minixception", "face-mtcnn", "imagenet-mobilenetv2"):
         shutil.copytree(shipped_model(name), root / name)
     return root
 
@@ -220,8 +220,12 @@ def test_max_faces_and_min_face_size(client: TestClient) -> None:
 @pytest.mark.parametrize(("params", "body", "status", "code", "message"), [
     ({}, b"not an image at all", 400, "invalid_image", "not a decodable image"),
     ({}, b"%PDF-1.4 fake", 415, "unsupported_media_type", "PDF"),
-    ({"detector": "fer-minixception"}, None, 400, "unsupported_task", "not an MTCNN face"),
-    ({"model": "face-mtcnn"}, None, 400, "unsupported_task", "cannot classify"),
+    ({"detector": "fer-minixception"}, None, 422, "invalid_parameter",
+     "detector=fer-minixception is not an MTCNN face detector"),
+    ({"model": "face-mtcnn"}, None, 422, "invalid_parameter",
+     "model=face-mtcnn is a face-detection model, not an expression model"),
+    ({"model": "imagenet-mobilenetv2"}, None, 422, "invalid_parameter",
+     "model=imagenet-mobilenetv2 is a classification model, not an expression model"),
     ({"model": "no-such-model"}, None, 404, "model_not_found", "no model named"),
     ({"min_face_size": 5}, None, 422, "invalid_parameter", "min_face_size"),
 ])
@@ -239,3 +243,12 @@ def test_no_image_is_422(client: TestClient) -> None:
     response = client.post("/v1/expressions")
     assert response.status_code == 422
     assert "no image" in response.json()["error"]["message"]
+
+
+def test_a_version_of_the_expression_model_can_be_named(client: TestClient) -> None:
+    data = fetch("face-happy").read_bytes()
+    assert post(client, data, version=1)["model"] == "fer-minixception/1"
+    response = client.post("/v1/expressions", params={"version": 9}, content=data,
+                           headers={"content-type": "image/jpeg"})
+    assert response.status_code == 404
+    assert "has no version '9'" in response.json()["error"]["message"]

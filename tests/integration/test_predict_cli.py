@@ -7,6 +7,9 @@ photo of five faces); the in-process answer must equal the one the running servi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -115,3 +118,19 @@ def test_unknown_model_and_unreachable_service(models: Path, url: str,
     code, _, err = _predict(capsys, photo, "--model", "imagenet-mobilenetv2",
                             "--url", "http://127.0.0.1:9")
     assert code == 2 and "cannot reach http://127.0.0.1:9" in err
+
+
+def test_a_new_users_command_line_prints_no_warnings(models: Path) -> None:
+    """``convserve predict`` as a user runs it, in a fresh process: the answer on stdout and
+    nothing on stderr (no deprecation warning, no CUDA warning on a CPU-only run)."""
+    env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", "PYTHONWARNINGS": "default"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "predict", str(fetch("chelsea")), "--model",
+         "imagenet-mobilenetv2", "--models", str(models), "-k", "1"],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert any(cat in done.stdout for cat in CATS)
+    usage = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True,
+                           text=True, env=env, timeout=60, check=True).stdout
+    assert "serve" in usage and "predict" in usage and "``" not in usage
