@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import Serving, ServingDep, get_serving
-from service.errors import InvalidParameter, ServiceError, error_response
+from service.errors import InvalidParameter, ServiceError, to_response
 from service.pipeline import classify, prepare_uploads, read_uploads
 from service.schemas import ClassifyResponse, ErrorResponse
 
@@ -114,5 +114,5 @@ class ClassifyShortcut:
             top_k = parse_top_k(request.query_params.get("top_k"))
             response = await answer(request, await get_serving(request), name, version, top_k)
         except ServiceError as exc:
-            response = error_response(exc.code, exc.message, exc.status_code, exc.headers)
+            response = to_response(exc, scope["path"])
         await response(scope, receive, send)

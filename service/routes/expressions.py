@@ -1,10 +1,12 @@
 """``POST /v1/expressions``: every face in a photo, where it is and which expression it shows.
 
 Steps: decode the photo at full size (EXIF orientation applied, so boxes are in the photo as it
-is displayed), detect faces with the MTCNN graphs (``service/faces.py``), crop each face with a
-margin and level its eyes, convert it to the expression model's input, and classify all faces of
-the request together through the batcher (they queue at once, so they share one ONNX Runtime
-run, with faces of concurrent requests too). Faces are answered left to right. A photo without
+is displayed), detect faces with the MTCNN graphs (``service/faces.py``) on a bounded copy in
+the detection pool (``service/detection.py``: boxes come back in the photo's pixels), crop each
+face with a margin and level its eyes, convert it to the expression model's input, and classify
+all faces of the request together through the batcher (they queue at once, so they share one
+ONNX Runtime run, with faces of concurrent requests too; more faces than the queue holds go in
+several runs). Faces are answered left to right. A photo without
 faces is a normal answer with an empty list. ``annotate=true`` (or ``Accept: image/png`` /
 ``image/jpeg``) answers the photo with the boxes drawn instead of JSON.
 """
@@ -24,7 +26,8 @@ from pydantic import BaseModel, Field
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
 from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
-from service.errors import UnsupportedTask
+from service.detection import DetectionSlots, detect_bounded
+from service.errors import NotReady, UnsupportedTask
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
 from service.pipeline import read_uploads
@@ -108,8 +111,9 @@ class CropSpec:
 
 
 def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
-            spec: InputSpec, crop: CropSpec, max_faces: int) -> Analysis:
-    """Decode, detect and crop (blocking: runs in the decode pool)."""
+            spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
+    """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
+    detection pool)."""
     start = time.perf_counter()
     photo = imaging.decode(data, max_pixels)
     decoded = time.perf_counter()
@@ -118,7 +122,7 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
         faces = [Face(box=(0.0, 0.0, float(width), float(height)), score=float("nan"),
                       landmarks=np.zeros((5, 2)))]
     else:
-        faces = detector.detect(np.asarray(photo), config)[:max_faces]
+        faces = detect_bounded(detector, photo, config, max_side)[:max_faces]
         faces.sort(key=lambda face: (face.box[0], face.box[1]))
     detected = time.perf_counter()
     crops = [photo] if detector is None else [
@@ -175,10 +179,13 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
     upload = (await read_uploads(request, 1))[0]
     request.state.images = 1
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(
-        pool, analyse, upload.data, settings.max_image_pixels, graphs,
+    slots: DetectionSlots | None = request.app.state.detection
+    if slots is None:
+        raise NotReady("the service is starting or stopping; retry in a moment")
+    result = await slots.run(
+        analyse, upload.data, settings.max_image_pixels, graphs,
         DetectorConfig(min_face_size=min_face_size), classifier.input,
-        CropSpec.from_meta(classifier.meta), max_faces)
+        CropSpec.from_meta(classifier.meta), max_faces, settings.detection_max_side)
     labels = (classifier.name, str(classifier.version))
     metrics.decode.labels(*labels).observe(result.decode_s)
     metrics.preprocess.labels(*labels).observe(result.crop_s)

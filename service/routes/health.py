@@ -13,13 +13,16 @@ from service.schemas import ErrorResponse, Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+# HEAD too: probes and load balancers use it (Starlette answers it without a body).
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
+                  summary="Liveness: the process answers")
 async def healthz() -> Health:
     return Health(status="alive")
 
 
-@router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",
-            responses={503: {"model": ErrorResponse}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health,
+                  summary="Readiness: every model loaded and warm",
+                  responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request, repository: RepositoryDep) -> Health:
     if not repository.loaded or request.app.state.starting:
         raise NotReady("the models are still loading")
@@ -30,6 +33,7 @@ async def readyz(request: Request, repository: RepositoryDep) -> Health:
     return Health(status="ready", models=[v.key for v in repository.all_versions()])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics",
+                  response_class=Response)
 async def metrics(registry: MetricsDep) -> Response:
     return Response(registry.render(), media_type=CONTENT_TYPE)
