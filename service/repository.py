@@ -155,8 +155,11 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
         # A lone classification run spins its threads (1-client p50 -1.7 ms for MobileNetV2);
         # MTCNN's and the expression model's lone runs share the cores with other requests' work
         # (spinning there cost 15% of expressions throughput at 8-16 clients).
+        # MTCNN's input shapes change every run: no memory arena (it kept the largest run's
+        # memory for good; docs/hardening.md).
         sessions[str(key)] = create_session(graph, settings, cpu_only=task == DETECTOR_TASK,
-                                            solo_spins=task == "classification")
+                                            solo_spins=task == "classification",
+                                            arena=task != DETECTOR_TASK)
     spec = None
     if task != DETECTOR_TASK or "height" in (meta.get("input") or {}):
         spec = InputSpec.from_json(meta.get("input") or {})

@@ -153,7 +153,12 @@ class Settings(BaseSettings):
         return self.detect_workers or max(1, (os.cpu_count() or 1) // 2)
 
     @model_validator(mode="after")
-    def _upload_budget_holds_a_body(self) -> Settings:
+    def _limits_fit_together(self) -> Settings:
+        if self.max_request_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_request_pixels ({self.max_request_pixels}) must be at least "
+                f"max_image_pixels ({self.max_image_pixels}): raise {ENV_PREFIX}"
+                f"MAX_REQUEST_PIXELS or lower {ENV_PREFIX}MAX_IMAGE_PIXELS")
         if self.max_pending_upload_bytes < self.max_body_bytes:
             raise ValueError(
                 f"max_pending_upload_bytes ({self.max_pending_upload_bytes}) must be at least "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from service.deps import MetricsDep, RepositoryDep
 from service.errors import NotReady
@@ -13,16 +14,13 @@ from service.schemas import ErrorResponse, Health
 router = APIRouter(tags=["health"])
 
 
-# HEAD too: probes and load balancers use it (Starlette answers it without a body).
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
-                  summary="Liveness: the process answers")
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 async def healthz() -> Health:
     return Health(status="alive")
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health,
-                  summary="Readiness: every model loaded and warm",
-                  responses={503: {"model": ErrorResponse}})
+@router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",
+            responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request, repository: RepositoryDep) -> Health:
     if not repository.loaded or request.app.state.starting:
         raise NotReady("the models are still loading")
@@ -33,7 +31,11 @@ async def readyz(request: Request, repository: RepositoryDep) -> Health:
     return Health(status="ready", models=[v.key for v in repository.all_versions()])
 
 
-@router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics",
-                  response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(registry: MetricsDep) -> Response:
     return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+# HEAD as well (probes and load balancers use it): the same endpoints, answered without a body.
+for _route in [route for route in router.routes if isinstance(route, APIRoute)]:
+    router.add_api_route(_route.path, _route.endpoint, methods=["HEAD"], include_in_schema=False)
