@@ -121,7 +121,8 @@ def test_client_abort_is_499_not_a_server_error(tiny_models: Path, tmp_path: Pat
             'status="499"} 1.0') in metrics
     assert 'status="500"' not in metrics
     assert "Traceback" not in output and " ERROR " not in output, output
-    lines = [json.loads(line) for line in output.splitlines() if '"status": 499' in line]
+    lines = [json.loads(line[line.index("{"):]) for line in output.splitlines()
+             if '"status": 499' in line]
     assert len(lines) == 1 and lines[0]["note"] == (
         "the client closed the connection before the answer")
 
