@@ -9,7 +9,8 @@ sends, one at a time:
 - ``classify``: 64 copies of the GIF in one ``/v1/models/mnist-lenet5/classify`` request.
 
 For each send it resets the server's peak RSS (``/proc/PID/clear_refs``), and reports the wall
-time, the status, the peak RSS during the request and the RSS 2 s after it returned (retained).
+time and the server's CPU time (all threads: steadier than wall time on a shared machine), the
+status, the peak RSS during the request and the RSS 2 s after it returned (retained).
 
 Usage::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -66,18 +68,25 @@ def rss_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def send(client: httpx.Client, pid: int, url: str, files: list[tuple[str, tuple[str, bytes]]],
          what: str) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (the peak) to the current RSS
     before = rss_kib(pid, "VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
     answer = client.post(url, files=files)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     peak = rss_kib(pid, "VmHWM")
     time.sleep(2.0)
     after = rss_kib(pid, "VmRSS")
     faces = answer.headers.get("x-faces", "-")
-    print(f"{what:<28} status {answer.status_code} faces {faces:>3} time {seconds:6.2f} s  "
+    print(f"{what:<28} status {answer.status_code} faces {faces:>3} time {seconds:6.2f} s "
+          f"(CPU {cpu:6.2f} s)  "
           f"RSS before {before / 1024:7.0f} MiB  peak {peak / 1024:7.0f} MiB  "
           f"retained {after / 1024:7.0f} MiB", flush=True)
     if answer.status_code >= 400:

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # request bodies may hold together; an upload past it -> 503 + Retry-After
 
     # Face detection (POST /v1/expressions)
-    detection_max_side: int = Field(2000, ge=100)  # detect on a copy whose longest side is at
+    detection_max_side: int = Field(1600, ge=100)  # detect on a copy whose longest side is at
     # most this; boxes are mapped back to the photo (faces under 12 px in the copy are missed)
     detect_workers: int = Field(0, ge=0)  # detection threads (apart from the decode pool);
     # 0 = half the CPU cores, at least 1

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
-from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
+from service.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
 from service.detection import DetectionSlots, detect_bounded
 from service.errors import NotReady, UnsupportedTask
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
@@ -166,7 +166,7 @@ AnnotateFlag = Annotated[bool, Query(alias="annotate",
 @router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
              summary="Detect faces and classify their expressions")
 async def expressions(request: Request, repository: RepositoryDep, settings: SettingsDep,
-                      batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
+                      batcher: BatcherDep, metrics: MetricsDep,
                       min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
                       detect: Detect = True, annotate_flag: AnnotateFlag = False,
                       model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR) -> Any:
@@ -202,15 +202,20 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
                "X-Faces": str(len(faces))}
     media_type = _wanted_image(request, annotate_flag)
     if media_type is not None:
-        drawn = annotate(result.photo, [Label((f.box.x, f.box.y, f.box.width, f.box.height),
-                                              f.expression, f.probabilities[f.expression])
-                                        for f in faces])
-        body = await loop.run_in_executor(pool, encode, drawn, media_type)
+        drawn = [Label((f.box.x, f.box.y, f.box.width, f.box.height), f.expression,
+                       f.probabilities[f.expression]) for f in faces]
+        # Drawn and encoded in the detection pool: a big photo takes a while, off the event
+        # loop and away from the decode pool's threads.
+        body = await loop.run_in_executor(slots.pool, _drawn, result.photo, drawn, media_type)
         return Response(body, media_type=media_type, headers=headers)
     answer = ExpressionsResponse(
         model=classifier.key, detector=finder.key if finder is not None else None,
         image=ImageSize(width=result.photo.width, height=result.photo.height), faces=faces)
     return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _drawn(photo: Image.Image, labels: list[Label], media_type: str) -> bytes:
+    return encode(annotate(photo, labels), media_type)
 
 
 def _face_result(face: Face, row: np.ndarray, labels: list[str], size: tuple[int, int],
