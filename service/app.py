@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in discover_routers():
         app.include_router(router)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(ClassifyShortcut, routes=app.routes)  # added first = innermost
+    app.add_middleware(ClassifyShortcut)  # added first = innermost
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        read_timeout_s=settings.body_read_timeout_s,
                        max_pending_bytes=settings.max_pending_upload_bytes,

@@ -8,6 +8,7 @@ request of the light models; docs/hardening.md has the figures and the command).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -127,8 +128,9 @@ class ClassifyShortcut:
     :func:`service.errors.to_response`, as the exception handlers do.
     """
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
-        """``routes``: the application's (as included, with any router-level dependencies)."""
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = router.routes) -> None:
+        """``routes``: this module's (``create_app`` includes its router as it is, adding no
+        dependencies; the check sees dependencies declared on a route or on ``router``)."""
         self.app = app
         self.routes = [route for route in routes if isinstance(route, APIRoute)
                        and route.endpoint in (classify_latest, classify_version)]
