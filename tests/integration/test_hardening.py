@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,42 @@ def test_big_group_photo_boxes_are_in_its_own_pixels(faces_client: TestClient,
         side = reference["box"]["width"]
         for key in ("x", "y", "width", "height"):
             assert abs(large["box"][key] / 2 - reference["box"][key]) < 0.15 * side
+
+
+def test_detection_neither_starves_classify_nor_queues_without_bound(
+        make_client: Callable, shipped_model: Callable[[str], Path], photo: Callable[[str], bytes],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decode thread, one detection slot: while a detection runs, classify still decodes
+    and answers, and a second detection is refused at once with 503 + Retry-After."""
+    import threading
+
+    from service.routes import expressions
+
+    for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
+        (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)
+    started, release = threading.Event(), threading.Event()
+    analyse = expressions.analyse
+
+    def held(*args: Any) -> Any:
+        started.set()
+        release.wait(60)
+        return analyse(*args)
+
+    monkeypatch.setattr(expressions, "analyse", held)
+    with make_client(tmp_path, decode_workers=1, detect_workers=1, max_pending_detections=1,
+                     retry_after_s=3) as client, ThreadPoolExecutor(1) as background:
+        first = background.submit(client.post, "/v1/expressions",
+                                  files={"file": ("m.jpg", photo("multi-face"))})
+        assert started.wait(30)
+        png = photo("astronaut")  # a PNG: decoded in the decode pool, never inline
+        digit = client.post("/v1/models/mnist-lenet5/classify", files={"file": ("a.png", png)})
+        assert digit.status_code == 200, digit.text
+        assert not first.done()  # answered while the detection still held its thread
+        second = client.post("/v1/expressions", files={"file": ("m.jpg", photo("multi-face"))})
+        assert second.status_code == 503 and second.headers["retry-after"] == "3"
+        assert second.json()["error"]["message"].startswith(
+            "1 face detections are running or waiting, the most allowed "
+            "(CONVSERVE_MAX_PENDING_DETECTIONS)")
+        release.set()
+        assert first.result(60).status_code == 200
+        assert len(first.result().json()["faces"]) == 5
