@@ -110,10 +110,10 @@ class RequestLog:
         if not access_log.isEnabledFor(logging.INFO):
             return
         state: dict[str, Any] = scope.get("state", {})
-        line: dict[str, Any] = {"event": "request", "request_id": request_id, "method": method,
-                "path": scope.get("path"), "route": template, "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "client": (scope.get("client") or ("-",))[0]}
+        line: dict[str, Any] = {
+            "event": "request", "request_id": request_id, "method": method,
+            "path": scope.get("path"), "route": template, "status": status,
+            "duration_ms": round(seconds * 1000, 2), "client": (scope.get("client") or ("-",))[0]}
         for key in ("model", "version", "images"):
             if key in state:
                 line[key] = state[key]
