@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 
 import service.routes
 from service.batching import Batcher
+from service.detection import DetectionSlots
 from service.errors import register_error_handlers
 from service.metrics import Metrics
 from service.middleware import ApiKeyAuth, BodyLimit, RequestLog
@@ -88,6 +89,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the batcher and decode pool, load the models in the background; drain on exit."""
     settings: Settings = app.state.settings
     app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+    app.state.detection = DetectionSlots(settings.detect_threads, settings.max_pending_detections,
+                                         settings.retry_after_s)
     app.state.batcher = Batcher(
         max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
         max_queue_size=settings.max_queue_size, retry_after_s=settings.retry_after_s,
@@ -101,7 +104,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        batcher, pool = app.state.batcher, app.state.decode_pool
+        batcher, pool, detection = app.state.batcher, app.state.decode_pool, app.state.detection
+        app.state.detection = None
+        await asyncio.to_thread(detection.shutdown)  # running detections queue their faces
         await batcher.close()  # finishes every queued input
         app.state.batcher = app.state.decode_pool = None
         pool.shutdown(wait=True)
@@ -130,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.repository = ModelRepository(settings)
     app.state.batcher = None
     app.state.decode_pool = None
+    app.state.detection = None
     app.state.reload_lock = asyncio.Lock()
     app.state.reload_models = functools.partial(reload_models, app)  # for the reload route
     app.state.starting = True  # until the first load has finished (see /readyz)
@@ -138,7 +144,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(ClassifyShortcut)  # added first = innermost
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       read_timeout_s=settings.body_read_timeout_s,
+                       max_pending_bytes=settings.max_pending_upload_bytes,
+                       retry_after_s=settings.retry_after_s)
     app.add_middleware(ApiKeyAuth, api_key=key)
     app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost
     return app

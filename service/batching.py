@@ -279,10 +279,20 @@ class Batcher:
         """:meth:`submit` for several inputs, queued together (one request's images stay in
         one batch where they fit) or not at all; results in order.
 
+        More inputs than ``max_queue_size`` could never be queued together: they go in several
+        runs of at most ``max_queue_size`` each, one after the other, so a request that an idle
+        server can answer never gets a 503 that no retry could cure.
+
         Raises:
             Overloaded: they do not all fit in the version's queue (HTTP 503, Retry-After).
             NotReady: the batcher is shutting down.
         """
+        if len(arrays) > self.max_queue_size:
+            results: list[Any] = []
+            for start in range(0, len(arrays), self.max_queue_size):
+                part = arrays[start:start + self.max_queue_size]
+                results += await self.submit_many(version, part, finish)
+            return results
         if self._closing:
             raise NotReady("the service is shutting down; retry on another replica")
         lane = self._lane(version)

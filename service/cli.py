@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.connections import http_protocol
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
@@ -142,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False, loop="auto",
-                            http="auto",
+                            http=http_protocol(settings.header_read_timeout_s),
                             timeout_graceful_shutdown=int(settings.graceful_shutdown_s))
     server = Server(config)
     try:

@@ -281,7 +281,7 @@ def face_crop(image: Image.Image, face: Face, size: tuple[int, int], *,
     outer = side * (abs(math.cos(turn)) + abs(math.sin(turn)))  # square holding the turned one
     left, top = math.floor(cx - outer / 2) - 1, math.floor(cy - outer / 2) - 1
     span = math.ceil(outer) + 2  # holds the turned square, whatever the rounding
-    region = Image.fromarray(_padded_region(np.asarray(image), left, top, span))
+    region = Image.fromarray(_padded_region(image, left, top, span))
     cx, cy = cx - left, cy - top  # the centre in the region
     if not angle:
         box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
@@ -297,14 +297,15 @@ def face_crop(image: Image.Image, face: Face, size: tuple[int, int], *,
     return patch.resize(size, Image.Resampling.BILINEAR, box=box)
 
 
-def _padded_region(pixels: np.ndarray, left: int, top: int, span: int) -> np.ndarray:
-    """``pixels[top:top+span, left:left+span]``, edge-padded where it leaves the image."""
-    height, width = pixels.shape[:2]
+def _padded_region(image: Image.Image, left: int, top: int, span: int) -> np.ndarray:
+    """``image``'s pixels ``[top:top+span, left:left+span]``, edge-padded where it leaves the
+    image. Only that region is copied out of the photo, never the whole photo."""
+    width, height = image.size
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + span, height), min(left + span, width)
     if y1 <= y0 or x1 <= x0:
         raise ValueError(f"the face box lies outside the {width}x{height} image")
-    region = pixels[y0:y1, x0:x1]
+    region = np.asarray(image.crop((x0, y0, x1, y1)))
     pads = [(y0 - top, top + span - y1), (x0 - left, left + span - x1)]
-    pads += [(0, 0)] * (pixels.ndim - 2)
+    pads += [(0, 0)] * (region.ndim - 2)
     return np.pad(region, pads, mode="edge") if any(p for pair in pads for p in pair) else region

@@ -215,6 +215,16 @@ def _decode(data: bytes, max_pixels: int, channels: int,
     return _to_mode(image, channels), decoded_size
 
 
+def pixel_count(data: bytes, max_pixels: int) -> int:
+    """Width times height from the image's header, without decoding it.
+
+    Raises:
+        InvalidImage, ImageTooLarge, UnsupportedMediaType: as :func:`prepare`.
+    """
+    with _open(data, sniff(data), max_pixels) as image:
+        return image.width * image.height
+
+
 def decode(data: bytes, max_pixels: int, channels: int = 3) -> Image.Image:
     """The whole image at its own size, EXIF orientation applied, as L (1) or RGB (3).
 

@@ -1,12 +1,15 @@
-"""Pure ASGI middleware: request id, one structured log line, metrics, API key, body limit.
+"""Pure ASGI middleware: request id, one structured log line, metrics, API key, body limits.
 
 Order, outermost first: :class:`RequestLog` (so even a 401 or 413 is logged, counted and carries
 its ``X-Request-ID``; it is also the last line of defence that turns an unexpected exception into
-the generic 500), :class:`ApiKeyAuth`, :class:`BodyLimit`.
+the generic 500), :class:`ApiKeyAuth`, :class:`BodyLimit` (size, read timeout, and the bytes all
+unfinished uploads may hold together). Every error answer comes from
+:func:`service.errors.to_response`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
@@ -19,7 +22,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_response
+from service.errors import (
+    CLIENT_CLOSED,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    is_unexpected,
+    to_response,
+)
 from service.metrics import Metrics
 
 access_log = logging.getLogger("convserve.access")
@@ -76,13 +87,11 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            logger.error("unhandled error on %s %s (request %s)", scope.get("method"),
-                         scope.get("path"), request_id, exc_info=exc)
-            if not started:
-                response = error_response(
-                    "internal_error",
-                    f"internal server error; quote request id {request_id} when reporting", 500)
-                await response(scope, receive, send_with_id)
+            if is_unexpected(exc):
+                logger.error("unhandled error on %s %s (request %s)", scope.get("method"),
+                             scope.get("path"), request_id, exc_info=exc)
+            if not started:  # a 499 reaches nobody, but its status is counted and logged
+                await to_response(exc, scope["path"], request_id)(scope, receive, send_with_id)
         finally:
             self._record(scope, request_id, status, time.perf_counter() - start)
 
@@ -101,13 +110,15 @@ class RequestLog:
         if not access_log.isEnabledFor(logging.INFO):
             return
         state: dict[str, Any] = scope.get("state", {})
-        line = {"event": "request", "request_id": request_id, "method": method,
-                "path": scope.get("path"), "route": template, "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "client": (scope.get("client") or ("-",))[0]}
+        line: dict[str, Any] = {
+            "event": "request", "request_id": request_id, "method": method,
+            "path": scope.get("path"), "route": template, "status": status,
+            "duration_ms": round(seconds * 1000, 2), "client": (scope.get("client") or ("-",))[0]}
         for key in ("model", "version", "images"):
             if key in state:
                 line[key] = state[key]
+        if status == CLIENT_CLOSED:  # not a server error: one INFO line, no traceback
+            line["note"] = "the client closed the connection before the answer"
         access_log.info(json.dumps(line))
 
 
@@ -130,45 +141,89 @@ class ApiKeyAuth:
             return
         message = ("missing API key: send 'Authorization: Bearer <key>'" if not given
                    else "wrong API key: check the key in 'Authorization: Bearer <key>'")
-        response = error_response("unauthorized", message, 401, {"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        exc = Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
+        await to_response(exc, path)(scope, receive, send)
 
 
 class BodyLimit:
-    """Refuses bodies over ``max_bytes``: by Content-Length up front, else while streaming."""
+    """Bounds what request bodies cost: size, read time, and memory held by unfinished uploads.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    - A body over ``max_bytes`` is refused: by Content-Length up front, else while streaming
+      (413).
+    - A client that sends nothing for ``read_timeout_s`` while its body is unfinished gets 408
+      and the connection is closed (a stalled upload no longer holds its bytes).
+    - The bytes of all unfinished bodies together stay under ``max_pending_bytes``: a body that
+      would pass it is refused with 503 and ``Retry-After`` (checked by Content-Length up front,
+      then as it streams), so stalled clients cannot pin the server's memory.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float,
+                 max_pending_bytes: int, retry_after_s: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
+        self.max_pending_bytes = max_pending_bytes
+        self.retry_after_s = retry_after_s
+        self.pending = 0  # bytes received of bodies not yet complete, over all requests
 
-    def _error(self, size: str) -> PayloadTooLarge:
+    def _too_large(self, size: str) -> PayloadTooLarge:
         return PayloadTooLarge(f"the request body is {size} bytes, more than the limit of "
                                f"{self.max_bytes} (CONVSERVE_MAX_BODY_BYTES); send smaller or "
-                               "fewer images")
+                               "fewer images", headers={"Connection": "close"})
+
+    def _busy(self) -> Overloaded:
+        return Overloaded(f"uploads in progress already hold {self.pending} bytes, the most the "
+                          f"server buffers (CONVSERVE_MAX_PENDING_UPLOAD_BYTES); retry after "
+                          f"{self.retry_after_s} s",
+                          headers={"Retry-After": str(self.retry_after_s),
+                                   "Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            exc = self._error(declared)
-            response = error_response(exc.code, exc.message, exc.status_code,
-                                      {"Connection": "close"})
-            await response(scope, receive, send)
-            return
+        if declared and declared.isdigit():
+            refusal = (self._too_large(declared) if int(declared) > self.max_bytes
+                       else self._busy() if self.pending + int(declared) > self.max_pending_bytes
+                       else None)
+            if refusal is not None:
+                await to_response(refusal, scope["path"])(scope, receive, send)
+                return
         received = 0
+        complete = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error(f"over {received}")
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no request data for {self.read_timeout_s:g} s after {received} bytes of the "
+                    "body (CONVSERVE_BODY_READ_TIMEOUT_S); send the body at once",
+                    headers={"Connection": "close"}) from None
+            if message["type"] != "http.request":
+                return message  # http.disconnect
+            chunk = len(message.get("body", b""))
+            received += chunk
+            self.pending += chunk
+            if not message.get("more_body", False):
+                complete = True
+                self.pending -= received
+            if received > self.max_bytes:
+                raise self._too_large(f"over {received}")
+            if not complete and self.pending > self.max_pending_bytes:
+                raise self._busy()
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if not complete:
+                self.pending -= received
 
 
 def request_id(request: Request) -> str:

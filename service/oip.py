@@ -6,7 +6,9 @@ the outputs asked for; :func:`encode_infer_response` writes the answer, with the
 ``data`` or as binary data after the JSON header, and with the ``classification`` extension's
 ``"score:index:label"`` BYTES strings when asked. ``service/routes/v2.py`` serves them.
 
-Errors are :class:`ProtocolError` (HTTP 400), with a message that says what to send instead.
+Requests are validated against :class:`InferenceRequestBody` (pydantic, as KServe's
+``v2_datamodels``) before anything is read from them. Errors are :class:`ProtocolError`
+(HTTP 400), with a message that says what to send instead.
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from service.errors import ServiceError
 from service.pipeline import top_k
@@ -65,7 +76,53 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
 
 
-def _json_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+class Parameters(BaseModel):
+    """The ``parameters`` object of a request, an input or an output (others are allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: Annotated[StrictInt, Field(ge=0)] | None = None  # bytes of binary data
+    binary_data: StrictBool | None = None  # an output as binary data (or JSON)
+    binary_data_output: StrictBool | None = None  # every output as binary data
+    classification: Annotated[StrictInt, Field(ge=0)] | None = None  # top-k strings
+
+
+class RequestInput(BaseModel):
+    """One input tensor: ``data`` as (nested) JSON numbers, or binary data after the header."""
+
+    name: StrictStr
+    shape: list[Annotated[StrictInt, Field(ge=0)]]
+    datatype: StrictStr
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    """One output asked for."""
+
+    name: StrictStr
+    parameters: Parameters | None = None
+
+
+class InferenceRequestBody(BaseModel):
+    """The JSON of an inference request (KServe's ``v2_datamodels.InferenceRequest``)."""
+
+    id: StrictStr | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {error['msg']}" if where else error["msg"])
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "; ".join(problems) + more
+
+
+def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceRequestBody, bytes]:
     if header_length is None:
         size = len(body)
     else:
@@ -77,50 +134,42 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
         if not 0 < size <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} is {size} but the body holds {len(body)} "
                                 "bytes; it must be the length of the JSON part")
-    try:
-        header = json.loads(body[:size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the inference request is not valid JSON ({exc}); binary tensor "
-                            f"data needs the {HEADER_LENGTH} header") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("the inference request must be a JSON object with 'inputs'")
+    try:  # pydantic's JSON parser: no recursion on deep nesting, a typed result
+        header = InferenceRequestBody.model_validate_json(body[:size])
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            reason = exc.errors()[0]["msg"]
+            raise ProtocolError(f"the inference request is not valid JSON ({reason}); binary "
+                                f"tensor data needs the {HEADER_LENGTH} header") from None
+        raise ProtocolError("the inference request does not follow the protocol: "
+                            f"{_validation_message(exc)}") from None
     return header, body[size:]
 
 
-def _flag(parameters: Any, name: str, default: bool = False) -> bool:
-    value = parameters.get(name, default) if isinstance(parameters, dict) else default
-    if not isinstance(value, bool):
-        raise ProtocolError(f"parameter {name!r} must be true or false, not {value!r}")
-    return value
-
-
-def _tensor(entry: dict[str, Any], spec: TensorSpec, binary: bytes) -> np.ndarray:
-    name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
+def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes) -> np.ndarray:
+    name, datatype, shape = entry.name, entry.datatype, entry.shape
     expected = f"[N, {', '.join(map(str, spec.shape))}]"
     if datatype != spec.datatype:
         raise ProtocolError(f"input {name!r} has datatype {datatype!r}; this model takes "
                             f"{spec.datatype}")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)
-            or len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape
-            or shape[0] < 1):
+    if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape or shape[0] < 1:
         raise ProtocolError(f"input {name!r} has shape {shape}; this model takes {expected} "
                             "(batch first, N >= 1)")
     dtype = np.dtype(DATATYPES[spec.datatype])
     count = math.prod(shape)
-    parameters = entry.get("parameters") or {}
-    if "binary_data_size" in parameters:
-        size = parameters["binary_data_size"]
+    size = entry.parameters.binary_data_size if entry.parameters is not None else None
+    if size is not None:
         if size != count * dtype.itemsize or size != len(binary):
             raise ProtocolError(f"input {name!r}: binary_data_size is {size}, the binary part "
                                 f"holds {len(binary)} bytes and shape {shape} needs "
                                 f"{count * dtype.itemsize}")
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
-    if "data" not in entry:
+    if entry.data is None:
         raise ProtocolError(f"input {name!r} has neither 'data' nor "
                             "parameters.binary_data_size")
     try:
-        array = np.asarray(entry["data"])
-    except ValueError as exc:
+        array = np.asarray(entry.data)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input {name!r}: 'data' is not a regular array ({exc})") from None
     if array.size != count or not np.issubdtype(array.dtype, np.number):
         raise ProtocolError(f"input {name!r}: 'data' holds {array.size} values of type "
@@ -135,26 +184,19 @@ def _tensor(entry: dict[str, Any], spec: TensorSpec, binary: bytes) -> np.ndarra
     return array.astype(dtype).reshape(shape)
 
 
-def _outputs(header: dict[str, Any], output_name: str, binary_default: bool,
+def _outputs(header: InferenceRequestBody, output_name: str, binary_default: bool,
              num_classes: int) -> list[RequestedOutput]:
-    asked = header.get("outputs")
-    if asked is None:
+    if header.outputs is None:
         return [RequestedOutput(output_name, binary_default)]
-    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
-        raise ProtocolError("'outputs' must be a list of objects with a 'name'")
     outputs = []
-    for entry in asked:
-        if entry.get("name") != output_name:
-            raise ProtocolError(f"unknown output {entry.get('name')!r}; this model has one "
+    for entry in header.outputs:
+        if entry.name != output_name:
+            raise ProtocolError(f"unknown output {entry.name!r}; this model has one "
                                 f"output, {output_name!r}")
-        parameters = entry.get("parameters") or {}
-        k = parameters.get("classification", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ProtocolError(f"parameters.classification must be an integer >= 1 (the "
-                                f"number of classes to return), not {k!r}")
-        outputs.append(RequestedOutput(output_name, _flag(parameters, "binary_data",
-                                                          binary_default),
-                                       min(k, num_classes)))
+        parameters = entry.parameters or Parameters()
+        binary = binary_default if parameters.binary_data is None else parameters.binary_data
+        outputs.append(RequestedOutput(output_name, binary,
+                                       min(parameters.classification or 0, num_classes)))
     return outputs
 
 
@@ -162,25 +204,26 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec
                         output_name: str, num_classes: int) -> InferRequest:
     """Read an inference request for a model with one input ``spec`` and one output.
 
+    The JSON is validated against :class:`InferenceRequestBody` before anything is read from it.
+    Blocking (a large JSON body takes a while): the route runs big ones off the event loop.
+
     Raises:
         ProtocolError: anything malformed, or a tensor that does not fit the model (HTTP 400).
     """
     header, binary = _json_header(body, header_length)
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    if len(header.inputs) != 1:
         raise ProtocolError(f"send exactly one input, {spec.name!r} ({spec.datatype}, shape "
                             f"[N, {', '.join(map(str, spec.shape))}])")
-    entry = inputs[0]
-    if entry.get("name") != spec.name:
-        raise ProtocolError(f"unknown input {entry.get('name')!r}; this model's input is "
+    entry = header.inputs[0]
+    if entry.name != spec.name:
+        raise ProtocolError(f"unknown input {entry.name!r}; this model's input is "
                             f"{spec.name!r}")
-    if binary and "binary_data_size" not in (entry.get("parameters") or {}):
+    if binary and (entry.parameters is None or entry.parameters.binary_data_size is None):
         raise ProtocolError(f"{len(binary)} bytes follow the JSON header but no input has "
                             "parameters.binary_data_size")
     tensor = _tensor(entry, spec, binary)
-    request_id = header.get("id")
-    binary_default = _flag(header.get("parameters"), "binary_data_output")
-    return InferRequest(id=str(request_id) if request_id is not None else None, tensor=tensor,
+    binary_default = bool(header.parameters and header.parameters.binary_data_output)
+    return InferRequest(id=header.id, tensor=tensor,
                         outputs=_outputs(header, output_name, binary_default, num_classes))
 
 

@@ -18,12 +18,13 @@ from starlette.requests import Request
 from service.batching import Batcher
 from service.errors import (
     BadRequest,
+    ImageTooLarge,
     InvalidImage,
     InvalidParameter,
     ServiceError,
     UnsupportedMediaType,
 )
-from service.imaging import SUPPORTED, InputSpec, Prepared, prepare, sniff
+from service.imaging import SUPPORTED, InputSpec, Prepared, pixel_count, prepare, sniff
 from service.metrics import Metrics
 from service.repository import ModelVersion
 from service.schemas import ImageResult, Prediction
@@ -136,14 +137,43 @@ def _decode_inline(data: bytes) -> bool:
     return len(data) <= INLINE_JPEG_BYTES and data[:3] == b"\xff\xd8\xff"
 
 
+def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int) -> None:
+    """Refuse, before decoding any, images that together have more than ``max_total`` pixels.
+
+    Each image alone is held to ``max_pixels`` when decoded; a request of many large images
+    (64 GIFs of 49 megapixels each, 35 bytes apiece) would still cost minutes of decoding.
+
+    Raises:
+        ImageTooLarge: naming the total and the limit (HTTP 413); or the first image whose
+            header cannot be read, as :func:`prepare` would.
+    """
+    total = 0
+    for position, upload in enumerate(uploads, 1):
+        try:
+            total += pixel_count(upload.data, max_pixels)
+        except ServiceError as exc:
+            exc.message = f"image {_name(position, upload)}: {exc.message}"
+            raise
+    if total > max_total:
+        raise ImageTooLarge(f"the {len(uploads)} images have {total} pixels together, more than "
+                            f"the limit of {max_total} per request "
+                            "(CONVSERVE_MAX_REQUEST_PIXELS); send fewer or smaller images")
+
+
 async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor,
                           max_pixels: int, metrics: Metrics | None = None,
-                          labels: tuple[str, str] | None = None) -> list[np.ndarray]:
+                          labels: tuple[str, str] | None = None,
+                          max_request_pixels: int | None = None) -> list[np.ndarray]:
     """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG inline).
+
+    With several uploads, their pixels together are checked against ``max_request_pixels``
+    first, from their headers.
 
     Raises:
         ServiceError: the first failing image's error, its message naming the image.
     """
+    if len(uploads) > 1 and max_request_pixels is not None:
+        check_request_pixels(uploads, max_pixels, max_request_pixels)
     done: list[Prepared | BaseException]
     if len(uploads) == 1 and _decode_inline(uploads[0].data):
         try:

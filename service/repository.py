@@ -156,9 +156,12 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
         # MTCNN's pyramid gives every run a new input shape, which a GPU provider re-plans
         # (docs/service-architecture.md): CPU only. A lone classification run spins its threads
         # (it has the cores to itself); MTCNN's and the expression model's lone runs share the
-        # cores with other requests' work, where spinning costs throughput.
+        # cores with other requests' work, where spinning costs throughput. MTCNN's input shapes
+        # change every run: no memory arena (it kept the largest run's memory for good;
+        # docs/hardening.md).
         sessions[key] = create_session(graph, settings, cpu_only=card.task == DETECTOR_TASK,
-                                       solo_spins=card.task == "classification")
+                                       solo_spins=card.task == "classification",
+                                       arena=card.task != DETECTOR_TASK)
     spec = InputSpec.from_card(card.input) if isinstance(card, ClassifierCard) else None
     batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
     if batch_sizes:

@@ -136,11 +136,14 @@ class Session:
 
 
 def session_options(settings: Settings, intra_threads: int | None = None, *,
-                    spin_within_runs: bool = False) -> ort.SessionOptions:
+                    spin_within_runs: bool = False, arena: bool = True) -> ort.SessionOptions:
     """Session options from the settings (threads, graph optimisation). ``spin_within_runs``:
     ORT's threads busy-wait between the operators of a run and stop when it returns (for the
-    ``solo`` session, whose runs have the cores to themselves)."""
+    ``solo`` session, whose runs have the cores to themselves). ``arena=False``: no CPU memory
+    arena, for graphs whose input shape changes every run (MTCNN's P-Net), where the arena keeps
+    the largest run's memory for good."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = intra_threads or settings.intra_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
@@ -199,11 +202,12 @@ def provider_load_error(provider: str) -> str | None:
 
 
 def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
-                   solo_spins: bool = False) -> Session:
+                   solo_spins: bool = False, arena: bool = True) -> Session:
     """Load one ONNX graph with the configured providers (those this build of ORT has, less
     those that already failed to load in this process), or on the CPU alone (``cpu_only``).
     ``solo_spins``: the solo session's threads spin within its runs (for graphs whose runs are
     called alone only when nothing else waits: whole-image classifiers behind the batcher).
+    ``arena``: see :func:`session_options`.
 
     Raises:
         onnxruntime's exceptions when the file is not a valid graph.
@@ -213,13 +217,15 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
         "CPUExecutionProvider"]
     configured = provider_options(usable, settings)
     with _quiet_provider_errors(usable != ["CPUExecutionProvider"]):
-        inner = ort.InferenceSession(str(path), session_options(settings), providers=configured)
+        inner = ort.InferenceSession(str(path), session_options(settings, arena=arena),
+                                     providers=configured)
     providers = tuple(inner.get_providers())
     _UNLOADABLE.update(p for p in usable if p not in providers)
     cores, solo = settings.cores, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
         solo = ort.InferenceSession(str(path), session_options(settings, cores,
-                                                               spin_within_runs=solo_spins),
+                                                               spin_within_runs=solo_spins,
+                                                               arena=arena),
                                     providers=["CPUExecutionProvider"])
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 

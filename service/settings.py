@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -83,7 +83,24 @@ class Settings(BaseSettings):
     # Limits
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)  # request body; larger -> 413
     max_image_pixels: int = Field(50_000_000, gt=0)  # width*height; larger -> 413, not decoded
+    max_request_pixels: int = Field(200_000_000, gt=0)  # all images of one request together,
+    # read from their headers before any is decoded; more -> 413
     max_images_per_request: int = Field(64, gt=0)  # multipart `file` fields per request
+    header_read_timeout_s: float = Field(10.0, gt=0)  # a connection's request line and headers
+    # must arrive within this (from connect, or from its first byte after a keep-alive idle);
+    # else 408 and close (slowloris)
+    body_read_timeout_s: float = Field(30.0, gt=0)  # longest silence while a body is unfinished
+    # -> 408 and close
+    max_pending_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)  # bytes all unfinished
+    # request bodies may hold together; an upload past it -> 503 + Retry-After
+
+    # Face detection (POST /v1/expressions)
+    detection_max_side: int = Field(1600, ge=100)  # detect on a copy whose longest side is at
+    # most this; boxes are mapped back to the photo (faces under 12 px in the copy are missed)
+    detect_workers: int = Field(0, ge=0)  # detection threads (apart from the decode pool);
+    # 0 = half the CPU cores, at least 1
+    max_pending_detections: int = Field(4, ge=1)  # detections running or waiting for a thread;
+    # more -> 503 + Retry-After
 
     # Security
     api_key: SecretStr | None = None  # when set, Bearer auth on all but health and metrics
@@ -138,6 +155,25 @@ class Settings(BaseSettings):
     def intra_threads(self) -> int:
         """Threads inside one ORT run: ``intra_op_threads``, or the cores over the instances."""
         return self.intra_op_threads or max(1, self.cores // self.instances)
+
+    @property
+    def detect_threads(self) -> int:
+        """Threads for face detection: ``detect_workers`` or half the CPU cores (at least 1)."""
+        return self.detect_workers or max(1, (os.cpu_count() or 1) // 2)
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> Settings:
+        if self.max_request_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_request_pixels ({self.max_request_pixels}) must be at least "
+                f"max_image_pixels ({self.max_image_pixels}): raise {ENV_PREFIX}"
+                f"MAX_REQUEST_PIXELS or lower {ENV_PREFIX}MAX_IMAGE_PIXELS")
+        if self.max_pending_upload_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_pending_upload_bytes ({self.max_pending_upload_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}): raise {ENV_PREFIX}"
+                f"MAX_PENDING_UPLOAD_BYTES or lower {ENV_PREFIX}MAX_BODY_BYTES")
+        return self
 
     @property
     def decode_threads(self) -> int:

@@ -1,22 +1,25 @@
 """``POST /v1/models/{name}/classify``: images in, top-k classes out, in the order sent.
 
 The two routes are declared to FastAPI (OpenAPI docs, ``/docs``), and :class:`ClassifyShortcut`
-answers them before FastAPI's routing: a pure-ASGI step that skips routing, dependency injection
-and the exception middleware, CPU saved on every request (docs/service-architecture.md gives the
-figure and the command, scripts/bench_request_overhead.py).
-Both call :func:`answer`, so they answer alike.
+answers them before FastAPI's routing: a pure-ASGI step, derived from the declared routes, that
+skips routing, dependency injection and the exception middleware (CPU saved on every request:
+docs/hardening.md has the figures and the command, scripts/bench_request_overhead.py).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import Serving, ServingDep, get_serving
-from service.errors import InvalidParameter, ServiceError, error_response
+from service.errors import ServiceError, to_response
 from service.pipeline import classify, prepare_uploads, read_uploads
 from service.schemas import ClassifyResponse, ErrorResponse
 
@@ -46,7 +49,8 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
     request.state.images = len(uploads)
     arrays = await prepare_uploads(uploads, chosen.input, serving.pool,
                                    serving.settings.max_image_pixels, serving.metrics,
-                                   (chosen.name, str(chosen.version)))
+                                   (chosen.name, str(chosen.version)),
+                                   serving.settings.max_request_pixels)
     results = await classify(chosen, arrays, uploads, serving.batcher, top_k)
     body = ClassifyResponse.model_construct(model=chosen.name, version=chosen.version,
                                             results=results)
@@ -68,52 +72,89 @@ async def classify_version(name: str, version: str, request: Request, serving: S
     return await answer(request, serving, name, version, top_k)
 
 
-def parse_top_k(raw: str | None) -> int:
-    """``top_k`` from the query string, checked as :data:`TopK` declares it.
+_TOP_K = TypeAdapter(TopK)  # the declared query parameter's own type and bounds
 
-    Raises:
-        InvalidParameter: not a whole number from 1 to ``MAX_TOP_K`` (HTTP 422).
-    """
+
+def _top_k(raw: str | None) -> int:
+    """``top_k`` from the query string, validated by :data:`TopK` itself (as FastAPI would)."""
     if raw is None:
         return 5
     try:
-        k = int(raw)
-    except ValueError:
-        k = 0
-    if 1 <= k <= MAX_TOP_K:
-        return k
-    raise InvalidParameter(f"top_k: must be a whole number from 1 to {MAX_TOP_K}, not {raw!r}")
+        return int(_TOP_K.validate_strings(raw))
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", "top_k")} for e in exc.errors()],
+                                     ) from None
+
+
+def _check_declared(route: APIRoute) -> None:
+    """Refuse to shortcut ``route`` when it declares anything the shortcut would not honour.
+
+    The shortcut calls the route's own endpoint with its path parameters, ``request``,
+    ``serving`` (:func:`get_serving`) and ``top_k`` (:data:`TopK`): a dependency, header, body
+    or query parameter added to the route (or its router) must be added here too, or start-up
+    fails with this message, instead of being silently skipped.
+    """
+    dependant = route.dependant
+    declared = {
+        "path": sorted(p.name for p in dependant.path_params),
+        "query": sorted(p.name for p in dependant.query_params),
+        "dependencies": [d.call for d in dependant.dependencies],
+        "other": [p.name for p in (*dependant.header_params, *dependant.cookie_params,
+                                   *dependant.body_params)],
+        "request": dependant.request_param_name,
+    }
+    expected = {
+        "path": sorted(route.param_convertors),
+        "query": ["top_k"],
+        "dependencies": [get_serving],
+        "other": [],
+        "request": "request",
+    }
+    if declared != expected or route.dependencies or route.methods != {"POST"}:
+        raise RuntimeError(f"ClassifyShortcut cannot answer {route.path} as declared "
+                           f"({declared}); teach it the change or drop the shortcut")
 
 
 class ClassifyShortcut:
     """Answers ``POST`` on the two classify routes without FastAPI's routing (pure ASGI).
 
-    It sits innermost among the middleware, so the request id, access log, API key and body
-    limit apply as everywhere; it sets ``scope["route"]`` to the declared route (metric labels
-    and logs name its template) and maps :class:`ServiceError` as the exception handlers do.
+    Measured worth: ``scripts/bench_request_overhead.py`` (docs/hardening.md). It is derived
+    from the declared routes, so the two cannot drift: it matches their own path regexes, calls
+    their own endpoints, validates ``top_k`` with the declared :data:`TopK`, gets ``serving``
+    from the declared dependency, and :func:`_check_declared` fails start-up if a route gains
+    anything else. It sits innermost among the middleware, so the request id, access log, API
+    key and body limits apply as everywhere; it sets ``scope["route"]`` to the declared route
+    (metric labels and logs name its template) and maps errors with
+    :func:`service.errors.to_response`, as the exception handlers do.
     """
 
-    _PATH = re.compile(rf"^{PREFIX}/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/classify$")
-
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = router.routes) -> None:
+        """``routes``: this module's (``create_app`` includes its router as it is, adding no
+        dependencies; the check sees dependencies declared on a route or on ``router``)."""
         self.app = app
-        templates = {getattr(route, "path", None): route for route in router.routes}
-        self.latest = templates[f"{PREFIX}/{{name}}/classify"]
-        self.versioned = templates[f"{PREFIX}/{{name}}/versions/{{version}}/classify"]
+        self.routes = [route for route in routes if isinstance(route, APIRoute)
+                       and route.endpoint in (classify_latest, classify_version)]
+        for route in self.routes:
+            _check_declared(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = (self._PATH.match(scope["path"])
-                 if scope["type"] == "http" and scope["method"] == "POST" else None)
-        if match is None:
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        name, version = match["name"], match["version"]
-        scope["route"] = self.latest if version is None else self.versioned
+        for route in self.routes:
+            match = route.path_regex.match(scope["path"])
+            if match is not None:
+                break
+        else:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
         request = Request(scope, receive, send)
         response: Response
         try:
-            top_k = parse_top_k(request.query_params.get("top_k"))
-            response = await answer(request, await get_serving(request), name, version, top_k)
-        except ServiceError as exc:
-            response = error_response(exc.code, exc.message, exc.status_code, exc.headers)
+            top_k = _top_k(request.query_params.get("top_k"))
+            response = await route.endpoint(request=request, serving=await get_serving(request),
+                                            top_k=top_k, **match.groupdict())
+        except (ServiceError, RequestValidationError) as exc:
+            response = to_response(exc, scope["path"])
         await response(scope, receive, send)

@@ -1,10 +1,12 @@
 """``POST /v1/expressions``: every face in a photo, where it is and which expression it shows.
 
 Steps: decode the photo at full size (EXIF orientation applied, so boxes are in the photo as it
-is displayed), detect faces with the MTCNN graphs (``service/faces.py``), crop each face with a
-margin and level its eyes, convert it to the expression model's input, and classify all faces of
-the request together through the batcher (they queue at once, so they share one ONNX Runtime
-run, with faces of concurrent requests too). Faces are answered left to right. A photo without
+is displayed), detect faces with the MTCNN graphs (``service/faces.py``) on a bounded copy in
+the detection pool (``service/detection.py``: boxes come back in the photo's pixels), crop each
+face with a margin and level its eyes, convert it to the expression model's input, and classify
+all faces of the request together through the batcher (they queue at once, so they share one
+ONNX Runtime run, with faces of concurrent requests too; more faces than the queue holds go in
+several runs). Faces are answered left to right. A photo without
 faces is a normal answer with an empty list. ``annotate=true`` (or ``Accept: image/png`` /
 ``image/jpeg``) answers the photo with the boxes drawn instead of JSON.
 """
@@ -23,8 +25,9 @@ from pydantic import BaseModel, Field
 
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
-from service.deps import BatcherDep, DecodePoolDep, MetricsDep, RepositoryDep, SettingsDep
-from service.errors import InvalidParameter
+from service.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
+from service.detection import DetectionSlots, detect_bounded
+from service.errors import InvalidParameter, NotReady
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
 from service.model_format import ClassifierCard, DetectorCard
@@ -112,8 +115,9 @@ class CropSpec:
 
 
 def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
-            spec: InputSpec, crop: CropSpec, max_faces: int) -> Analysis:
-    """Decode, detect and crop (blocking: runs in the decode pool)."""
+            spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
+    """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
+    detection pool)."""
     start = time.perf_counter()
     photo = imaging.decode(data, max_pixels)
     decoded = time.perf_counter()
@@ -122,7 +126,7 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
         faces = [Face(box=(0.0, 0.0, float(width), float(height)), score=float("nan"),
                       landmarks=np.zeros((5, 2)))]
     else:
-        faces = detector.detect(np.asarray(photo), config)[:max_faces]
+        faces = detect_bounded(detector, photo, config, max_side)[:max_faces]
         faces.sort(key=lambda face: (face.box[0], face.box[1]))
     detected = time.perf_counter()
     crops = [photo] if detector is None else [
@@ -177,7 +181,7 @@ Version = Annotated[int | None, Query(ge=1, description="version of the expressi
 @router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
              summary="Detect faces and classify their expressions")
 async def expressions(request: Request, repository: RepositoryDep, settings: SettingsDep,
-                      batcher: BatcherDep, pool: DecodePoolDep, metrics: MetricsDep,
+                      batcher: BatcherDep, metrics: MetricsDep,
                       min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
                       detect: Detect = True, annotate_flag: AnnotateFlag = False,
                       model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR,
@@ -190,10 +194,13 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
     upload = (await read_uploads(request, 1))[0]
     request.state.images = 1
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(
-        pool, analyse, upload.data, settings.max_image_pixels, graphs,
+    slots: DetectionSlots | None = request.app.state.detection
+    if slots is None:
+        raise NotReady("the service is starting or stopping; retry in a moment")
+    result = await slots.run(
+        analyse, upload.data, settings.max_image_pixels, graphs,
         DetectorConfig(min_face_size=min_face_size), classifier.input,
-        CropSpec.from_card(classifier.card), max_faces)
+        CropSpec.from_card(classifier.card), max_faces, settings.detection_max_side)
     labels = (classifier.name, str(classifier.version))
     metrics.decode.labels(*labels).observe(result.decode_s)
     metrics.preprocess.labels(*labels).observe(result.crop_s)
@@ -210,15 +217,20 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
                "X-Faces": str(len(faces))}
     media_type = _wanted_image(request, annotate_flag)
     if media_type is not None:
-        drawn = annotate(result.photo, [Label((f.box.x, f.box.y, f.box.width, f.box.height),
-                                              f.expression, f.probabilities[f.expression])
-                                        for f in faces])
-        body = await loop.run_in_executor(pool, encode, drawn, media_type)
+        drawn = [Label((f.box.x, f.box.y, f.box.width, f.box.height), f.expression,
+                       f.probabilities[f.expression]) for f in faces]
+        # Drawn and encoded in the detection pool: a big photo takes a while, off the event
+        # loop and away from the decode pool's threads.
+        body = await loop.run_in_executor(slots.pool, _drawn, result.photo, drawn, media_type)
         return Response(body, media_type=media_type, headers=headers)
     answer = ExpressionsResponse(
         model=classifier.key, detector=finder.key if finder is not None else None,
         image=ImageSize(width=result.photo.width, height=result.photo.height), faces=faces)
     return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _drawn(photo: Image.Image, labels: list[Label], media_type: str) -> bytes:
+    return encode(annotate(photo, labels), media_type)
 
 
 def _face_result(face: Face, row: np.ndarray, labels: list[str], size: tuple[int, int],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from service.deps import MetricsDep, RepositoryDep
 from service.errors import NotReady
@@ -34,3 +35,8 @@ async def readyz(request: Request, repository: RepositoryDep) -> Health:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(registry: MetricsDep) -> Response:
     return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+# HEAD as well (probes and load balancers use it): the same endpoints, answered without a body.
+for _route in [route for route in router.routes if isinstance(route, APIRoute)]:
+    router.add_api_route(_route.path, _route.endpoint, methods=["HEAD"], include_in_schema=False)

@@ -6,26 +6,25 @@
 are the model's own tensor (``image``, ``UINT8``, ``[N, H, W, C]``), so a client that already
 preprocesses skips the service's image decoding; each image goes through the same dynamic
 batcher as ``/v1`` requests. Errors are answered as the protocol says, ``{"error": "message"}``,
-with 400, 404 or 503.
+with 400, 404 or 503; a JSON request is validated against the protocol's schema
+(``service.oip.InferenceRequestBody``) before it is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
+from pydantic import BaseModel, Field
 
-from service.deps import BatcherDep, RepositoryDep, SettingsDep
-from service.errors import NotReady, ServiceError
+from service.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
+from service.errors import NotReady
 from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
+    InferenceRequestBody,
     ProtocolError,
     TensorSpec,
     encode_infer_response,
@@ -38,33 +37,39 @@ SERVER_NAME = "convserve"
 PLATFORM = "onnxruntime_onnx"
 
 
-def protocol_error(exc: Exception) -> JSONResponse:
-    """An exception as the protocol's error answer, ``{"error": "..."}``."""
-    if isinstance(exc, ServiceError):
-        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers)
-    if isinstance(exc, RequestValidationError):
-        return JSONResponse({"error": "; ".join(str(e.get("msg")) for e in exc.errors())}, 400)
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": str(exc.detail)}, exc.status_code,
-                        headers=dict(exc.headers or {}))
+class ProtocolErrorResponse(BaseModel):
+    """The protocol's error answer."""
+
+    error: str = Field(description="what went wrong and how to fix it")
 
 
-class ProtocolRoute(APIRoute):
-    """A route whose errors take the protocol's shape (the app's handlers use ``/v1``'s)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ServiceError, RequestValidationError, HTTPException) as exc:
-                return protocol_error(exc)
-
-        return handle
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ProtocolErrorResponse} for status in statuses}
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute)
+# Errors take the protocol's shape on every /v2 path: service.errors.to_response picks it.
+router = APIRouter(prefix="/v2", tags=["open inference protocol"],
+                   responses=_errors(400, 401, 404, 405, 408, 413, 503))
+# Larger JSON bodies are parsed in the decode pool, off the event loop.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    """``schema`` with every ``$ref`` to ``definitions`` replaced by the definition."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(definitions[schema["$ref"].rsplit("/", 1)[1]], definitions)
+        return {k: _inline(v, definitions) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, definitions) for v in schema]
+    return schema
+
+
+_REQUEST = InferenceRequestBody.model_json_schema()
+# The body is read raw (JSON, or JSON then binary tensor data), so it is declared here.
+_INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inline(_REQUEST, _REQUEST.get("$defs", {}))},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def tensor_spec(version: ModelVersion) -> TensorSpec:
@@ -159,12 +164,17 @@ async def version_ready(name: str, version: str, repository: RepositoryDep) -> d
 
 
 async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
-                 max_images: int) -> Response:
+                 pool: DecodePoolDep, max_images: int) -> Response:
     spec = tensor_spec(version)
     request.state.model, request.state.version = version.name, version.version
     body = await request.body()
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec,
-                                 version.output_name, len(version.labels))
+    arguments = (body, request.headers.get(HEADER_LENGTH), spec, version.output_name,
+                 len(version.labels))
+    if len(body) <= INLINE_PARSE_BYTES:
+        parsed = parse_infer_request(*arguments)
+    else:
+        parsed = await asyncio.get_running_loop().run_in_executor(
+            pool, parse_infer_request, *arguments)
     count = parsed.tensor.shape[0]
     if count > max_images:
         raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
@@ -179,23 +189,18 @@ async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
                     headers={HEADER_LENGTH: str(header_length)})
 
 
-@router.post("/models/{name}/infer", summary="Inference (default version)")
+@router.post("/models/{name}/infer", summary="Inference (default version)",
+             openapi_extra=_INFER_BODY)
 async def infer(name: str, request: Request, repository: RepositoryDep, batcher: BatcherDep,
-                settings: SettingsDep) -> Response:
+                pool: DecodePoolDep, settings: SettingsDep) -> Response:
     version = repository.get(name)  # held for the whole request, whatever a reload does
-    return await _infer(version, request, batcher, settings.max_images_per_request)
+    return await _infer(version, request, batcher, pool, settings.max_images_per_request)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)",
+             openapi_extra=_INFER_BODY)
 async def infer_version(name: str, version: str, request: Request, repository: RepositoryDep,
-                        batcher: BatcherDep, settings: SettingsDep) -> Response:
+                        batcher: BatcherDep, pool: DecodePoolDep,
+                        settings: SettingsDep) -> Response:
     chosen = repository.get(name, version)
-    return await _infer(chosen, request, batcher, settings.max_images_per_request)
-
-
-@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                  include_in_schema=False)
-async def unknown(path: str, request: Request) -> Response:
-    """Anything else under /v2, answered in the protocol's shape."""
-    return JSONResponse({"error": f"no such endpoint: {request.method} /v2/{path}; the "
-                                  "protocol's endpoints are listed at /docs"}, 404)
+    return await _infer(chosen, request, batcher, pool, settings.max_images_per_request)

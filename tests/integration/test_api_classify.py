@@ -231,3 +231,27 @@ def test_declared_routes_answer_like_the_shortcut(tiny_client: TestClient, tiny_
                     assert shortcut.json()["error"]["message"].startswith("top_k:")
                     assert routed.get("/metrics").text.count(
                         'route="/v1/models/{name}/classify"') > 0
+
+
+@pytest.mark.parametrize("where", ["router", "route"])
+def test_shortcut_refuses_routes_it_cannot_honour(where: str) -> None:
+    """A dependency added to a classify route (or its router) stops the start, instead of being
+    skipped by ClassifyShortcut."""
+    from fastapi import APIRouter, Depends
+
+    from service.routes.classify import ClassifyShortcut, classify_latest, router
+
+    async def audit() -> None:
+        return None
+
+    if where == "router":
+        changed = APIRouter(prefix="/v1/models", dependencies=[Depends(audit)])
+        changed.add_api_route("/{name}/classify", classify_latest, methods=["POST"])
+    else:
+        changed = APIRouter(prefix="/v1/models")
+        changed.add_api_route("/{name}/classify", classify_latest, methods=["POST"],
+                              dependencies=[Depends(audit)])
+    with pytest.raises(RuntimeError, match=r"ClassifyShortcut cannot answer "
+                                           r"/v1/models/\{name\}/classify as declared"):
+        ClassifyShortcut(changed, changed.routes)
+    assert len(ClassifyShortcut(router).routes) == 2  # as shipped: both routes, accepted

@@ -1,0 +1,80 @@
+"""Face detection at a bounded cost: a bounded working copy, and a bounded number in flight.
+
+Memory: MTCNN's cost follows the pixels it reads (its integral image holds 24 bytes per pixel,
+its pyramid levels 12), so a 7000x7000 photo cost gigabytes. :func:`detect_bounded` detects on a
+copy no larger than needed: a face of ``min_face_size`` pixels is shrunk to no less than O-Net's
+48-pixel input (the last stage sees nothing finer), the longest side is capped at
+``max_side``, and the boxes and landmarks are mapped back to the photo's pixels. Faces that the
+cap shrinks below P-Net's 12-pixel window are not found: a face that small in a photo that big
+is not worth gigabytes.
+
+Time and workers: detection runs in its own thread pool (:class:`DetectionSlots`), so it never
+holds the decode pool's threads that classification needs; at most ``max_pending`` detections
+run or wait, and more are answered 503 with ``Retry-After`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from service.errors import Overloaded
+from service.faces import MTCNN, DetectorConfig, Face
+
+DETECTOR_MIN_FACE = 12  # P-Net's window: the smallest face MTCNN sees, in pixels
+SHARP_FACE = 48  # O-Net's input side: more pixels per face than this add nothing
+T = TypeVar("T")
+
+
+def working_scale(size: tuple[int, int], min_face_size: int, max_side: int) -> float:
+    """The scale (at most 1) of the copy to detect on, for a photo of ``size`` (w, h)."""
+    return min(1.0, max_side / max(size), SHARP_FACE / min_face_size)
+
+
+def detect_bounded(detector: MTCNN, photo: Image.Image, config: DetectorConfig,
+                   max_side: int) -> list[Face]:
+    """Faces in ``photo`` (RGB), found on a bounded copy, in the photo's pixel coordinates."""
+    scale = working_scale(photo.size, config.min_face_size, max_side)
+    if scale >= 1.0:
+        return detector.detect(np.asarray(photo), config)
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    copy = photo.resize(size, Image.Resampling.BOX)  # area average, as MTCNN's own pyramid
+    sx, sy = photo.width / size[0], photo.height / size[1]
+    smaller = replace(config, min_face_size=max(DETECTOR_MIN_FACE,
+                                                round(config.min_face_size * scale)))
+    return [Face(box=(face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy),
+                 score=face.score, landmarks=face.landmarks * np.array([sx, sy]))
+            for face in detector.detect(np.asarray(copy), smaller)]
+
+
+class DetectionSlots:
+    """The detection thread pool and the count of detections running or waiting for it."""
+
+    def __init__(self, threads: int, max_pending: int, retry_after_s: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, "detect")
+        self.max_pending = max_pending
+        self.retry_after_s = retry_after_s
+        self.pending = 0
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` in the pool, or :class:`Overloaded` (503) when it is full."""
+        if self.pending >= self.max_pending:
+            raise Overloaded(f"{self.pending} face detections are running or waiting, the most "
+                             f"allowed (CONVSERVE_MAX_PENDING_DETECTIONS); retry after "
+                             f"{self.retry_after_s} s",
+                             headers={"Retry-After": str(self.retry_after_s)})
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+        finally:
+            self.pending -= 1
+
+    def shutdown(self) -> None:
+        """Finish running detections and stop the threads."""
+        self.pool.shutdown(wait=True)
