@@ -258,7 +258,7 @@ def upgrade(version_dir: Path, images: np.ndarray | None = None,
         explain = explain.model_copy(update={"method": "occlusion", "reason": prefer_occlusion})
     document = json.loads(card_path.read_text())
     document["explain"] = explain.model_dump(exclude_none=True)
-    if explain.method == "cam":
+    if explain.file:
         document["onnx_sha256"] = sha256_of(version_dir / "model.onnx")
     updated = parse_card(document, str(card_path))
     assert isinstance(updated, ClassifierCard)
