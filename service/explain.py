@@ -273,5 +273,5 @@ def blend_png(photo: Image.Image, heat: np.ndarray, box: tuple[float, float, flo
     pixels = np.asarray(shown, np.float32)
     blended = pixels * (1 - alpha) + colourise(values).astype(np.float32) * alpha
     out = io.BytesIO()
-    Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(out, "PNG")
+    Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(out, "PNG", compress_level=1)
     return out.getvalue()
