@@ -114,7 +114,7 @@ def filter_images(weight: np.ndarray) -> list[list[list[list[float]]]]:
     scaled by the filter's largest weight (sign kept: dark negative, bright positive)."""
     scale = np.abs(weight).reshape(len(weight), -1).max(axis=1)
     scaled = 0.5 + weight / (2 * np.maximum(scale, 1e-12))[:, None, None, None]
-    return np.round(scaled.transpose(0, 2, 3, 1), 4).tolist()  # type: ignore[no-any-return]
+    return np.round(scaled.transpose(0, 2, 3, 1).astype(np.float64), 4).tolist()  # type: ignore[no-any-return]
 
 
 def strongest(maps: np.ndarray, count: int) -> list[int]:

@@ -9,9 +9,10 @@ convolutional classifier before the pooling, as in mini-Xception, whose output i
 
 ONNX Runtime computes every node of a graph on every run, whichever outputs the run asks for
 (docs/explain.md: a ``cam`` output on MobileNetV2 made classify ~15% slower). So the maps are
-split in two: ``model.onnx`` only gains the output :data:`FEATURES`, a tensor it computes anyway
-(classify costs what it did and its probabilities are bit-identical), and a small head graph
-:data:`HEAD_FILE` turns ``(features, class)`` into that class's map ``[N, 1, h, w]``. An explain
+split in two: ``model.onnx`` only gains a second output, its last feature map, a tensor it
+computes anyway (no node is added: classify computes what it did, and its probabilities are
+bit-identical), and a small head graph :data:`HEAD_FILE` turns ``(features, class)`` into that
+class's map ``[N, 1, h, w]``. An explain
 request runs the model once and the head once; no torch, no gradients.
 
 Every change is checked with ONNX Runtime before it replaces anything: the spatial mean of the
@@ -36,7 +37,7 @@ from service.model_format import CARD_FILE, ClassifierCard, Explain, load_card, 
 from training.assets import sha256_of
 
 CAM_OUTPUT = "cam"
-FEATURES = "features"
+FEATURES = "features"  # the head graph's input: the feature map
 CLASS = "class"
 HEAD_FILE = "explain.onnx"
 TOLERANCE = 1e-5  # softmax(mean(cam)) against probabilities, max abs difference
@@ -122,20 +123,18 @@ def find_head(model: onnx.ModelProto, output: str = "probabilities") -> CamHead:
 
 
 def add_feature_output(model: onnx.ModelProto, head: CamHead) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the pooled feature map as :data:`FEATURES`
-    (an Identity of a tensor the graph computes anyway: nothing new to compute).
+    """A copy of ``model`` whose pooled feature map (``head.features``) is also a graph output:
+    a tensor the graph computes anyway, so no node is added and classify computes what it did.
 
     Raises:
-        CamError: the graph has that output already.
+        CamError: the graph outputs it already.
     """
-    if any(o.name == FEATURES for o in model.graph.output):
-        raise CamError(f"the graph already has an output {FEATURES!r}")
+    if any(o.name == head.features for o in model.graph.output):
+        raise CamError(f"the graph already outputs {head.features!r}")
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    result.graph.node.append(helper.make_node("Identity", [head.features], [FEATURES],
-                                              name="explain/features"))
     result.graph.output.append(helper.make_tensor_value_info(
-        FEATURES, onnx.TensorProto.FLOAT, ["batch", "channels", "height", "width"]))
+        head.features, onnx.TensorProto.FLOAT, ["batch", "channels", "height", "width"]))
     onnx.checker.check_model(result)
     return result
 
@@ -176,17 +175,18 @@ def head_graph(model: onnx.ModelProto, head: CamHead) -> onnx.ModelProto:
     return result
 
 
-def class_maps(model: Path | bytes, head: Path | bytes, images: np.ndarray,
+def class_maps(model: Path | bytes, head: Path | bytes, images: np.ndarray, features: str,
                output: str = "probabilities") -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities [N, K], maps [N, K, h, w])`` of ``images`` (uint8 NHWC) with ONNX Runtime:
-    one run of ``model``, then the head once per class (for checks and tests)."""
+    one run of ``model`` (``features``: its feature-map output), then the head once per class
+    (for checks and tests)."""
     import onnxruntime as ort
 
     cpu = ["CPUExecutionProvider"]
     main = ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=cpu)
     tail = ort.InferenceSession(head if isinstance(head, bytes) else str(head), providers=cpu)
-    probabilities, features = main.run([output, FEATURES], {main.get_inputs()[0].name: images})
-    maps = [tail.run([CAM_OUTPUT], {FEATURES: features, CLASS: np.array([k], np.int64)})[0]
+    probabilities, pooled = main.run([output, features], {main.get_inputs()[0].name: images})
+    maps = [tail.run([CAM_OUTPUT], {FEATURES: pooled, CLASS: np.array([k], np.int64)})[0]
             for k in range(probabilities.shape[1])]
     return probabilities, np.concatenate(maps, axis=1)
 
@@ -209,7 +209,7 @@ def check_cam(probabilities: np.ndarray, maps: np.ndarray) -> float:
 
 def add_explain(version_dir: Path, images: np.ndarray) -> Explain:
     """Give the graph in ``version_dir`` class activation maps where its head allows: rewrite
-    ``model.onnx`` with the :data:`FEATURES` output and write :data:`HEAD_FILE`, both checked
+    ``model.onnx`` with its pooled feature map as an output and write :data:`HEAD_FILE`, checked
     (:func:`check_cam`, and unchanged probabilities) before they replace anything. Returns the
     ``explain`` entry of its ``model.json`` (``occlusion`` when the head has no such shape)."""
     path = version_dir / "model.onnx"
@@ -220,7 +220,7 @@ def add_explain(version_dir: Path, images: np.ndarray) -> Explain:
         return Explain(method="occlusion", reason=str(error))
     with_features = add_feature_output(model, head).SerializeToString()
     tail = head_graph(model, head).SerializeToString()
-    probabilities, maps = class_maps(with_features, tail, images)
+    probabilities, maps = class_maps(with_features, tail, images, head.features)
     check_cam(probabilities, maps)
     import onnxruntime as ort
 
@@ -232,7 +232,7 @@ def add_explain(version_dir: Path, images: np.ndarray) -> Explain:
     partial = path.with_suffix(".onnx.tmp")
     partial.write_bytes(with_features)
     partial.replace(path)
-    return Explain(method="cam", output=FEATURES, file=HEAD_FILE,
+    return Explain(method="cam", output=head.features, file=HEAD_FILE,
                    sha256=sha256_of(version_dir / HEAD_FILE))
 
 

@@ -131,7 +131,7 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
         cost=Cost(runs=result.runs, images=result.images),
         image=Size(width=done.photo_size[0], height=done.photo_size[1]),
         region=Region(x=box[0], y=box[1], width=box[2] - box[0], height=box[3] - box[1]),
-        peak=Point(x=x, y=y), grid=np.round(grid, 4).tolist())
+        peak=Point(x=x, y=y), grid=np.round(grid.astype(np.float64), 4).tolist())
     return Response(body.model_dump_json(), media_type="application/json")
 
 

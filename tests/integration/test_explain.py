@@ -177,3 +177,58 @@ def test_models_list_says_how_each_explains(client: TestClient) -> None:
     assert models["fer-minixception"]["explain"] == ["occlusion", "cam"]
     assert models["mnist-lenet5"]["explain"] == ["occlusion"]
     assert models["face-mtcnn"]["explain"] == []
+
+
+def test_first_layer_filters_are_the_onnx_weights(client: TestClient) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    body = client.get("/v1/models/imagenet-mobilenetv2/first-layer").json()
+    assert body["shape"] == [32, 3, 3, 3] and body["stride"] == [2, 2]
+    assert body["activation"] == "Clip" and body["feature_maps"] == []
+    graph = onnx.load(str(Path(__file__).resolve().parents[2] / "models" /
+                          "imagenet-mobilenetv2" / "1" / "model.onnx")).graph
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    weight = numpy_helper.to_array(next(i for i in graph.initializer if i.name == conv.input[1]))
+    filters = np.array(body["filters"])  # [filters, kh, kw, channels], 0.5 = zero weight
+    recovered = (filters - 0.5).transpose(0, 3, 1, 2)
+    scale = np.abs(weight).reshape(32, -1).max(axis=1)[:, None, None, None]
+    np.testing.assert_allclose(recovered * 2 * scale, weight, atol=1e-3 * scale.max())
+
+
+def test_first_layer_maps_light_up_on_the_digit(client: TestClient) -> None:
+    """LeNet-5's strongest first-layer map of a digit on black is bright on the digit only."""
+    with gzip.open(fetch("mnist-pkl"), "rb") as handle:
+        _, _, (images, _) = pickle.load(handle, encoding="latin1")
+    digit = np.clip(np.rint(images[0] * 256), 0, 255).astype(np.uint8).reshape(28, 28)
+    response = client.post("/v1/models/mnist-lenet5/first-layer", params={"count": 3},
+                           files={"file": ("digit.png", _png(Image.fromarray(digit)))})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["shape"] == [6, 1, 5, 5] and body["map_size"] == [28, 28]
+    means = [m["mean"] for m in body["feature_maps"]]
+    assert len(means) == 3 and means == sorted(means, reverse=True)
+    import base64
+
+    strongest = np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        body["feature_maps"][0]["image"].split(",", 1)[1]))))
+    near_ink = _dilate(digit > 0, 4)  # a 5x5 kernel reaches 2 pixels each way (L1 4)
+    bright = strongest > 128
+    assert near_ink.mean() < 0.6 and bright.any() and not (bright & ~near_ink).any()
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    grown = mask.copy()
+    for _ in range(steps):
+        padded = np.pad(grown, 1)
+        grown = (padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2]
+                 | padded[1:-1, 2:])
+    return grown
+
+
+def test_first_layer_errors(client: TestClient) -> None:
+    response = client.get("/v1/models/face-mtcnn/first-layer")
+    assert response.status_code == 422 and response.json()["error"]["code"] == "cannot_explain"
+    response = client.post("/v1/models/mnist-lenet5/first-layer", params={"count": 99},
+                           files={"file": ("x.png", fetch("chelsea").read_bytes())})
+    assert response.status_code == 422 and "count" in response.json()["error"]["message"]

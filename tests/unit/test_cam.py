@@ -18,6 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from service.imaging import InputSpec, prepare
+from service.model_format import ClassifierCard, load_card
 from training import cam
 from training.assets import fetch
 
@@ -25,6 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 MOBILENET = REPO / "models" / "imagenet-mobilenetv2" / "1"
 PHOTOS = ("chelsea", "coffee", "squirrel")
 SPEC = InputSpec(224, 224, 3, "shorter-side-center-crop", 256, "bilinear")
+
+
+def _feature_output() -> str:
+    card = load_card(MOBILENET / "model.json")
+    assert isinstance(card, ClassifierCard) and card.explain and card.explain.output
+    return card.explain.output
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def _maps(model: bytes, head: bytes, images: np.ndarray, classes: list[int],
     cpu = ["CPUExecutionProvider"]
     main, tail = (ort.InferenceSession(model, providers=cpu),
                   ort.InferenceSession(head, providers=cpu))
-    probabilities, features = main.run(["probabilities", cam.FEATURES], {"image": images})
+    probabilities, features = main.run(["probabilities", _feature_output()], {"image": images})
     maps = [tail.run(["cam"], {"features": features[i:i + 1], "class": np.array([k])})[0][0, 0]
             for i, k in enumerate(classes)]
     return probabilities, np.stack(maps)
@@ -74,7 +81,7 @@ def test_maps_equal_pytorch_from_the_same_weights(photos: np.ndarray) -> None:
 
 def test_map_means_are_the_logits(photos: np.ndarray) -> None:
     probabilities, maps = cam.class_maps(MOBILENET / "model.onnx", MOBILENET / "explain.onnx",
-                                         photos[:1])
+                                         photos[:1], _feature_output())
     assert cam.check_cam(probabilities, maps) < 1e-5
 
 
@@ -98,17 +105,14 @@ def test_randomised_classifier_changes_the_maps(photos: np.ndarray) -> None:
 
 
 def test_classify_graph_unchanged(photos: np.ndarray) -> None:
-    """Without the features output the upgraded graph is the original one: same probabilities
-    to the bit (what classify answers did not change)."""
+    """The upgrade added an output, no node: without it the graph is the original one, and the
+    probabilities are the same to the bit (what classify answers did not change)."""
     model = onnx.load(str(MOBILENET / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["probabilities", _feature_output()]
+    assert not any(n.name.startswith("explain") for n in model.graph.node)
     original = onnx.ModelProto()
     original.CopyFrom(model)
-    kept = [n for n in original.graph.node if cam.FEATURES not in n.output]
-    del original.graph.node[:]
-    original.graph.node.extend(kept)
-    outputs = [o for o in original.graph.output if o.name != cam.FEATURES]
-    del original.graph.output[:]
-    original.graph.output.extend(outputs)
+    del original.graph.output[1:]
     cpu = ["CPUExecutionProvider"]
     before = ort.InferenceSession(original.SerializeToString(), providers=cpu)
     after = ort.InferenceSession(model.SerializeToString(), providers=cpu)
