@@ -1,7 +1,7 @@
 """What ``explain`` costs against ``classify``, and what the maps cost ``classify``, in one run.
 
-Three measurements, each interleaved round by round (this machine drifts; ratios of medians
-measured side by side are what to read):
+Two measurements, each interleaved round by round in rotated order (this machine drifts; the
+median of the round-by-round ratios is what to read):
 
 1. **ONNX Runtime, classify's graph** (one image, the service's session options with one thread):
    the shipped ``model.onnx`` (with its feature-map output, never asked for by classify) against
@@ -38,9 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
+    names = list(calls)
     for number in range(rounds):
-        for name in order if number % 2 else order[::-1]:
+        # Rotated, so that no call always follows another (or itself: warm caches).
+        for name in names[number % len(names):] + names[:number % len(names)]:
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -48,11 +49,12 @@ def _interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[st
 
 
 def _report(times: dict[str, list[float]], base: str) -> None:
-    reference = statistics.median(times[base])
+    """Median and p10 of each, and the median of its ratio to ``base`` round by round."""
+    reference = np.array(times[base])
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:<44} median {1000 * median:8.2f} ms   "  # noqa: T201
-              f"p10 {1000 * float(np.percentile(values, 10)):8.2f} ms   x{median / reference:.3f}")
+        ratio = float(np.median(np.array(values) / reference))
+        print(f"  {name:<44} median {1000 * statistics.median(values):8.2f} ms   "  # noqa: T201
+              f"p10 {1000 * float(np.percentile(values, 10)):8.2f} ms   x{ratio:.3f} (paired)")
 
 
 def _without_features(model: onnx.ModelProto) -> onnx.ModelProto:
