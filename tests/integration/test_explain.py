@@ -47,8 +47,8 @@ def _inside(point: dict[str, float], box: tuple[float, float, float, float]) -> 
 @pytest.fixture(scope="module")
 def client(make_client: Callable[..., object], shipped_repository: Callable[..., Path]
            ) -> Iterator[TestClient]:
-    root = shipped_repository("imagenet-mobilenetv2", "fer-minixception", "mnist-lenet5",
-                              "face-mtcnn")
+    root = shipped_repository("imagenet-mobilenetv2", "imagenet-efficientnet-lite0",
+                              "fer-minixception", "mnist-lenet5", "face-mtcnn")
     with make_client(root) as ready:  # type: ignore[attr-defined]
         yield ready
 
@@ -60,9 +60,10 @@ def explain(client: TestClient, name: str, data: bytes, **params: str) -> dict:
     return response.json()
 
 
+@pytest.mark.parametrize("model", ["imagenet-mobilenetv2", "imagenet-efficientnet-lite0"])
 @pytest.mark.parametrize("photo", sorted(BOXES))
-def test_cam_peaks_inside_the_object(client: TestClient, photo: str) -> None:
-    body = explain(client, "imagenet-mobilenetv2", fetch(photo).read_bytes())
+def test_cam_peaks_inside_the_object(client: TestClient, model: str, photo: str) -> None:
+    body = explain(client, model, fetch(photo).read_bytes())
     assert body["method"] == "cam"
     assert body["cost"] == {"runs": 2, "images": 1}
     assert body["explained"] == body["predictions"][0]  # default: the top-1
@@ -74,6 +75,13 @@ def test_cam_peaks_inside_the_object(client: TestClient, photo: str) -> None:
     row, column = np.unravel_index(int(np.argmax(grid)), grid.shape)
     cell = {"x": (column + 0.5) * width / grid.shape[1], "y": (row + 0.5) * height / grid.shape[0]}
     assert _inside(cell, BOXES[photo]), cell
+
+
+@pytest.mark.parametrize("photo", sorted(BOXES))
+def test_occlusion_of_a_photo_peaks_inside_the_object(client: TestClient, photo: str) -> None:
+    body = explain(client, "imagenet-mobilenetv2", fetch(photo).read_bytes(), method="occlusion")
+    assert body["method"] == "occlusion" and body["cost"] == {"runs": 1, "images": 65}
+    assert _inside(body["peak"], BOXES[photo]), (body["peak"], body["explained"])
 
 
 def test_the_map_follows_the_class(client: TestClient) -> None:

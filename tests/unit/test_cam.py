@@ -24,12 +24,13 @@ from training.assets import fetch
 
 REPO = Path(__file__).resolve().parents[2]
 MOBILENET = REPO / "models" / "imagenet-mobilenetv2" / "1"
+EFFICIENTNET = REPO / "models" / "imagenet-efficientnet-lite0" / "1"
 PHOTOS = ("chelsea", "coffee", "squirrel")
 SPEC = InputSpec(224, 224, 3, "shorter-side-center-crop", 256, "bilinear")
 
 
-def _feature_output() -> str:
-    card = load_card(MOBILENET / "model.json")
+def _feature_output(directory: Path = MOBILENET) -> str:
+    card = load_card(directory / "model.json")
     assert isinstance(card, ClassifierCard) and card.explain and card.explain.output
     return card.explain.output
 
@@ -40,12 +41,13 @@ def photos() -> np.ndarray:
 
 
 def _maps(model: bytes, head: bytes, images: np.ndarray, classes: list[int],
-          ) -> tuple[np.ndarray, np.ndarray]:
+          feature_output: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and the map of ``classes[i]`` for image ``i``."""
     cpu = ["CPUExecutionProvider"]
     main, tail = (ort.InferenceSession(model, providers=cpu),
                   ort.InferenceSession(head, providers=cpu))
-    probabilities, features = main.run(["probabilities", _feature_output()], {"image": images})
+    probabilities, features = main.run(["probabilities", feature_output or _feature_output()],
+                                       {"image": images})
     maps = [tail.run(["cam"], {"features": features[i:i + 1], "class": np.array([k])})[0][0, 0]
             for i, k in enumerate(classes)]
     return probabilities, np.stack(maps)
@@ -57,22 +59,28 @@ def test_finds_the_head_or_says_why() -> None:
         cam.find_head(onnx.load(str(REPO / "models" / "mnist-lenet5" / "1" / "model.onnx")))
 
 
-def test_maps_equal_pytorch_from_the_same_weights(photos: np.ndarray) -> None:
+@pytest.mark.parametrize(("backbone", "directory"), [
+    ("mobilenet_v2", MOBILENET), ("efficientnet_lite0", EFFICIENTNET)])
+def test_maps_equal_pytorch_from_the_same_weights(photos: np.ndarray, backbone: str,
+                                                  directory: Path) -> None:
     torch = pytest.importorskip("torch")
-    from training.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+    from training.data.preprocessing import Preprocessing
     from training.models import get_model
+    from training.ship import IMAGENET_MODELS
 
-    model = get_model("mobilenet_v2", pretrained=True).eval()
-    prep = Preprocessing(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)).module()
+    model = get_model(backbone, pretrained=True).eval()
+    source = next(m for m in IMAGENET_MODELS.values() if m.backbone == backbone)
+    prep = Preprocessing(mean=list(source.mean), std=list(source.std)).module()
+    linear = model.classifier[-1] if backbone == "mobilenet_v2" else model._fc
     with torch.inference_mode():
         x = torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255.0
         features = model.forward_features(prep(x))
-        linear = model.classifier[-1]
         reference = torch.einsum("nchw,kc->nkhw", features, linear.weight) + linear.bias[
             None, :, None, None]
     classes = reference.mean(dim=(2, 3)).argmax(dim=1).tolist()
-    probabilities, maps = _maps((MOBILENET / "model.onnx").read_bytes(),
-                                (MOBILENET / "explain.onnx").read_bytes(), photos, classes)
+    probabilities, maps = _maps((directory / "model.onnx").read_bytes(),
+                                (directory / "explain.onnx").read_bytes(), photos, classes,
+                                _feature_output(directory))
     expected = reference[range(len(classes)), classes].numpy()
     assert maps.shape == expected.shape == (3, 7, 7)
     np.testing.assert_allclose(maps, expected, atol=1e-4, rtol=0)
