@@ -8,8 +8,9 @@ Two methods (docs/explain.md), chosen by ``model.json``'s ``explain``:
   Two ONNX Runtime runs, no gradients, no torch.
 * ``occlusion`` (for heads with fully connected layers): the image and
   :data:`OCCLUSION_POSITIONS` copies with a grey patch (the training mean) hiding a quarter of
-  each side, slid over an 8 x 8 grid, in one batched run; the map is how much hiding each place
-  lowers the class's probability. Its cost is fixed: 65 images per request, whatever the photo.
+  each side, slid over an 8 x 8 grid, batched (one run for small inputs, runs of 16 for 224x224);
+  the map is how much hiding each place lowers the class's probability. Its cost is fixed: 65
+  images per request, whatever the photo.
 
 Maps are normalised to [0, 1] and sampled onto a grid over the whole photo as displayed (EXIF
 orientation applied): cells outside the part the model saw (its centre crop) are 0.
@@ -31,6 +32,9 @@ from service.repository import ModelVersion
 
 OCCLUSION_GRID = 8  # patch positions per side
 OCCLUSION_POSITIONS = OCCLUSION_GRID * OCCLUSION_GRID
+# Images per occlusion run at most, in pixels: 28x28 or 64x64 inputs go in one run, 224x224 in
+# runs of 16 (ONNX Runtime's CPU arena keeps the memory of the largest batch a session ran).
+OCCLUSION_PIXELS_PER_RUN = 16 * 224 * 224
 GRID_CELLS = 32  # cells along the photo's longer side in JSON answers
 PNG_MAX_SIDE = 1024  # the explained photo is scaled down to this (bounded time and size)
 # A jet-like colour map: blue (cold) -> cyan -> yellow -> red (hot).
@@ -157,8 +161,8 @@ def occlusion_batch(array: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, li
 
 
 def occlusion_map(version: ModelVersion, array: np.ndarray, wanted: str | None) -> Explanation:
-    """How much a grey patch over each place lowers the class's probability (one batched run,
-    split only where a GPU session has fixed batch sizes)."""
+    """How much a grey patch over each place lowers the class's probability (65 images, in runs
+    of at most :data:`OCCLUSION_PIXELS_PER_RUN` pixels and a GPU session's largest batch)."""
     card = version.card
     assert isinstance(card, ClassifierCard)
     channels = array.shape[2]
@@ -166,7 +170,9 @@ def occlusion_map(version: ModelVersion, array: np.ndarray, wanted: str | None) 
     fill = np.array(mean if len(mean) == channels else [float(np.mean(mean))] * channels)
     fill = np.round(fill * 255).astype(np.uint8)
     batch, boxes = occlusion_batch(array, fill)
-    chunk = max(version.batch_sizes) if version.batch_sizes else len(batch)
+    chunk = max(1, min(len(batch), OCCLUSION_PIXELS_PER_RUN // (array.shape[0] * array.shape[1])))
+    if version.batch_sizes:
+        chunk = min(chunk, max(version.batch_sizes))
     outputs = [version.infer(batch[start:start + chunk], False)
                for start in range(0, len(batch), chunk)]
     probabilities = np.concatenate(outputs)

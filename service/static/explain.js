@@ -41,7 +41,7 @@ function syncExplainPanel() {
     ? "class activation map: the classifier's weights for this class applied to the last " +
       "feature map (one extra small run)"
     : "occlusion: how much hiding each part of the image with a grey patch lowers this " +
-      "class's score (65 images in one run)";
+      "class's score (65 images, batched)";
   if (lookFor("explain-toggle").checked) showExplanation();
 }
 

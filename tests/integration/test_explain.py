@@ -80,7 +80,7 @@ def test_cam_peaks_inside_the_object(client: TestClient, model: str, photo: str)
 @pytest.mark.parametrize("photo", sorted(BOXES))
 def test_occlusion_of_a_photo_peaks_inside_the_object(client: TestClient, photo: str) -> None:
     body = explain(client, "imagenet-mobilenetv2", fetch(photo).read_bytes(), method="occlusion")
-    assert body["method"] == "occlusion" and body["cost"] == {"runs": 1, "images": 65}
+    assert body["method"] == "occlusion" and body["cost"] == {"runs": 5, "images": 65}  # 16 a run
     assert _inside(body["peak"], BOXES[photo]), (body["peak"], body["explained"])
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,13 +129,14 @@ def test_classify_graph_unchanged(photos: np.ndarray) -> None:
                                   after.run(["probabilities"], {"image": photos})[0])
 
 
-def test_upgrade_refuses_nothing_twice_and_records_occlusion(tmp_path: Path) -> None:
+def test_fully_connected_head_records_occlusion_and_why(tmp_path: Path) -> None:
     import shutil
 
     target = tmp_path / "mnist-lenet5" / "1"
     shutil.copytree(REPO / "models" / "mnist-lenet5" / "1", target)
-    document = (target / "model.json").read_text()
-    (target / "model.json").write_text(document.replace('"explain"', '"explained_before"'))
+    document = json.loads((target / "model.json").read_text())
+    del document["explain"]  # as it was before the upgrade
+    (target / "model.json").write_text(json.dumps(document))
     card = cam.upgrade(target)
     assert card.explain is not None and card.explain.method == "occlusion"
     assert "global average pooling" in (card.explain.reason or "")
