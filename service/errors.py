@@ -105,6 +105,14 @@ class InvalidParameter(ServiceError):
     code = "invalid_parameter"
 
 
+class CannotExplain(ServiceError):
+    """The model can neither show class activation maps nor be occluded (a face detector, or
+    ``explain.method`` none in its model.json). HTTP 422."""
+
+    status_code = 422
+    code = "cannot_explain"
+
+
 class NotReady(ServiceError):
     """The models have not finished loading (or one failed to load). HTTP 503."""
 

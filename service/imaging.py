@@ -172,13 +172,12 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image if image.mode == target else image.convert(target)
 
 
-def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
-    resample = RESAMPLE[spec.interpolation]
-    width, height = image.size
+def crop_box(size: tuple[int, int], spec: InputSpec) -> tuple[float, float, float, float]:
+    """The part of an image of ``size`` (width, height) that :func:`prepare` turns into the
+    model's input, as ``(left, top, right, bottom)`` in its pixels: all of it when stretched."""
+    width, height = size
     if spec.method == "stretch":
-        if (width, height) == (spec.width, spec.height):
-            return image
-        return image.resize((spec.width, spec.height), resample)
+        return (0.0, 0.0, float(width), float(height))
     # Shorter side to `shorter_side`, centre crop height x width: one resample of the crop box.
     side = spec.shorter_side or min(spec.width, spec.height)
     resized_w, resized_h = (
@@ -187,9 +186,17 @@ def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
     left = round((resized_w - spec.width) / 2) if resized_w >= spec.width else 0
     top = round((resized_h - spec.height) / 2) if resized_h >= spec.height else 0
     scale_x, scale_y = width / resized_w, height / resized_h
-    box = (left * scale_x, top * scale_y, (left + spec.width) * scale_x,
-           (top + spec.height) * scale_y)
-    return image.resize((spec.width, spec.height), resample, box=box)
+    return (left * scale_x, top * scale_y, (left + spec.width) * scale_x,
+            (top + spec.height) * scale_y)
+
+
+def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
+    resample = RESAMPLE[spec.interpolation]
+    if spec.method == "stretch":
+        if image.size == (spec.width, spec.height):
+            return image
+        return image.resize((spec.width, spec.height), resample)
+    return image.resize((spec.width, spec.height), resample, box=crop_box(image.size, spec))
 
 
 def _decode(data: bytes, max_pixels: int, channels: int,

@@ -173,6 +173,29 @@ class FaceCrop(_Part):
     align: bool = Field(default=True, description="turn the face so the eyes are level")
 
 
+class Explain(_Part):
+    """How the service explains a classifier's answers (``POST .../explain``, docs/explain.md)."""
+
+    method: Literal["cam", "occlusion", "none"] = Field(
+        description="the default method. cam: class activation maps from the graph; occlusion: "
+        "grey patches slid over the image, one batched run; none: the model does not explain")
+    output: str | None = Field(default=None, description="cam: model.onnx's output holding the "
+                               "last feature map, float32 [N, C, h, w]")
+    file: str | None = Field(default=None, description="cam: the head graph in the version "
+                             "directory: (features, class) -> cam [N, 1, h, w]")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="sha256 of file")
+    reason: str | None = Field(default=None, description="why the default is not cam")
+
+    @model_validator(mode="after")
+    def _cam_needs_graphs(self) -> Explain:
+        if self.method == "cam" and not (self.output and self.file):
+            raise ValueError("output and file are required for method cam")
+        if bool(self.output) != bool(self.file):
+            raise ValueError("output and file go together (the maps need both graphs)")
+        return self
+
+
 class _Card(_Part):
     name: ModelName
     version: int = Field(gt=0)
@@ -206,6 +229,7 @@ class ClassifierCard(_Card):
     output: Output = Field(default_factory=lambda: Output())
     face_crop: FaceCrop | None = Field(default=None,
                                        description="expression models: how faces are cut")
+    explain: Explain | None = Field(default=None, description="absent: explained by occlusion")
 
 
 class DetectorInput(_Part):
@@ -326,7 +350,7 @@ def markdown_tables() -> str:
     parts = []
     for model in (ClassifierCard, DetectorCard, ImageInput, Resize, Output, Preprocessing,
                   Metrics, Measured, Reported, Provenance, SourceWeights, ExportCheck, FaceCrop,
-                  DetectorInput, ServingHints):
+                  Explain, DetectorInput, ServingHints):
         rows = [f"### `{model.__name__}`", "", (model.__doc__ or "").strip().split("\n")[0], "",
                 "| field | type | required | description |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():

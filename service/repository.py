@@ -162,6 +162,12 @@ def _load_version(name: str, version: int, path: Path, settings: Settings) -> Mo
         sessions[key] = create_session(graph, settings, cpu_only=card.task == DETECTOR_TASK,
                                        solo_spins=card.task == "classification",
                                        arena=card.task != DETECTOR_TASK)
+    explain = card.explain if isinstance(card, ClassifierCard) else None
+    if explain is not None and explain.file:
+        head = path / Path(explain.file).name  # the class-activation-map head (service/explain.py)
+        if not head.is_file():
+            raise FileNotFoundError(f"{head} is missing (named in {card_path}, explain.file)")
+        sessions["explain"] = create_session(head, settings)
     spec = InputSpec.from_card(card.input) if isinstance(card, ClassifierCard) else None
     batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
     if batch_sizes:

@@ -230,6 +230,14 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
     return Session(path=path, inner=inner, providers=providers, solo=solo)
 
 
+def memory_session(graph: bytes, settings: Settings) -> Session:
+    """A CPU session of a graph held in memory (a part cut from a model: the first layer's
+    feature maps, ``service/layers.py``), with the settings' thread options."""
+    inner = ort.InferenceSession(graph, session_options(settings),
+                                 providers=["CPUExecutionProvider"])
+    return Session(path=Path("<memory>"), inner=inner, providers=("CPUExecutionProvider",))
+
+
 def warn_missing_providers(requested: list[str], in_use: set[str]) -> list[str]:
     """Log one warning per requested provider (other than CPU) that no session uses.
 

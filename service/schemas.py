@@ -46,6 +46,8 @@ class VersionInfo(BaseModel):
         default_factory=dict, description="on a CPU: serving.json's ms of ONNX Runtime per "
                                           "image by batch size")
     files: dict[str, str] = Field(default_factory=dict, description="graphs of multi-file models")
+    explain: list[str] = Field(default_factory=list, description="how POST .../explain can "
+                               "answer, default first: cam (class activation maps), occlusion")
 
 
 class ModelInfo(BaseModel):

@@ -9,8 +9,10 @@ network and returns ``probabilities``, float32 ``[N, K]`` after softmax (docs/mo
 Each export is checked before anything is written to the repository: ``onnx.checker``, the
 graph's input/output signature, the file size against the weights' (no duplicated weights),
 and ONNX Runtime (CPU) against PyTorch on real images, one at a time and as one batch (the
-batch axis is dynamic), within ``tolerance`` (max absolute difference of probabilities). A model
-that fails raises :class:`ExportError` and leaves nothing in ``models/``. ``model.onnx`` is
+batch axis is dynamic), within ``tolerance`` (max absolute difference of probabilities).
+A network ending in global average pooling + a linear classifier also gets class activation
+maps (:func:`training.cam.add_explain`: a ``features`` output and ``explain.onnx``), checked.
+A model that fails raises :class:`ExportError` and leaves nothing in ``models/``. ``model.onnx`` is
 written first, ``model.json`` last and atomically.
 """
 
@@ -32,8 +34,9 @@ import torch
 import torch.nn as nn
 from pydantic import ValidationError
 
-from service.model_format import ClassifierCard, describe, write_card
+from service.model_format import ClassifierCard, Explain, describe, write_card
 from training.assets import sha256_of
+from training.cam import add_explain
 
 logger = logging.getLogger(__name__)
 
@@ -227,15 +230,16 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
         worst = check_parity(onnx_path, wrapper, images, tolerance)
         logger.info("%s v%d: ORT vs PyTorch max abs diff %.3g on %d images", spec.name,
                     spec.version, worst, len(images))
+        explain = add_explain(Path(scratch), images)  # class activation maps (training/cam.py)
         meta = card(spec, sha256_of(onnx_path), {
             "opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": worst,
-            "images": len(images), "tolerance": tolerance})
+            "images": len(images), "tolerance": tolerance}, explain)
         _publish(onnx_path, meta, target)
     return target
 
 
 def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None,
-         ) -> ClassifierCard:
+         explain: Explain | None = None) -> ClassifierCard:
     """The validated ``model.json`` of an export (:class:`service.model_format.ClassifierCard`).
 
     Raises:
@@ -258,6 +262,7 @@ def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None
         },
         **spec.extra,
         "onnx_sha256": onnx_sha256,
+        **({"explain": explain.model_dump(exclude_none=True)} if explain else {}),
     }
     try:
         return ClassifierCard.model_validate(document)
@@ -272,6 +277,8 @@ def _publish(onnx_path: Path, meta: ClassifierCard, target: Path) -> None:
     partial = target / "model.onnx.tmp"
     shutil.copyfile(onnx_path, partial)
     partial.replace(target / "model.onnx")
+    if meta.explain is not None and meta.explain.file:
+        shutil.copyfile(onnx_path.parent / meta.explain.file, target / meta.explain.file)
     write_card(meta, target)
     logger.info("wrote %s", target)
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service.deps import RepositoryDep
+from service.explain import methods_of
 from service.repository import ModelRepository, ModelVersion
 from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
 
@@ -27,7 +28,8 @@ def describe(version: ModelVersion) -> VersionInfo:
         load_seconds=round(version.load_seconds, 4),
         max_batch_size=version.max_batch,
         batch_costs_ms={str(size): ms for size, ms in version.batch_costs.items()},
-        files={key: session.path.name for key, session in version.sessions.items()})
+        files={key: session.path.name for key, session in version.sessions.items()},
+        explain=methods_of(version))
 
 
 def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:
