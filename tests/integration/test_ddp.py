@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from training.engine import load_checkpoint
+from training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,10 +25,10 @@ from training.export import (
     ExportError,
     ExportSpec,
     ExportWrapper,
-    export_checkpoint,
     export_model,
     photo_batch,
 )
+from training.export_run import export_checkpoint
 from training.models import get_model
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china", "flower")

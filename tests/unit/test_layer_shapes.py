@@ -10,16 +10,13 @@ from training.data.mnist import load_mnist
 from training.models import get_model
 from training.models.layers import (
     Activation,
-    LayerConfigError,
     Maxout,
-    Window,
     conv_block,
     fc_block,
     make_pool,
-    output_size,
     parse_activation,
-    trace_sizes,
 )
+from training.models.shapes import LayerConfigError, Window, output_size, trace_sizes
 
 torch.set_num_threads(1)
 

@@ -21,7 +21,7 @@ from PIL import Image
 from training.assets import fetch
 from training.models import get_model, list_models
 from training.models.generic import CNNSpec, build_generic_from_config
-from training.models.layers import LayerConfigError, to_size
+from training.models.shapes import LayerConfigError, to_size
 
 torch.set_num_threads(1)
 
@@ -121,7 +121,7 @@ def test_alexnet_and_zfnet_sizes() -> None:
     zfnet = get_model("zfnet", num_classes=5, fc_width=32)
     sizes = [w.name for w in zfnet.spec.windows()]
     assert sizes[0] == "stage 1 conv 1" and zfnet.feature_shape == (256, 6, 6)
-    from training.models.layers import trace_sizes
+    from training.models.shapes import trace_sizes
 
     assert [s[0] for s in trace_sizes(224, zfnet.spec.windows())] == [110, 55, 26, 13, 13, 13,
                                                                         13, 6]
