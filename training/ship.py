@@ -65,6 +65,10 @@ def _trained(config_name: str, finetune: bool = False) -> Build:
         from training.trainer import fit
 
         config = load_config(config_name, None, FINETUNE_DEFAULTS if finetune else None)
+        target = Path(models_dir) / str(config.export.name) / str(version) / CARD_FILE
+        if target.exists() and not overwrite:  # before hours of training, not after
+            raise ExportError(f"{target.parent} already holds a model; export a new version "
+                              "or pass --overwrite")
         fit(config)
         return export_checkpoint(config.output_dir, name=config.export.name, version=version,
                                  models_dir=models_dir, overwrite=overwrite)
