@@ -44,10 +44,11 @@ def test_an_unknown_name_is_refused_with_the_valid_ones(capsys: pytest.CaptureFi
     assert "invalid choice: 'imagenet-resnet'" in err and "face-mtcnn" in err
 
 
-def test_an_existing_version_is_kept_without_overwrite(tmp_path: Path,
+@pytest.mark.parametrize("name", ["face-mtcnn", "mnist-lenet5"])  # mnist: before training
+def test_an_existing_version_is_kept_without_overwrite(name: str, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
-    shutil.copytree(REPO / "models" / "face-mtcnn", tmp_path / "face-mtcnn")
-    assert main(["ship", "--only", "face-mtcnn", "--models-dir", str(tmp_path)]) == 1
+    shutil.copytree(REPO / "models" / name, tmp_path / name)
+    assert main(["ship", "--only", name, "--models-dir", str(tmp_path)]) == 1
     assert "already holds a model; export a new version or pass --overwrite" in (
         capsys.readouterr().err)
 
