@@ -213,6 +213,7 @@ def test_compose_cpu_profile_needs_no_gpu() -> None:
     _settings_env_ok(service)
 
 
+@pytest.mark.slow
 def test_compose_train_profile_writes_into_the_same_models() -> None:
     config = _compose("train")
     train = config["services"]["train"]

@@ -20,6 +20,8 @@ from training.models import get_model
 from training.seeding import seed_everything
 from training.trainer import fit
 
+pytestmark = pytest.mark.slow  # each test trains for real
+
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
 

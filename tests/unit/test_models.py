@@ -47,12 +47,13 @@ def _photos(size: tuple[int, int], channels: int) -> torch.Tensor:
     return (x - 0.45) / 0.25
 
 
-def _cases() -> list[tuple[str, int]]:
+def _cases() -> list[Any]:
     cases = []
     for name in list_models():
         default = _defaults(name)["in_channels"]
         channels = [default] if name in HEAVY else [1, 3]
-        cases += [(name, c) for c in channels]
+        marks = [pytest.mark.slow] if name in HEAVY else []  # the big ImageNet-size ones
+        cases += [pytest.param(name, c, marks=marks) for c in channels]
     return cases
 
 
@@ -173,6 +174,7 @@ def test_vgg_depths_widths_and_small() -> None:
         get_model("vgg", depth=12)
 
 
+@pytest.mark.slow
 def test_googlenet_aux_heads_only_when_asked_and_training() -> None:
     plain = get_model("googlenet", num_classes=4, input_size=128)
     assert not hasattr(plain, "aux1")
