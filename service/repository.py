@@ -41,7 +41,6 @@ from service.settings import Settings
 logger = logging.getLogger("convserve.repository")
 
 
-
 @dataclass(eq=False)
 class ModelVersion:
     """One loaded version of a model: its validated ``model.json``, ONNX sessions, input spec."""
