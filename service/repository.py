@@ -42,7 +42,6 @@ logger = logging.getLogger("convserve.repository")
 
 DEFAULT_FILE = "default_version"  # models/<name>/default_version: the version served by default
 
-
 @dataclass(eq=False)
 class ModelVersion:
     """One loaded version of a model: its validated ``model.json``, ONNX sessions, input spec."""

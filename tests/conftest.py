@@ -33,6 +33,24 @@ from training.assets import fetch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = REPO_ROOT / "models"
+# .ci/run sets this: there a missing system tool fails its tests instead of skipping them.
+REQUIRE_SYSTEM_TOOLS = os.environ.get("CONVSERVE_REQUIRE_SYSTEM_TOOLS") == "1"
+
+
+def require_tool(tool: str | Path, install: str) -> str:
+    """The path of a system tool a test drives (a name on ``PATH`` or a path).
+
+    A bare ``pytest`` skips the test when the tool is missing, saying why and how to install
+    it; with ``CONVSERVE_REQUIRE_SYSTEM_TOOLS=1`` (``.ci/run``) the test fails instead.
+    """
+    found = shutil.which(str(tool)) if isinstance(tool, str) else (
+        str(tool) if tool.exists() else None)
+    if found:
+        return found
+    reason = f"{tool} is missing: {install}"
+    if REQUIRE_SYSTEM_TOOLS:
+        pytest.fail(f"{reason} (required: CONVSERVE_REQUIRE_SYSTEM_TOOLS=1)", pytrace=False)
+    pytest.skip(f"{reason} (CONVSERVE_REQUIRE_SYSTEM_TOOLS=1 makes this a failure)")
 
 
 def export_tiny_classifier(root: Path, name: str, version: int = 1, *, channels: int = 3,

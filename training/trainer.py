@@ -20,26 +20,21 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from training import distributed
+from training.checkpoints import CHECKPOINT, build_model, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.data.pipeline import build_split, eval_loader, fit_from_config, train_loader
-from training.data.preprocessing import Preprocessing
-from training.engine import (
-    CHECKPOINT,
+from training.data.pipeline import (
     DATASET_NAMES,
-    append_jsonl,
-    build_model,
-    evaluate,
-    load_checkpoint,
-    rng_state,
+    build_split,
+    eval_loader,
+    fit_from_config,
     run_labels,
-    save_checkpoint,
-    seed_everything,
-    set_backbone_trainable,
-    set_rng_state,
-    train_one_epoch,
+    train_loader,
 )
+from training.data.preprocessing import Preprocessing
+from training.engine import evaluate, set_backbone_trainable, train_one_epoch
 from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_confusion, plot_curves
+from training.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +220,9 @@ def _finish(run: _Run, out: Path, val: dict[str, Any] | None) -> dict[str, Any]:
                 test["top1"], test["top5"])
     distributed.barrier(info)
     return test
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON object as a line."""
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")

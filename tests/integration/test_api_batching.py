@@ -22,6 +22,7 @@ def _classify(client: TestClient, data: bytes) -> httpx.Response:
                        params={"top_k": 10})
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_batches(make_client: Callable[..., Any], tiny_models: Path,
                                            photo: Callable[[str], bytes],
                                            metric: Callable[..., float]) -> None:
@@ -63,6 +64,7 @@ def test_more_images_than_the_queue_holds_are_answered_in_runs(
         assert metric(client, "convserve_queue_depth", **MODEL) == 0
 
 
+@pytest.mark.slow
 def test_off_the_cpu_inference_threads_warm_up_before_ready(
         make_client: Callable[..., Any], tiny_models: Path, photo: Callable[[str], bytes],
         monkeypatch: pytest.MonkeyPatch) -> None:

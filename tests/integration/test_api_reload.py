@@ -90,6 +90,7 @@ def test_polling_picks_up_a_new_version(make_client: Callable[..., Any], models:
         assert _versions(client) == [5, 2, 1]
 
 
+@pytest.mark.slow
 def test_request_in_flight_finishes_on_its_version(make_client: Callable[..., Any],
                                                    models: Path, exporter: Callable[..., Path],
                                                    photo: Callable[[str], bytes],

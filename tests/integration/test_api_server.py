@@ -33,6 +33,7 @@ def _queued(url: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_accepted_requests(server: tuple[subprocess.Popen[str], str],
                                             photo: Callable[[str], bytes]) -> None:
     process, url = server
@@ -60,6 +61,7 @@ def test_sigterm_finishes_accepted_requests(server: tuple[subprocess.Popen[str],
         httpx.get(f"{url}/healthz")
 
 
+@pytest.mark.slow
 def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, "CONVSERVE_MAX_BATCH_SIZE": "0", "CONVSERVE_PROVIDERS": "CUDA,GPU"}
     process = subprocess.Popen(serve_command(tmp_path / "missing", free_port()), cwd=REPO, env=env,
@@ -71,6 +73,7 @@ def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> Non
     assert "unknown execution provider 'GPU'" in output
 
 
+@pytest.mark.slow
 def test_cli_help_lists_serve_and_its_options() -> None:
     top = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)

@@ -22,6 +22,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "finetune", "evaluate", "export"])
 def test_every_subcommand_explains_itself(command: str) -> None:
     result = _cli(command, "--help")
@@ -30,6 +31,7 @@ def test_every_subcommand_explains_itself(command: str) -> None:
         assert "--set KEY=VALUE" in result.stdout and "optim.{epochs" in result.stdout
 
 
+@pytest.mark.slow
 def test_top_level_help_lists_commands_and_examples() -> None:
     result = _cli("--help")
     assert result.returncode == 0
@@ -37,6 +39,7 @@ def test_top_level_help_lists_commands_and_examples() -> None:
         assert word in result.stdout
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_through_the_cli(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

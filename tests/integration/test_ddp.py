@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from training.engine import load_checkpoint
+from training.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.slow  # two processes train for real
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,10 +25,10 @@ from training.export import (
     ExportError,
     ExportSpec,
     ExportWrapper,
-    export_checkpoint,
     export_model,
     photo_batch,
 )
+from training.export_run import export_checkpoint
 from training.models import get_model
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china", "flower")
@@ -95,6 +95,7 @@ def test_small_cnn_with_zca_whitening_on_real_photos(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == ["model.json", "model.onnx"]
 
 
+@pytest.mark.slow
 def test_pretrained_mobilenet_v2_parity_and_answers(tmp_path: Path) -> None:
     images = _photos(128)
     model = get_model("mobilenet_v2", pretrained=True, input_size=128).eval()
@@ -171,6 +172,7 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
         export_model(model, _spec("once", list("abcd"), 28, 1), images, models_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_export_checkpoint_of_a_real_training_run(tmp_path: Path) -> None:
     """Train LeNet-5 briefly on MNIST, export the checkpoint, and re-measure it in ORT."""
     from training.data.pipeline import build_split

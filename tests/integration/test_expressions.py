@@ -105,6 +105,7 @@ def check_against_references(body: dict, faces: np.ndarray, keras_model: Callabl
     assert (got.argmax(1) == quantized.argmax(1))[decided].all()
 
 
+@pytest.mark.slow
 def test_posed_faces_found_and_answered_as_the_references(
         client: TestClient, crops: Callable, keras_model: Callable,
         tflite_model: Callable) -> None:
@@ -161,6 +162,7 @@ def iou(a: dict, b: dict) -> float:
     return inter / (a["width"] * a["height"] + b["width"] * b["height"] - inter)
 
 
+@pytest.mark.slow
 def test_exif_rotated_photo_has_its_boxes_on_the_faces(client: TestClient) -> None:
     upright = Image.open(fetch("multi-face")).convert("RGB")
     # Orientation 6: the stored pixels must be turned 90 degrees clockwise to be displayed.
@@ -177,6 +179,7 @@ def test_exif_rotated_photo_has_its_boxes_on_the_faces(client: TestClient) -> No
     assert len(sideways["faces"]) < 5
 
 
+@pytest.mark.slow
 def test_annotate_answers_the_photo_with_labelled_boxes(client: TestClient) -> None:
     data = fetch("multi-face").read_bytes()
     body = post(client, data)

@@ -47,6 +47,7 @@ def _cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVSERVE_PROVIDERS", "CPU")
 
 
+@pytest.mark.slow
 def test_in_process_matches_the_running_service(models: Path, url: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     photos = [str(fetch("chelsea")), str(fetch("coffee"))]
@@ -79,6 +80,7 @@ def test_text_output(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert any(cat in lines[1] for cat in CATS)
 
 
+@pytest.mark.slow
 def test_expressions_of_five_faces(url: str, models: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     photo = str(fetch("multi-face"))

@@ -129,6 +129,7 @@ def _fashion_test() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "load", "floor"), [
     ("mnist-lenet5", _mnist_test, 0.985), ("fashion-mobilenetv2", _fashion_test, 0.92),
     ("fashion-simple-cnn", _fashion_test, 0.9)])

@@ -11,12 +11,16 @@ import torch
 from PIL import Image
 
 from training.assets import fetch
+from training.checkpoints import build_model, load_checkpoint, load_trained
 from training.config import load_config
 from training.data.fer2013 import FER2013_LABELS, write_fer2013
 from training.data.pipeline import build_split, eval_loader
-from training.engine import build_model, evaluate, load_checkpoint, load_trained, seed_everything
+from training.engine import evaluate
 from training.models import get_model
+from training.seeding import seed_everything
 from training.trainer import fit
+
+pytestmark = pytest.mark.slow  # each test trains for real
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -126,3 +126,26 @@ def test_unknown_backbone_weights_list_the_known_ones() -> None:
     with pytest.raises(KeyError, match="mobilenet_v2"):
         pretrained.load_state_dict("resnet50")
     assert pretrained.provenance("mobilenet_v2")[0]["sha256"].startswith("b0353104")
+
+
+def test_fine_tuning_can_use_the_weights_own_preprocessing() -> None:
+    """``data.normalization=pretrained`` takes mean/std from the backbone's PretrainedCfg:
+    EfficientNet-Lite0's (x - 127) / 128, not ImageNet's; an unknown model says which have one."""
+    from training.config import load_config
+    from training.data.pipeline import fit_from_config
+    from training.models.backbones import pretrained_cfg
+
+    overrides = ["data.normalization=pretrained", "model.name=efficientnet_lite0",
+                 "data.path=unused.csv"]
+    config = load_config("fer2013-mobilenetv2-finetune", overrides)
+    prep = fit_from_config(config, train_set=None)  # type: ignore[arg-type]  # not read
+    assert prep.mean == pytest.approx([127 / 255] * 3)
+    assert prep.std == pytest.approx([128 / 255] * 3)
+    assert prep.grey_to_rgb  # FER2013 is grey, the backbone takes RGB
+    x = torch.tensor([0.0, 127 / 255, 1.0]).view(1, 1, 3, 1)
+    assert prep.module()(x)[0, 0, :, 0].tolist() == pytest.approx([-127 / 128, 0.0, 1.0])
+    assert pretrained_cfg("mobilenet_v2").mean == tuple(IMAGENET_MEAN)
+    with pytest.raises(KeyError, match="no pretrained weights.*efficientnet_lite0, mobilenet_v2"):
+        fit_from_config(load_config("fer2013-mobilenetv2-finetune",
+                                    [*overrides[:1], "model.name=lenet5", "data.path=x"]),
+                        train_set=None)  # type: ignore[arg-type]

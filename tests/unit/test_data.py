@@ -62,6 +62,7 @@ def test_fashion_mnist_train_split_and_labels() -> None:
         load_fashion_mnist("val")
 
 
+@pytest.mark.slow
 def test_mnist_pickle_splits() -> None:
     sizes = {split: len(load_mnist(split)[1]) for split in ("train", "val", "test")}
     assert sizes == {"train": 50000, "val": 10000, "test": 10000}

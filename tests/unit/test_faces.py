@@ -53,6 +53,7 @@ def test_finds_every_face_and_nothing_else(detector: MTCNN, name: str) -> None:
         assert x < lx < x + w and y < ly < y + h
 
 
+@pytest.mark.slow
 def test_five_faces_are_five_people(detector: MTCNN) -> None:
     faces = detector.detect(rgb("multi-face"))
     boxes = np.array([f.box for f in faces])

@@ -10,16 +10,13 @@ from training.data.mnist import load_mnist
 from training.models import get_model
 from training.models.layers import (
     Activation,
-    LayerConfigError,
     Maxout,
-    Window,
     conv_block,
     fc_block,
     make_pool,
-    output_size,
     parse_activation,
-    trace_sizes,
 )
+from training.models.shapes import LayerConfigError, Window, output_size, trace_sizes
 
 torch.set_num_threads(1)
 
@@ -164,6 +161,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return scale(images[:1500]), labels[:1500], scale(test_images[:500]), test_labels[:500]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a if isinstance(a, str) else a["name"])
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_every_activation_and_pool_learns_real_digits(act: str | dict, pool: str,

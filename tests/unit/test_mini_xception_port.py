@@ -117,6 +117,7 @@ def test_model_json_says_what_the_graph_is(fer_dir: Path) -> None:
     assert source["sha256"] == "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
 
 
+@pytest.mark.slow
 def test_matches_fers_keras_model(photo_faces: dict[str, np.ndarray], lfw_faces: np.ndarray,
                                   ours: Callable, keras_model: Callable) -> None:
     faces = np.concatenate([*photo_faces.values(), lfw_faces])
@@ -125,6 +126,7 @@ def test_matches_fers_keras_model(photo_faces: dict[str, np.ndarray], lfw_faces:
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_matches_the_tflite_reference_up_to_its_quantization(
         photo_faces: dict[str, np.ndarray], lfw_faces: np.ndarray, ours: Callable,
         reference: Callable, keras_model: Callable) -> None:

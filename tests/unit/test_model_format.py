@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from service.model_format import (
-    BEGIN_MARK,
-    END_MARK,
     ClassifierCard,
     DetectorCard,
     ModelFormatError,
     dump_card,
     load_card,
-    markdown_tables,
     parse_card,
 )
+from service.model_format_docs import BEGIN_MARK, END_MARK, markdown_tables
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(REPO.glob("models/*/*/model.json"))
@@ -92,7 +90,7 @@ def test_docs_field_tables_are_the_generated_ones() -> None:
     doc = (REPO / "docs" / "model-format.md").read_text()
     generated = doc.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
     assert generated == markdown_tables().strip(), (
-        "docs/model-format.md is out of date: run python -m service.model_format --write")
+        "docs/model-format.md is out of date: run python -m service.model_format_docs --write")
 
 
 def test_the_serving_side_imports_no_torch() -> None:

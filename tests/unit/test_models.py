@@ -21,7 +21,7 @@ from PIL import Image
 from training.assets import fetch
 from training.models import get_model, list_models
 from training.models.generic import CNNSpec, build_generic_from_config
-from training.models.layers import LayerConfigError, to_size
+from training.models.shapes import LayerConfigError, to_size
 
 torch.set_num_threads(1)
 
@@ -47,12 +47,13 @@ def _photos(size: tuple[int, int], channels: int) -> torch.Tensor:
     return (x - 0.45) / 0.25
 
 
-def _cases() -> list[tuple[str, int]]:
+def _cases() -> list[Any]:
     cases = []
     for name in list_models():
         default = _defaults(name)["in_channels"]
         channels = [default] if name in HEAVY else [1, 3]
-        cases += [(name, c) for c in channels]
+        marks = [pytest.mark.slow] if name in HEAVY else []  # the big ImageNet-size ones
+        cases += [pytest.param(name, c, marks=marks) for c in channels]
     return cases
 
 
@@ -121,7 +122,7 @@ def test_alexnet_and_zfnet_sizes() -> None:
     zfnet = get_model("zfnet", num_classes=5, fc_width=32)
     sizes = [w.name for w in zfnet.spec.windows()]
     assert sizes[0] == "stage 1 conv 1" and zfnet.feature_shape == (256, 6, 6)
-    from training.models.layers import trace_sizes
+    from training.models.shapes import trace_sizes
 
     assert [s[0] for s in trace_sizes(224, zfnet.spec.windows())] == [110, 55, 26, 13, 13, 13,
                                                                         13, 6]
@@ -173,6 +174,7 @@ def test_vgg_depths_widths_and_small() -> None:
         get_model("vgg", depth=12)
 
 
+@pytest.mark.slow
 def test_googlenet_aux_heads_only_when_asked_and_training() -> None:
     plain = get_model("googlenet", num_classes=4, input_size=128)
     assert not hasattr(plain, "aux1")

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
+from training.checkpoints import build_model
 from training.config import load_config
-from training.engine import build_model
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 torch.set_num_threads(1)

@@ -41,6 +41,7 @@ def patches() -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.mark.slow
 def test_mean_std_match_numpy_and_normalise(mnist_train: torch.Tensor) -> None:
     prep = fit_preprocessing(mnist_train)
     pixels = mnist_train.numpy().astype(np.float64) / 255
@@ -80,6 +81,7 @@ def test_zca_whitens_real_patches(patches: torch.Tensor) -> None:
     assert mean_corr(out) > 0.2 > abs(mean_corr(pca))
 
 
+@pytest.mark.slow
 def test_pca_whitening_decorrelates_mnist(mnist_train: torch.Tensor) -> None:
     prep = fit_preprocessing(mnist_train, whitening="pca", epsilon=0.1)
     out = prep.module()(mnist_train.float() / 255).flatten(1).double()
@@ -114,6 +116,7 @@ def test_state_round_trip_and_onnx_trace(patches: torch.Tensor) -> None:
     assert np.abs(onnx_out - module(batch).numpy()).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_grey_repeated_for_rgb_backbones() -> None:
     prep = Preprocessing(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], grey_to_rgb=True)
     grey = load_mnist("test")[0][:4].float() / 255
@@ -141,6 +144,7 @@ def test_eval_preset_resize_block_and_crop() -> None:
         EvalPreset(height=8, width=8, channels=1, resize_method="pad")
 
 
+@pytest.mark.slow
 def test_train_preset_augments_within_bounds() -> None:
     digit = load_mnist("test")[0][0]
     flip = TrainPreset(height=28, width=28, channels=1, crop="none", hflip_prob=1.0)

@@ -24,7 +24,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults(tmp_path: Path) -> None:
     settings = load_settings(models_dir=tmp_path)
     assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert settings.max_batch_size >= 1 and settings.max_queue_delay_ms >= 0
+    assert settings.max_batch_size == 4 and settings.max_queue_delay_ms == 0  # as documented
     assert settings.api_key is None and settings.port == 8000
     assert settings.decode_threads >= 1
 

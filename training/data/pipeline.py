@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from training.config import TrainConfig
-from training.data import build_dataset
+from training.data import build_dataset, dataset_labels
 from training.data.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -54,10 +54,15 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     data = config.data
     grey_to_rgb = data.channels == 1 and config.model.in_channels == 3
     whitening = None if data.whitening == "none" else data.whitening
-    if data.normalization == "imagenet":
+    if data.normalization in ("imagenet", "pretrained"):
         if whitening or config.model.in_channels != 3:
-            raise ValueError("data.normalization=imagenet needs model.in_channels=3 and "
-                             "data.whitening=none")
+            raise ValueError(f"data.normalization={data.normalization} needs "
+                             "model.in_channels=3 and data.whitening=none")
+        if data.normalization == "pretrained":
+            from training.models.backbones import pretrained_cfg
+
+            cfg = pretrained_cfg(config.model.name)
+            return Preprocessing(mean=list(cfg.mean), std=list(cfg.std), grey_to_rgb=grey_to_rgb)
         return Preprocessing(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                              grey_to_rgb=grey_to_rgb)
     if whitening and grey_to_rgb:
@@ -99,3 +104,18 @@ def eval_loader(config: TrainConfig, dataset: Dataset) -> DataLoader:
     """A sequential loader over a whole evaluation split."""
     return DataLoader(dataset, batch_size=max(config.optim.batch_size, 256), shuffle=False,
                       num_workers=config.workers)
+
+
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "fer2013": "FER2013",
+                 "folder": "image folder"}  # as model.json's metrics name them
+
+
+def run_labels(config: TrainConfig) -> list[str]:
+    """Class names: ``export.labels`` or the data set's (their counts must agree)."""
+    labels = dataset_labels(config.data.name, config.data.path)
+    if config.export.labels is not None:
+        if len(config.export.labels) != len(labels):
+            raise ValueError(f"export.labels has {len(config.export.labels)} names but the data "
+                             f"set has {len(labels)} classes: {labels}")
+        return list(config.export.labels)
+    return list(labels)

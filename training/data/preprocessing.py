@@ -20,7 +20,7 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 WHITENINGS = (None, "pca", "zca")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # data.normalization=imagenet; torchvision's weights
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # A (D, D) whitening matrix is stored in the ONNX file: refuse sizes that would bloat it.
 MAX_WHITENING_DIM = 4096

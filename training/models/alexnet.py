@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from training.models.generic import CNNSpec, PatternCNN
-from training.models.layers import Padding, to_size
 from training.models.registry import register_model
+from training.models.shapes import Padding, to_size
 
 WIDTHS = (96, 256, 384, 384, 256)
 

@@ -21,19 +21,21 @@ import torch.nn as nn
 from training.models.base import ConvNet
 from training.models.layers import (
     Activation,
-    LayerConfigError,
-    Padding,
-    Window,
     conv_block,
     fc_block,
     init_weights,
     make_pool,
-    padding_pair,
     parse_activation,
+)
+from training.models.registry import register_model
+from training.models.shapes import (
+    LayerConfigError,
+    Padding,
+    Window,
+    padding_pair,
     to_size,
     trace_sizes,
 )
-from training.models.registry import register_model
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any] | Any, where: str) -> Any:

@@ -23,16 +23,14 @@ import torch.nn as nn
 from training.models.base import ConvNet
 from training.models.layers import (
     Activation,
-    Window,
     conv_block,
     fc_block,
     init_weights,
     make_pool,
     parse_activation,
-    to_size,
-    trace_sizes,
 )
 from training.models.registry import register_model
+from training.models.shapes import Window, to_size, trace_sizes
 
 # name: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection), Table 1 of the paper.
 INCEPTION: dict[str, tuple[int, int, int, int, int, int]] = {

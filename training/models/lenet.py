@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from training.models.generic import CNNSpec, PatternCNN
-from training.models.layers import to_size
 from training.models.registry import register_model
+from training.models.shapes import to_size
 
 
 def lenet5_spec(padding: int = 0, activation: str | Mapping[str, Any] = "tanh",

