@@ -67,10 +67,10 @@ def test_maps_equal_pytorch_from_the_same_weights(photos: np.ndarray, backbone: 
     torch = pytest.importorskip("torch")
     from training.data.preprocessing import Preprocessing
     from training.models import get_model
-    from training.ship import IMAGENET_MODELS
+    from training.models.backbones import pretrained_cfg
 
     model = get_model(backbone, pretrained=True).eval()
-    source = next(m for m in IMAGENET_MODELS.values() if m.backbone == backbone)
+    source = pretrained_cfg(backbone)
     prep = Preprocessing(mean=list(source.mean), std=list(source.std)).module()
     linear = model.classifier[-1] if backbone == "mobilenet_v2" else model._fc
     with torch.inference_mode():
