@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,7 +200,7 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
         inner = ort.InferenceSession(str(path), session_options(settings), providers=configured)
     providers = tuple(inner.get_providers())
     _UNLOADABLE.update(p for p in usable if p not in providers)
-    cores, solo = os.cpu_count() or 1, None
+    cores, solo = settings.worker_cores, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
         solo = ort.InferenceSession(str(path), session_options(settings, cores,
                                                                spin_within_runs=solo_spins),

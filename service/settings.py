@@ -48,10 +48,15 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)  # TCP port
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
+    workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
+    # loop, decode pool, batcher and sessions (service/workers.py); 1 suits a small CPU host
+    # (docs/workers: the README's figures by worker count)
 
     # Model repository
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
     reload_interval_s: float = Field(0.0, ge=0)  # poll models_dir every N s; 0 = only on POST
+    reload_wait_s: float = Field(120.0, gt=0)  # with workers > 1, how long POST reload waits
+    # for every other worker to load what it loaded before answering 503
     warmup: bool = True  # run each model once on zeros before declaring it ready
 
     # ONNX Runtime
@@ -126,14 +131,20 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def worker_cores(self) -> int:
+        """This worker's share of the CPU cores (all of them with one worker)."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    @property
     def intra_threads(self) -> int:
-        """Threads inside one ORT run: ``intra_op_threads``, or the cores over the instances."""
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.instances)
+        """Threads inside one ORT run: ``intra_op_threads``, or the worker's cores over the
+        instances."""
+        return self.intra_op_threads or max(1, self.worker_cores // self.instances)
 
     @property
     def decode_threads(self) -> int:
-        """Threads for decoding: ``decode_workers`` or one per CPU core."""
-        return self.decode_workers or os.cpu_count() or 1
+        """Threads for decoding: ``decode_workers`` or one per core of the worker's share."""
+        return self.decode_workers or self.worker_cores
 
 
 def _describe(error: dict[str, Any]) -> str:

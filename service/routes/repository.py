@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.app import reload_models
+from service.app import reload_all_workers
 from service.schemas import ReloadResponse
 
 router = APIRouter(prefix="/v1/repository", tags=["repository"])
 
 
-@router.post("/reload", response_model=ReloadResponse, summary="Rescan the models directory")
+@router.post("/reload", response_model=ReloadResponse, summary="Rescan the models directory",
+             description="With several workers, answers once every worker serves the result.")
 async def reload_repository(request: Request) -> ReloadResponse:
-    result = await reload_models(request.app)
+    result = await reload_all_workers(request.app)
     return ReloadResponse(
         added=[v.key for v in result.added], removed=[v.key for v in result.removed],
         failed=result.failed, models=[v.key for v in request.app.state.repository.all_versions()])
