@@ -103,11 +103,14 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout check 2s
-    # a refused or dropped connection (a replica stopping) is tried again on the other replica;
-    # classify is idempotent, so replaying it is safe
+    # A refused connection (a replica stopped) or one closed with no answer (a replica that
+    # closed an idle keep-alive connection as it stopped, just as a request went out on it)
+    # is tried again on the other replica: classify is idempotent, so replaying it is safe.
+    # HAProxy can replay only a request it holds whole: buffer the body before sending it.
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response 503
+    option http-buffer-request
 listen convserve
     bind 127.0.0.1:{self.port}
     balance roundrobin
