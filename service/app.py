@@ -78,19 +78,20 @@ async def reload_all_workers(app: FastAPI) -> ScanResult:
 
 async def _initial_load(app: FastAPI) -> None:
     sync: WorkerSync | None = app.state.sync
+    generation = 0
     try:
         while True:  # a worker: again if another worker asked for a reload during the scan
             generation = sync.generation() if sync else 0
             result = await reload_models(app)
             if sync is None or sync.generation() == generation:
                 break
-        if sync is not None:
-            sync.applied(generation)
     except Exception:
         logger.exception("loading the models failed; /readyz stays 503")
         return
     finally:
         app.state.starting = False  # loaded, and inference threads warm
+        if sync is not None:
+            sync.applied(generation)  # from now on it follows the other workers' reloads
     if result.failed:
         logger.error("not ready: %d model version(s) failed to load: %s", len(result.failed),
                      "; ".join(f"{k}: {v}" for k, v in result.failed.items()))

@@ -31,7 +31,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
+from prometheus_client import multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from service.settings import ENV_PREFIX, Settings
 
@@ -109,17 +113,17 @@ class WorkerSync:
         return behind
 
     async def follow(self, reload: Callable[[], Awaitable[Any]]) -> None:
-        """Reload whenever another worker bumps the generation (runs until cancelled)."""
+        """Reload whenever another worker bumps the generation (runs until cancelled). Nothing
+        to do before the first load has recorded its generation: it rescans by itself."""
         while True:
             await asyncio.sleep(POLL_S)
             generation = self.generation()
-            if generation <= self.applied_generation:
+            if self.applied_generation < 0 or generation <= self.applied_generation:
                 continue
             try:
                 await reload()
-            except Exception:
+            except Exception:  # not retried until the next bump, as a failed POST is not
                 logger.exception("reloading for generation %d failed", generation)
-                continue
             self.applied(generation)
 
 
@@ -148,27 +152,22 @@ def create_worker_app() -> FastAPI:
     return app
 
 
-def _supervisor_class() -> type:
-    from prometheus_client import multiprocess
-    from uvicorn.supervisors import Multiprocess
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor (it replaces a dead worker), which also logs the replacement and
+    clears the dead worker's metrics and reload records."""
 
-    class Supervisor(Multiprocess):  # type: ignore[misc]
-        """uvicorn's supervisor, which also logs a replaced worker and clears its records."""
+    sync: WorkerSync
 
-        sync: WorkerSync
-
-        def keep_subprocess_alive(self) -> None:
-            before = list(self.processes)
-            super().keep_subprocess_alive()
-            for old, new in zip(before, self.processes, strict=False):
-                if old is new or old.pid is None:
-                    continue
-                multiprocess.mark_process_dead(old.pid)
-                self.sync.forget(old.pid)
-                logger.error("worker %d died (exit code %s); worker %s replaces it and answers "
-                             "503 until its models are warm", old.pid, old.exitcode, new.pid)
-
-    return Supervisor
+    def keep_subprocess_alive(self) -> None:
+        before = list(self.processes)
+        super().keep_subprocess_alive()
+        for old, new in zip(before, self.processes, strict=False):
+            if old is new or old.pid is None:
+                continue
+            multiprocess.mark_process_dead(old.pid)
+            self.sync.forget(old.pid)
+            logger.error("worker %d died (exit code %s); worker %s replaces it and answers 503 "
+                         "until its models are warm", old.pid, old.exitcode, new.pid)
 
 
 def serve(settings: Settings, overrides: dict[str, Any]) -> int:
@@ -181,9 +180,6 @@ def serve(settings: Settings, overrides: dict[str, Any]) -> int:
     Returns:
         The exit status: 0, or 3 when a worker failed to start (as uvicorn does).
     """
-    import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
-
     run_dir = Path(tempfile.mkdtemp(prefix="convserve-"))
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
@@ -194,7 +190,7 @@ def serve(settings: Settings, overrides: dict[str, Any]) -> int:
                             host=settings.host, port=settings.port, workers=settings.workers,
                             log_level=settings.log_level, access_log=False,
                             timeout_graceful_shutdown=int(settings.graceful_shutdown_s))
-    supervisor = _supervisor_class()(config, sockets=[config.bind_socket()])
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
     supervisor.sync = WorkerSync(run_dir / "sync")
     logger.info("starting %d workers on %s:%d", settings.workers, settings.host, settings.port)
     try:
