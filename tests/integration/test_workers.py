@@ -57,10 +57,11 @@ def _matches(name: str, labels: dict[str, str], sample_name: str,
     return sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
 
 
-def _by_worker(metrics_dir: Path, name: str, **labels: str) -> dict[int, float]:
-    """One counter, per worker PID, from each worker's own file."""
+def _by_worker(metrics_dir: Path, name: str, kind: str = "counter",
+               **labels: str) -> dict[int, float]:
+    """One metric, per worker PID, from each worker's own file (``kind``: the file's prefix)."""
     found = {}
-    for path in metrics_dir.glob("counter_*.db"):
+    for path in metrics_dir.glob(f"{kind}_[0-9]*.db"):
         with tempfile.TemporaryDirectory() as alone:
             shutil.copy(path, alone)
             registry = CollectorRegistry()
@@ -119,6 +120,9 @@ def test_two_workers_serve_sum_their_metrics_and_reload_together(
     shutil.copytree(tiny_models / "tiny-rgb" / "2", models / "tiny-rgb" / "2")
     reload = httpx.post(f"{url}/v1/repository/reload", timeout=60)
     assert reload.status_code == 200 and reload.json()["added"] == ["tiny-rgb/2"]
+    ready = _by_worker(metrics_dir, "convserve_model_ready", "gauge_livemin", model="tiny-rgb",
+                       version="2")  # read as the answer came: each worker had swapped v2 in
+    assert ready == dict.fromkeys(workers, 1.0), ready
     with ThreadPoolExecutor(4) as pool:  # at once, on new connections: every worker has v2
         answers = list(pool.map(lambda _: _classify(url, image), range(60)))
     assert {(r.status_code, r.json()["version"]) for r in answers} == {(200, 2)}
