@@ -1,12 +1,14 @@
 """A rolling update on one machine: two replicas behind HAProxy, restarted and reloaded under load.
 
 It stands in for what Kubernetes does to a Deployment: HAProxy health-checks ``/readyz`` (as a
-readiness probe does) and retries a request whose connection failed or came back empty (as a
-Service's endpoints and a client's retry would). During bounded loopback load (a few threads,
-one request at a time each), (a) each replica in turn gets SIGTERM, exits after draining, and is
-started again; (b) a new model version is added and each replica reloaded. Every request the
-client sent must come back 200; HAProxy's own retry count is printed (those are the only failures
-allowed, and the client never sees them).
+readiness probe does) and retries a request whose connection failed or came back empty or 503
+(as a Service's endpoints and a client's retry would). Each replica runs two worker processes.
+During bounded loopback load (a few threads, one request at a time each), (a) each replica in
+turn gets SIGTERM, exits after draining, and is started again; (b) a new model version is added
+and each replica reloaded; (c) one worker of a replica is killed with SIGKILL, and its
+replacement answers 503 until its model is warm. Every request the client sent must come back
+200; HAProxy's own retry count is printed (those are the only failures allowed, and the client
+never sees them).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, serve_command
+from conftest import free_port, serve_command, wait_workers_ready, worker_pids
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 MODEL = "mnist-lenet5"
 CLIENTS = 4
+WORKERS = 2  # per replica
 
 
 @dataclass
@@ -44,22 +47,28 @@ class Replica:
     name: str
     models: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[str] | None = None
-    logs: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    logs: list[str] = field(default_factory=list)  # the output of each run that has ended
+    log: Path = field(init=False)  # the current run's output
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_GRACEFUL_SHUTDOWN_S": "20"}
-        self.process = subprocess.Popen(serve_command(self.models, self.port), env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+        env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_GRACEFUL_SHUTDOWN_S": "20",
+               "CONVSERVE_WORKERS": str(WORKERS)}
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would
+        # block every write to it (the supervisor's among them).
+        self.log = self.models.parent / f"{self.name}-{len(self.logs)}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(serve_command(self.models, self.port), env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    wait_workers_ready(self.process.pid, WORKERS)
                     return
             except httpx.TransportError:
                 pass
@@ -72,10 +81,11 @@ class Replica:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            output = self.process.communicate(timeout=60)[0]
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output = self.process.communicate()[0]
+            self.process.wait()
+        output = self.log.read_text(errors="replace")
         self.logs.append(output)
         return output
 
@@ -239,12 +249,20 @@ def test_rolling_restart_and_reload_behind_haproxy(shipped_model: Callable[[str]
                 answer = httpx.post(f"{replica.url}/v1/repository/reload", timeout=60)
                 assert answer.status_code == 200 and answer.json()["added"] == [f"{MODEL}/2"]
             reloaded = time.monotonic()
-            time.sleep(2)
+            time.sleep(1)
+            first = replicas[0]
+            assert first.process is not None
+            victim = worker_pids(first.process.pid)[0]
+            os.kill(victim, signal.SIGKILL)  # (c) its replacement loads while the other serves
+            time.sleep(0.5)
+            wait_workers_ready(first.process.pid, WORKERS)
+            time.sleep(1)
         stats = balancer.stats()["BACKEND"]
     finally:
         for replica in replicas:
             replica.stop()
         haproxy_log = balancer.stop()
+    assert f"worker {victim} died" in replicas[0].logs[-1]
     statuses = [status for _, status, _ in load.results]
     failed = [result for result in load.results if result[1] != 200]
     print(f"\n{len(statuses)} requests through HAProxy, {len(failed)} failed; "  # noqa: T201

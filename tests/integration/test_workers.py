@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import serve_models
+from conftest import serve_models, wait_workers_ready, worker_pids, worker_run_dir
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,30 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.slow
 CLASSIFY = "/v1/models/tiny-rgb/classify"
 ROUTE = "/v1/models/{name}/classify"  # the route label: the path's template
-
-
-def _workers(parent: int) -> list[int]:
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children
-            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-
-
-def _run_dir(worker: int) -> Path:
-    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
-    found = dict(entry.decode().split("=", 1) for entry in environ if b"=" in entry)
-    return Path(found["CONVSERVE_RUN_DIR"])
-
-
-def _all_ready(parent: int, timeout: float = 60) -> list[int]:
-    """The workers, once each has loaded its models (/readyz reaches just one of them)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = _workers(parent)
-        sync = _run_dir(workers[0]) / "sync"
-        if len(workers) == 2 and all((sync / f"worker-{pid}").exists() for pid in workers):
-            return workers
-        assert time.monotonic() < deadline, "the workers did not all load their models"
-        time.sleep(0.05)
 
 
 def _matches(name: str, labels: dict[str, str], sample_name: str,
@@ -91,7 +67,10 @@ def models(tiny_models: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def server(models: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    with serve_models(models, CONVSERVE_WORKERS="2") as (process, url):
+    # warning: no access lines, which would fill the unread output pipe and block the
+    # supervisor's next log line (the replacement of a dead worker)
+    with serve_models(models, CONVSERVE_WORKERS="2", CONVSERVE_LOG_LEVEL="warning",
+                      ) as (process, url):
         yield process, url
 
 
@@ -99,8 +78,8 @@ def test_two_workers_serve_sum_their_metrics_and_reload_together(
         server: tuple[subprocess.Popen[str], str], models: Path, tiny_models: Path,
         photo: Callable[[str], bytes]) -> None:
     process, url = server
-    workers = _all_ready(process.pid)
-    metrics_dir = _run_dir(workers[0]) / "metrics"
+    workers = wait_workers_ready(process.pid, 2)
+    metrics_dir = worker_run_dir(workers[0]) / "metrics"
     image = photo("chelsea")
     sent = 0
     with ThreadPoolExecutor(4) as pool:
@@ -135,8 +114,8 @@ def test_two_workers_serve_sum_their_metrics_and_reload_together(
 def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
         server: tuple[subprocess.Popen[str], str], photo: Callable[[str], bytes]) -> None:
     process, url = server
-    victim, survivor = _all_ready(process.pid)
-    metrics_dir = _run_dir(survivor) / "metrics"
+    victim, survivor = wait_workers_ready(process.pid, 2)
+    metrics_dir = worker_run_dir(survivor) / "metrics"
     image = photo("chelsea")
     os.kill(victim, signal.SIGKILL)
     answers: list[httpx.Response] = []
@@ -145,7 +124,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
     with ThreadPoolExecutor(2) as pool:
         while time.monotonic() < deadline:
             answers += pool.map(lambda _: _classify(url, image), range(4))
-            replacement = next((pid for pid in _workers(process.pid)
+            replacement = next((pid for pid in worker_pids(process.pid)
                                 if pid not in (victim, survivor)), None)
             served = _by_worker(metrics_dir, "convserve_requests_total", route=ROUTE,
                                 status="200")
@@ -167,7 +146,7 @@ def test_sigterm_drains_every_worker(models: Path, photo: Callable[[str], bytes]
     with serve_models(models, CONVSERVE_WORKERS="2", CONVSERVE_MAX_QUEUE_DELAY_MS="1500",
                       CONVSERVE_MAX_BATCH_SIZE="8", CONVSERVE_GRACEFUL_SHUTDOWN_S="20",
                       ) as (process, url):
-        _all_ready(process.pid)
+        wait_workers_ready(process.pid, 2)
         images = [photo(name) for name in ("chelsea", "rocket", "coffee", "astronaut")]
         with ThreadPoolExecutor(len(images)) as pool:
             futures = [pool.submit(_classify, url, data) for data in images]
