@@ -18,18 +18,22 @@ import logging
 import pkgutil
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 
 import service.routes
 from service.batching import Batcher
 from service.detection import DetectionSlots
-from service.errors import register_error_handlers
+from service.errors import ReloadIncomplete, register_error_handlers
 from service.metrics import Metrics
 from service.middleware import ApiKeyAuth, BodyLimit, RequestLog
 from service.repository import ModelRepository, ScanResult
 from service.routes.classify import ClassifyShortcut
 from service.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from service.workers import WorkerSync
 
 logger = logging.getLogger("convserve.app")
 
@@ -52,14 +56,44 @@ async def reload_models(app: FastAPI) -> ScanResult:
         return result
 
 
+async def reload_all_workers(app: FastAPI) -> ScanResult:
+    """``POST /v1/repository/reload``: reload here and, with ``--workers N``, in every worker,
+    answering once all serve the result (see :mod:`service.workers`).
+
+    Raises:
+        ReloadIncomplete: a worker had not reloaded after ``reload_wait_s``.
+    """
+    sync: WorkerSync | None = app.state.sync
+    if sync is None:
+        return await reload_models(app)
+    generation = sync.bump()
+    result = await reload_models(app)
+    sync.applied(generation)
+    behind = await sync.wait_for(generation, app.state.settings.reload_wait_s)
+    if behind:
+        raise ReloadIncomplete(
+            f"this worker reloaded but worker(s) {', '.join(map(str, behind))} had not after "
+            f"{app.state.settings.reload_wait_s:g} s (CONVSERVE_RELOAD_WAIT_S); they go on "
+            "loading: check the logs, then POST /v1/repository/reload again")
+    return result
+
+
 async def _initial_load(app: FastAPI) -> None:
+    sync: WorkerSync | None = app.state.sync
+    generation = 0
     try:
-        result = await reload_models(app)
+        while True:  # a worker: again if another worker asked for a reload during the scan
+            generation = sync.generation() if sync else 0
+            result = await reload_models(app)
+            if sync is None or sync.generation() == generation:
+                break
     except Exception:
         logger.exception("loading the models failed; /readyz stays 503")
         return
     finally:
         app.state.starting = False  # loaded, and inference threads warm
+        if sync is not None:
+            sync.applied(generation)  # from now on it follows the other workers' reloads
     if result.failed:
         logger.error("not ready: %d model version(s) failed to load: %s", len(result.failed),
                      "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
@@ -98,6 +132,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(_initial_load(app), name="load-models")]
     if settings.reload_interval_s > 0:
         tasks.append(asyncio.create_task(_poll(app, settings.reload_interval_s), name="poll"))
+    if app.state.sync is not None:
+        tasks.append(asyncio.create_task(app.state.sync.follow(lambda: reload_models(app)),
+                                         name="follow-reloads"))
     try:
         yield
     finally:
@@ -137,8 +174,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_pool = None
     app.state.detection = None
     app.state.reload_lock = asyncio.Lock()
-    app.state.reload_models = functools.partial(reload_models, app)  # for the reload route
+    app.state.reload_models = functools.partial(reload_all_workers, app)  # for the reload route
     app.state.starting = True  # until the first load has finished (see /readyz)
+    app.state.sync = None  # a WorkerSync with --workers N (service.workers sets it)
     register_error_handlers(app)
     for router in discover_routers():
         app.include_router(router)

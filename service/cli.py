@@ -35,7 +35,8 @@ def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run
     COMMANDS[name] = (help_text, add_arguments, run)
 
 
-def configure_logging(level: str, background: bool = False) -> Callable[[], None]:
+def configure_logging(level: str, background: bool = False,
+                      process: bool = False) -> Callable[[], None]:
     """One line per record: time, level, logger, message (access lines are JSON).
 
     Args:
@@ -43,13 +44,15 @@ def configure_logging(level: str, background: bool = False) -> Callable[[], None
         background: write records to stderr from a thread (``serve``): the event loop only
             queues them. A write releases the GIL, and taking it back from the decode and
             inference threads costs the loop time under load (figure: docs/service-architecture.md).
+        process: name the process id after the logger (``--workers N``: which worker spoke).
 
     Returns:
         A function that writes what is queued and goes back to direct writes (call it before
         the process ends; it also runs at exit).
     """
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    pid = " [%(process)d]" if process else ""
+    stream.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{pid} %(message)s"))
     if not background:
         logging.basicConfig(level=level.upper(), handlers=[stream])
         return lambda: None
@@ -79,6 +82,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-empty", action="store_true", default=None,
                         help="start even if the models directory holds no model yet "
                              "(CONVSERVE_ALLOW_EMPTY)")
+    parser.add_argument("--workers", type=int,
+                        help="processes serving the port (CONVSERVE_WORKERS, default 1)")
+
 
 
 def check_port(host: str, port: int) -> None:
@@ -127,11 +133,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {key: value for key, value in
                  (("host", args.host), ("port", args.port), ("models_dir", args.models),
-                  ("allow_empty", args.allow_empty))
+                  ("allow_empty", args.allow_empty), ("workers", args.workers))
                  if value is not None}
     settings = load_settings(**overrides)
     check_models(settings)
     check_port(settings.host, settings.port)
+    if settings.workers > 1:
+        from service import workers
+
+        configure_logging(settings.log_level)
+        return workers.serve(settings, overrides)
     flush_logs = configure_logging(settings.log_level, background=True)
 
     class Server(uvicorn.Server):

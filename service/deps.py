@@ -69,6 +69,8 @@ async def get_serving(request: Request) -> Serving:
     state = request.app.state
     if state.batcher is None or state.decode_pool is None:
         raise NotReady("the service is starting or stopping; retry in a moment")
+    if state.starting:  # loaded, maybe, but not yet warm
+        raise NotReady("the models are still loading; retry when GET /readyz answers 200")
     return Serving(state.settings, state.repository, state.batcher, state.decode_pool,
                    state.metrics)
 

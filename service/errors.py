@@ -114,10 +114,21 @@ class CannotExplain(ServiceError):
 
 
 class NotReady(ServiceError):
-    """The models have not finished loading (or one failed to load). HTTP 503."""
+    """The models have not finished loading (or one failed to load). HTTP 503 with
+    ``Retry-After``: a balancer or client tries again (another worker or replica may be ready)."""
 
     status_code = 503
     code = "not_ready"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1", **(headers or {})})
+
+
+class ReloadIncomplete(ServiceError):
+    """A reload reached this worker but not yet every other one (``--workers N``). HTTP 503."""
+
+    status_code = 503
+    code = "reload_incomplete"
 
 
 class Overloaded(ServiceError):

@@ -2,6 +2,13 @@
 
 Each app owns its own :class:`CollectorRegistry`, so several apps (tests) never clash.
 
+With ``serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start (prometheus-client reads it at import): every worker writes its values to files there and
+whichever worker answers the scrape renders the sum over all of them. Counters and histograms
+add up, dead workers' counts included (they stay monotonic); the gauges say how they combine
+over the live workers: queue depth adds up, ``model_ready`` is the lowest (1 only when every
+worker that loaded the version serves it), ``model_info`` and load time the highest.
+
 ========================================== ========= =========================================
 name                                       type      labels
 ========================================== ========= =========================================
@@ -24,17 +31,21 @@ convserve_model_ready                      gauge     model, version (1 ready)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
                    5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MODEL = ("model", "version")
+# Read by prometheus-client when it is imported, as here: set means the values live in files.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 @dataclass(frozen=True)
@@ -83,15 +94,17 @@ class Metrics:
         self.exec_count = Counter("convserve_inference_exec_count", "ONNX Runtime runs",
                                   MODEL, registry=reg)
         self.queue_depth = Gauge("convserve_queue_depth", "Images waiting in the batching queue",
-                                 MODEL, registry=reg)
+                                 MODEL, registry=reg, multiprocess_mode="livesum")
         self.rejected = Counter("convserve_queue_rejected", "Images refused: queue full (503)",
                                 MODEL, registry=reg)
         self.load_time = Gauge("convserve_model_load_duration_seconds",
-                               "Time to load and warm up a model version", MODEL, registry=reg)
+                               "Time to load and warm up a model version", MODEL, registry=reg,
+                               multiprocess_mode="livemax")
         self.model_info = Gauge("convserve_model_info", "Loaded model versions (value 1)",
-                                (*MODEL, "task", "provider"), registry=reg)
+                                (*MODEL, "task", "provider"), registry=reg,
+                                multiprocess_mode="livemax")
         self.model_ready = Gauge("convserve_model_ready", "1 when the version serves", MODEL,
-                                 registry=reg)
+                                 registry=reg, multiprocess_mode="livemin")
 
     def model(self, name: str, version: int | str) -> ModelMetrics:
         """The per-version children of the model metrics, cached."""
@@ -116,5 +129,9 @@ class Metrics:
         self.model_ready.labels(name, str(version)).set(0)
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format: this app's metrics, or every worker's summed."""
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

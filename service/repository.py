@@ -326,7 +326,13 @@ class ModelRepository:
             return result
 
     def names(self) -> list[str]:
-        """Model names, sorted."""
+        """Model names, sorted.
+
+        Raises:
+            NotReady: the first scan has not finished (an empty list would be a wrong answer).
+        """
+        if not self.loaded:
+            raise NotReady("the models are still loading; retry when GET /readyz answers 200")
         return sorted({name for name, _ in self._versions})
 
     def versions(self, name: str) -> list[ModelVersion]:

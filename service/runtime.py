@@ -221,7 +221,7 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
                                      providers=configured)
     providers = tuple(inner.get_providers())
     _UNLOADABLE.update(p for p in usable if p not in providers)
-    cores, solo = settings.cores, None
+    cores, solo = settings.worker_cores, None
     if providers[0] == "CPUExecutionProvider" and cores > settings.intra_threads:
         solo = ort.InferenceSession(str(path), session_options(settings, cores,
                                                                spin_within_runs=solo_spins,

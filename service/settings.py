@@ -48,10 +48,15 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)  # TCP port
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
+    workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
+    # loop, decode pool, batcher and sessions (service/workers.py); 1 suits a small CPU host
+    # (docs/workers: the README's figures by worker count)
 
     # Model repository
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
     reload_interval_s: float = Field(0.0, ge=0)  # poll models_dir every N s; 0 = only on POST
+    reload_wait_s: float = Field(120.0, gt=0)  # with workers > 1, how long POST reload waits
+    # for every other worker to load what it loaded before answering 503
     warmup: bool = True  # run each model once on zeros before declaring it ready
     allow_empty: bool = False  # start with no models (they come later, by reload); otherwise
     # `convserve serve` refuses an empty models_dir (most likely the wrong path)
@@ -152,14 +157,21 @@ class Settings(BaseSettings):
         return self.cpus or os.cpu_count() or 1
 
     @property
+    def worker_cores(self) -> int:
+        """This worker's share of the CPU cores (all of them with one worker)."""
+        return max(1, self.cores // self.workers)
+
+    @property
     def intra_threads(self) -> int:
-        """Threads inside one ORT run: ``intra_op_threads``, or the cores over the instances."""
-        return self.intra_op_threads or max(1, self.cores // self.instances)
+        """Threads inside one ORT run: ``intra_op_threads``, or the worker's cores over the
+        instances."""
+        return self.intra_op_threads or max(1, self.worker_cores // self.instances)
 
     @property
     def detect_threads(self) -> int:
-        """Threads for face detection: ``detect_workers`` or half the CPU cores (at least 1)."""
-        return self.detect_workers or max(1, (os.cpu_count() or 1) // 2)
+        """Threads for face detection: ``detect_workers`` or half the worker's cores (at least
+        1)."""
+        return self.detect_workers or max(1, self.worker_cores // 2)
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:
@@ -177,8 +189,8 @@ class Settings(BaseSettings):
 
     @property
     def decode_threads(self) -> int:
-        """Threads for decoding: ``decode_workers`` or one per CPU core."""
-        return self.decode_workers or self.cores
+        """Threads for decoding: ``decode_workers`` or one per core of the worker's share."""
+        return self.decode_workers or self.worker_cores
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -356,3 +356,33 @@ def metric() -> Callable[..., float]:
 def export_classifier() -> Callable[..., Path]:
     """``export_classifier(root, name, version, **options)``: :func:`export_tiny_classifier`."""
     return export_tiny_classifier
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes of ``convserve serve --workers N`` running as ``parent``."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+
+
+def worker_run_dir(worker: int) -> Path:
+    """The run directory a worker shares with its siblings (metrics/, sync/)."""
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    found = dict(entry.decode().split("=", 1) for entry in environ if b"=" in entry)
+    return Path(found["CONVSERVE_RUN_DIR"])
+
+
+def wait_workers_ready(parent: int, count: int, timeout: float = 60) -> list[int]:
+    """The ``count`` workers, once each has loaded its models (``/readyz`` reaches one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = worker_pids(parent)
+        ready = []
+        if workers:
+            sync = worker_run_dir(workers[0]) / "sync"
+            ready = [pid for pid in workers if (sync / f"worker-{pid}").exists()]
+        if len(ready) == count:
+            return workers
+        assert time.monotonic() < deadline, (
+            f"{len(ready)} of {count} workers loaded their models in {timeout:g} s: {workers}")
+        time.sleep(0.05)

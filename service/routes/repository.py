@@ -10,7 +10,8 @@ from service.schemas import ReloadResponse
 router = APIRouter(prefix="/v1/repository", tags=["repository"])
 
 
-@router.post("/reload", response_model=ReloadResponse, summary="Rescan the models directory")
+@router.post("/reload", response_model=ReloadResponse, summary="Rescan the models directory",
+             description="With several workers, answers once every worker serves the result.")
 async def reload_repository(reload: ReloadDep, repository: RepositoryDep) -> ReloadResponse:
     result = await reload()
     return ReloadResponse(

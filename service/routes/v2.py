@@ -107,8 +107,8 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", summary="Readiness: every model loaded and warm")
-async def ready(repository: RepositoryDep) -> dict[str, bool]:
-    if not repository.ready:
+async def ready(request: Request, repository: RepositoryDep) -> dict[str, bool]:
+    if not repository.ready or request.app.state.starting:
         raise NotReady("the models are still loading (or one failed: see GET /readyz)")
     return {"ready": True}
 

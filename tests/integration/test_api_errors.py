@@ -210,6 +210,9 @@ def test_503_until_the_models_have_loaded(make_client: Callable[..., Any], tiny_
         assert "loading" in _error(client.get("/readyz"), 503, "not_ready")
         response = client.post(CLASSIFY, files={"file": ("x.png", photo("chelsea"))})
         assert "/readyz" in _error(response, 503, "not_ready")
+        assert response.headers["Retry-After"] == "1"  # a balancer or client tries again
+        for path in ("/readyz", "/v2/health/ready", "/v1/models", "/v1/models/tiny-rgb"):
+            assert client.get(path).headers["Retry-After"] == "1", path
         release.set()
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:

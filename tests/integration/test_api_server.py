@@ -80,7 +80,7 @@ def test_cli_help_lists_serve_and_its_options() -> None:
     assert top.returncode == 0 and "serve" in top.stdout
     serve = subprocess.run([sys.executable, "-m", "service", "serve", "--help"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
-    assert all(option in serve.stdout for option in ("--host", "--port", "--models"))
+    assert all(option in serve.stdout for option in ("--host", "--port", "--models", "--workers"))
 
 
 def _start(models: Path, port: int, *extra: str) -> tuple[int, str, float]:
