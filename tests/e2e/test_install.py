@@ -46,11 +46,13 @@ def require(found: object, why: str) -> None:
 def find_python(version: str) -> str | None:
     """An interpreter of ``version``: ``python3.X`` on PATH, else one of pyenv's."""
     candidates = [shutil.which(f"python{version}")]
-    pyenv = subprocess.run(["pyenv", "root"], capture_output=True, text=True) if shutil.which(
-        "pyenv") else None
-    if pyenv and pyenv.returncode == 0:
-        root = Path(pyenv.stdout.strip()) / "versions"
-        candidates += [str(p) for p in sorted(root.glob(f"{version}.*/bin/python{version}"))]
+    roots = [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))]
+    if shutil.which("pyenv"):
+        found = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
+        roots.insert(0, Path(found.stdout.strip()))
+    for root in roots:
+        pattern = f"versions/{version}.*/bin/python{version}"
+        candidates += [str(p) for p in sorted(root.glob(pattern))]
     for candidate in filter(None, candidates):
         probe = subprocess.run([candidate, "-c", "import sys, venv, ensurepip; "
                                 "print('%d.%d' % sys.version_info[:2])"],
@@ -182,3 +184,26 @@ def test_the_readme_gives_these_commands() -> None:
     for extra in ("serve", "serve-cpu"):
         assert README_INSTALL.format(extra=extra) in readme, extra
     assert sys.version_info[:2] >= (3, 11)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fresh_install", [(v, "train") for v in PYTHONS[1:]], indirect=True,
+                         ids=PYTHONS[1:])
+def test_train_install_trains_and_exports(fresh_install: Path) -> None:
+    """``.[train]`` on the newer Pythons (3.11 is CI's own venv and the train image): torch
+    2.14.1 ships wheels for both; one short real training and its export."""
+    project, cli = fresh_install.parent, str(fresh_install / "bin" / "convserve-train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = subprocess.run(
+        [cli, "train", "--config", "mnist-lenet5", "--set", "data.train_limit=1000",
+         "--set", "data.eval_limit=300", "--set", "optim.epochs=1", "--set", "device=cpu",
+         "--set", "output_dir=runs/short"], cwd=project, env=env, capture_output=True,
+        text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert json.loads(train.stdout.strip().splitlines()[-1])["images"] == 300
+    export = subprocess.run([cli, "export", "runs/short", "--name", "short-digits", "--version",
+                             "1", "--models-dir", "models"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    meta = json.loads((project / "models" / "short-digits" / "1" / "model.json").read_text())
+    assert meta["labels"] == [str(d) for d in range(10)]
