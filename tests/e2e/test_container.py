@@ -272,12 +272,14 @@ def require_system_tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def builder() -> Iterator[Buildah]:
+def builder(pytestconfig: pytest.Config) -> Iterator[Buildah]:
     """buildah with the offline bookworm base; the test images are removed afterwards."""
     require_system_tools()
     tool = buildah()
     started = time.perf_counter()
     base_image(tool)
+    global _config
+    _config = pytestconfig
     _report(f"offline base {BASE_IMAGE}: {tool.size(BASE_IMAGE)}, "
             f"made in {time.perf_counter() - started:.0f} s")
     yield tool
@@ -286,10 +288,15 @@ def builder() -> Iterator[Buildah]:
             tool("rmi", "-f", f"{IMAGE_TAG}:{tag}")
 
 
+_config: pytest.Config | None = None  # set by ``builder``: where _report writes
+
+
 def _report(line: str) -> None:
-    """A figure for the CI log, past pytest's output capture."""
-    sys.__stdout__.write(f"\n[image] {line}\n")  # type: ignore[union-attr]
-    sys.__stdout__.flush()  # type: ignore[union-attr]
+    """A figure for the CI log, past pytest's output capture (as ``capsys.disabled()``)."""
+    assert _config is not None
+    with _config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        sys.stdout.write(f"\n[image] {line}\n")
+        sys.stdout.flush()
 
 
 def _build(tool: Buildah, target: str, tag: str, **args: str) -> str:
