@@ -15,6 +15,7 @@ in for the public python image the Dockerfile defaults to; nothing else changes 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -89,7 +90,16 @@ def buildah() -> Buildah:
 
 def base_image(tool: Buildah) -> str:
     """``localhost/convserve-base:bookworm``, from the cached debootstrap tree (made on the
-    first run) with the host's CA bundle; returns its name."""
+    first run) with the host's CA bundle, kept while that bundle is unchanged; returns its name.
+    Working containers and images left by an interrupted run are removed first."""
+    tool("rm", "--all")
+    tool("rmi", "--prune")
+    ca_sha256 = hashlib.sha256(HOST_CA_BUNDLE.read_bytes()).hexdigest()
+    with contextlib.suppress(AssertionError):
+        labels = json.loads(tool("inspect", "--type", "image", BASE_IMAGE))[
+            "Docker"]["config"].get("Labels") or {}
+        if labels.get("convserve.ca-sha256") == ca_sha256:
+            return BASE_IMAGE
     tree = tool.root / "bookworm-minbase.tar"
     if not tree.exists():
         rootfs = tool.root / "bookworm-rootfs"
@@ -111,7 +121,7 @@ def base_image(tool: Buildah) -> str:
         tool("add", container, str(tree), "/")
         tool("copy", container, str(HOST_CA_BUNDLE), "/etc/ssl/certs/ca-certificates.crt")
         tool("config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "--cmd", "python3", container)
+             "--cmd", "python3", "--label", f"convserve.ca-sha256={ca_sha256}", container)
         tool("commit", "--quiet", "--format", "docker", "--rm", container, BASE_IMAGE)
     except BaseException:
         tool("rm", container)
