@@ -74,7 +74,8 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 WORKDIR /app
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
-    CONVSERVE_CACHE=/cache
+    CONVSERVE_CACHE=/cache \
+    MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 ENTRYPOINT ["convserve-train"]
 CMD ["--help"]

@@ -348,6 +348,7 @@ FIND_MODULES = ("import importlib.util, json, shutil; print(json.dumps({'modules
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the build is most of it
 def test_serving_image_classifies_and_finds_faces(builder: Buildah) -> None:
     """The default ``serve`` image (what Compose builds: onnxruntime-gpu with CUDA wheels), run
     as its user; no driver here, so ONNX Runtime runs on the CPU after one INFO line."""
@@ -371,6 +372,7 @@ def test_serving_image_classifies_and_finds_faces(builder: Buildah) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_cpu_image_is_small_and_classifies(builder: Buildah) -> None:
     """``--build-arg EXTRA=serve-cpu`` (Compose's cpu profile): plain onnxruntime."""
     image_name = _build(builder, "serve", "serve-cpu", EXTRA="serve-cpu")
@@ -388,6 +390,7 @@ SHORT_TRAINING = {"optim": {"epochs": 1, "batch_size": 100}, "device": "cpu",
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # torch's 6 GB through vfs: ~8-10 min of build here
 def test_train_image_exports_into_the_models_the_service_reloads(
         builder: Buildah, tmp_path: Path) -> None:
     """Compose's ``train`` command in the ``train`` image, as its user, writing into a mounted
@@ -409,7 +412,8 @@ def test_train_image_exports_into_the_models_the_service_reloads(
     for path in (models, runs, cache, *models.rglob("*"), *runs.rglob("*"), *cache.rglob("*")):
         os.chown(path, 10001, 10001)  # the image's user, as CONVSERVE_TRAIN_USER documents
     train = _compose("train")["services"]["train"]
-    command = [*train["entrypoint"], *train["command"]]
+    # `config` prints Compose's own escaping ($$ for a literal $), which `run` would undo.
+    command = [part.replace("$$", "$") for part in (*train["entrypoint"], *train["command"])]
     env = {**train["environment"], "TRAIN_CONFIG": "/app/runs/short.yaml",
            "TRAIN_NAME": "ci-digits", "TRAIN_VERSION": "1"}
     with _serving(builder, serve_image, models) as (url, _, _):

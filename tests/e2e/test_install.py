@@ -144,6 +144,7 @@ print(json.dumps({"torch": importlib.util.find_spec("torch") is not None,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("fresh_install", [(v, "serve") for v in PYTHONS], indirect=True,
                          ids=PYTHONS)
 def test_serve_install_brings_cuda_as_wheels_and_classifies(fresh_install: Path) -> None:
@@ -167,6 +168,7 @@ def test_serve_install_brings_cuda_as_wheels_and_classifies(fresh_install: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("fresh_install", [(v, "serve-cpu") for v in PYTHONS], indirect=True,
                          ids=PYTHONS)
 def test_serve_cpu_install_is_small_and_classifies(fresh_install: Path) -> None:
@@ -189,6 +191,7 @@ def test_the_readme_gives_these_commands() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("fresh_install", [(v, "train") for v in PYTHONS[1:]], indirect=True,
                          ids=PYTHONS[1:])
 def test_train_install_trains_and_exports(fresh_install: Path) -> None:
