@@ -197,10 +197,10 @@ def preload_cuda_libraries() -> list[str]:
 
 
 def prepare_cuda(settings: Settings) -> None:
-    """Once per process, before the first session: when the settings ask for CUDA, load its
-    libraries from the wheels; or leave it out with one INFO line where it cannot run and the
-    providers are only the default (``CONVSERVE_PROVIDERS`` unset). Asked for explicitly, CUDA
-    is tried regardless, and a failure is the warning of :func:`warn_missing_providers`."""
+    """Once per process, before the first session: when the settings ask for CUDA and a driver
+    is present, load CUDA's libraries from the wheels; with no driver and only the default
+    providers (``CONVSERVE_PROVIDERS`` unset), leave CUDA out with one INFO line. CUDA asked for
+    by name is loaded and tried regardless: a failure is :func:`warn_missing_providers`'s."""
     global _cuda_prepared
     if _cuda_prepared or _CUDA not in settings.providers:
         return
@@ -208,16 +208,18 @@ def prepare_cuda(settings: Settings) -> None:
     explicit = "providers" in settings.model_fields_set
     if _CUDA not in ort.get_available_providers():
         why = "this onnxruntime has no CUDA provider (the serve-cpu install)"
-    elif not nvidia_driver_present():
-        why = f"no NVIDIA driver on this host (no {NVIDIA_PROC}, no {CUDA_DRIVER_LIBRARY})"
-    else:
+    elif explicit or nvidia_driver_present():
         for line in preload_cuda_libraries():
             logger.debug("onnxruntime.preload_dlls: %s", line)
         return
+    else:
+        why = f"no NVIDIA driver on this host (no {NVIDIA_PROC}, no {CUDA_DRIVER_LIBRARY})"
     if not explicit:
         _LEFT_OUT.add(_CUDA)
         _UNLOADABLE.add(_CUDA)
         logger.info("%s: running on the CPU", why)
+
+
 _PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
                        "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
 

@@ -390,7 +390,7 @@ SHORT_TRAINING = {"optim": {"epochs": 1, "batch_size": 100}, "device": "cpu",
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # torch's 6 GB through vfs: ~8-10 min of build here
+@pytest.mark.timeout(2700)  # torch and its CUDA wheels through vfs: the longest build
 def test_train_image_exports_into_the_models_the_service_reloads(
         builder: Buildah, tmp_path: Path) -> None:
     """Compose's ``train`` command in the ``train`` image, as its user, writing into a mounted

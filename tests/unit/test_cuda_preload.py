@@ -80,12 +80,17 @@ def test_cpu_only_onnxruntime_and_default_providers_is_one_info_line(
 def test_cuda_asked_for_explicitly_is_tried_and_warned_about(
         tiny_models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         ) -> None:
-    """Without a driver, CUDA asked for by name is still tried: the warning names what failed."""
+    """Without a driver, CUDA asked for by name is still loaded and tried: the warning names
+    what failed (the driver's library: every other one comes from the wheels)."""
     if CUDA not in runtime.ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider")
     monkeypatch.setattr(runtime, "nvidia_driver_present", lambda: False)
+    real, preloaded = runtime.preload_cuda_libraries, []
+    monkeypatch.setattr(runtime, "preload_cuda_libraries",
+                        lambda: preloaded.append(True) or real())
     with caplog.at_level(logging.INFO, logger="convserve.runtime"):
         session = _session(tiny_models, providers="CUDA,CPU")
+        assert preloaded == [True]  # so the failure names the driver, not a wheel's library
         if session.provider == CUDA:
             pytest.skip("CUDA loads on this machine")
         assert runtime.warn_missing_providers([CUDA], {"CPUExecutionProvider"}) == [CUDA]
