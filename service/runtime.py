@@ -20,6 +20,9 @@ and the measurement it rests on in docs/service-architecture.md:
 * **Per-size GPU sessions** (``Session.with_batch_sessions``): off the CPU a session per padded
   batch size, because the CUDA provider re-plans every convolution whenever a session's input
   shape changes. Batching, "Off the CPU".
+* **CUDA from wheels.** The ``serve`` install brings CUDA and cuDNN as nvidia-* wheels, not
+  system libraries: :func:`prepare_cuda` loads them (ONNX Runtime's ``preload_dlls``) before the
+  first session, or, on a host with no NVIDIA driver, says so once at INFO and leaves CUDA out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import io
 import logging
 import threading
 from collections.abc import Iterator
@@ -171,6 +175,68 @@ def provider_options(providers: list[str], settings: Settings) -> list[str | tup
 # Providers whose library failed to load in this process: not asked for again (ONNX Runtime
 # would retry for every session and log two lines each time; warn_missing_providers says it once).
 _UNLOADABLE: set[str] = set()
+# Providers left out on purpose (no NVIDIA driver, or an onnxruntime without CUDA, when the
+# settings only defaulted to CUDA): prepare_cuda said why at INFO, so no warning follows.
+_LEFT_OUT: set[str] = set()
+_CUDA = "CUDAExecutionProvider"
+_cuda_prepared = False
+NVIDIA_PROC = Path("/proc/driver/nvidia")  # the kernel driver's entry, also seen in containers
+CUDA_DRIVER_LIBRARY = "libcuda.so.1"  # the driver's user-space half, the one library not in wheels
+
+
+def nvidia_driver_present(proc: Path = NVIDIA_PROC, library: str = CUDA_DRIVER_LIBRARY) -> bool:
+    """Whether this host has an NVIDIA driver: its kernel module's /proc entry or its library.
+
+    A container started without the NVIDIA Container Toolkit still sees the host's /proc entry:
+    that counts as a GPU that should have loaded (so it warns), not as a CPU-only host.
+    """
+    if proc.exists():
+        return True
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
+
+
+def preload_cuda_libraries() -> list[str]:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels, the way ONNX Runtime documents
+    (``onnxruntime.preload_dlls()``): its CUDA provider links them by name and would otherwise
+    only find a system-wide CUDA. Returns what ONNX Runtime printed (a library it could not load).
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # an onnxruntime older than 1.21, or a build without CUDA
+        return []
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        preload()
+    return [line for line in printed.getvalue().splitlines() if line.strip()]
+
+
+def prepare_cuda(settings: Settings) -> None:
+    """Once per process, before the first session: when the settings ask for CUDA and a driver
+    is present, load CUDA's libraries from the wheels; with no driver and only the default
+    providers (``CONVSERVE_PROVIDERS`` unset), leave CUDA out with one INFO line. CUDA asked for
+    by name is loaded and tried regardless: a failure is :func:`warn_missing_providers`'s."""
+    global _cuda_prepared
+    if _cuda_prepared or _CUDA not in settings.providers:
+        return
+    _cuda_prepared = True
+    explicit = "providers" in settings.model_fields_set
+    if _CUDA not in ort.get_available_providers():
+        why = "this onnxruntime has no CUDA provider (the serve-cpu install)"
+    elif explicit or nvidia_driver_present():
+        for line in preload_cuda_libraries():
+            logger.debug("onnxruntime.preload_dlls: %s", line)
+        return
+    else:
+        why = f"no NVIDIA driver on this host (no {NVIDIA_PROC}, no {CUDA_DRIVER_LIBRARY})"
+    if not explicit:
+        _LEFT_OUT.add(_CUDA)
+        _UNLOADABLE.add(_CUDA)
+        logger.info("%s: running on the CPU", why)
+
+
 _PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
                        "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
 
@@ -212,6 +278,7 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
     Raises:
         onnxruntime's exceptions when the file is not a valid graph.
     """
+    prepare_cuda(settings)
     available = set(ort.get_available_providers()) - _UNLOADABLE
     usable = [p for p in settings.providers if p in available and not cpu_only] or [
         "CPUExecutionProvider"]
@@ -244,12 +311,15 @@ def warn_missing_providers(requested: list[str], in_use: set[str]) -> list[str]:
     Returns:
         The providers that did not load.
     """
-    missing = [p for p in requested if p != "CPUExecutionProvider" and p not in in_use]
+    missing = [p for p in requested
+               if p != "CPUExecutionProvider" and p not in in_use and p not in _LEFT_OUT]
     for provider in missing:
-        reason = provider_load_error(provider) or "its library loads: no usable device?"
+        reason = provider_load_error(provider) or (
+            "its library loads: no usable device?" if provider in ort.get_available_providers()
+            else "this onnxruntime has no such provider: for CUDA, install '.[serve]'")
         logger.warning(
             "execution provider %s was requested but did not load (%s); running on %s. Install "
-            "its libraries (for CUDA: the CUDA and cuDNN versions onnxruntime-gpu needs) or drop "
+            "its libraries (for CUDA: '.[serve]' on Linux x86-64 and an NVIDIA driver) or drop "
             "it from CONVSERVE_PROVIDERS to silence this warning",
             provider, reason, ", ".join(sorted(in_use)) or "CPUExecutionProvider")
     return missing

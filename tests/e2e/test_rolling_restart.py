@@ -34,6 +34,8 @@ import pytest
 from conftest import free_port, serve_command, wait_workers_ready, worker_pids
 from PIL import Image
 
+from service.repository import DEFAULT_FILE
+
 pytestmark = pytest.mark.slow
 MODEL = "mnist-lenet5"
 CLIENTS = 4
@@ -218,11 +220,13 @@ def _digit_png() -> bytes:
 
 
 def _add_version(model_dir: Path, version: int) -> None:
-    """A copy of the newest version as ``version`` (the replicas reload when told to)."""
+    """A copy of the newest version as ``version``, made the default (the shipped model pins
+    its version in ``default_version``); the replicas reload when told to."""
     target = model_dir / str(version)
     shutil.copytree(max(model_dir.glob("*/model.json")).parent, target)
     meta = json.loads((target / "model.json").read_text())
     (target / "model.json").write_text(json.dumps({**meta, "version": version}))
+    (model_dir / DEFAULT_FILE).write_text(f"{version}\n")
 
 
 def test_rolling_restart_and_reload_behind_haproxy(shipped_model: Callable[[str], Path],
