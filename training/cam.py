@@ -236,6 +236,14 @@ def add_explain(version_dir: Path, images: np.ndarray) -> Explain:
                    sha256=sha256_of(version_dir / HEAD_FILE))
 
 
+def prefer(explain: Explain, occlusion_reason: str | None) -> Explain:
+    """``explain`` with occlusion as the default method when a reason is given (the maps stay
+    available as ``method=cam``)."""
+    if occlusion_reason and explain.method == "cam":
+        return explain.model_copy(update={"method": "occlusion", "reason": occlusion_reason})
+    return explain
+
+
 def upgrade(version_dir: Path, images: np.ndarray | None = None,
             prefer_occlusion: str | None = None) -> ClassifierCard:
     """Add maps to the model in ``version_dir`` in place and record them in its ``model.json``
@@ -253,9 +261,7 @@ def upgrade(version_dir: Path, images: np.ndarray | None = None,
         shape = (card.input.height, card.input.width, card.input.channels)
         noise = np.random.default_rng(0).integers(0, 256, (3, *shape), dtype=np.uint8)
         images = np.concatenate([np.full((1, *shape), 128, np.uint8), noise])
-    explain = add_explain(version_dir, images)
-    if prefer_occlusion and explain.method == "cam":
-        explain = explain.model_copy(update={"method": "occlusion", "reason": prefer_occlusion})
+    explain = prefer(add_explain(version_dir, images), prefer_occlusion)
     document = json.loads(card_path.read_text())
     document["explain"] = explain.model_dump(exclude_none=True)
     if explain.file:

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from service.model_format import ClassifierCard, Explain, describe, write_card
 from training.assets import sha256_of
-from training.cam import add_explain
+from training.cam import add_explain, prefer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class ExportSpec:
         source_weights: Provenance of reused weights (package, file, sha256).
         config: The resolved training config, or None.
         extra: More top-level keys (e.g. photo sanity results).
+        prefer_occlusion: Keep the class activation maps but make occlusion the default
+            explanation, for this (measured) reason.
     """
 
     name: str
@@ -99,6 +101,7 @@ class ExportSpec:
     source_weights: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    prefer_occlusion: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ExportError` if a field breaks the model format
@@ -232,7 +235,8 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
         worst = check_parity(onnx_path, wrapper, images, tolerance)
         logger.info("%s v%d: ORT vs PyTorch max abs diff %.3g on %d images", spec.name,
                     spec.version, worst, len(images))
-        explain = add_explain(Path(scratch), images)  # class activation maps (training/cam.py)
+        explain = prefer(add_explain(Path(scratch), images),  # class activation maps
+                         spec.prefer_occlusion)  # (training/cam.py)
         meta = card(spec, sha256_of(onnx_path), {
             "opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": worst,
             "images": len(images), "tolerance": tolerance}, explain)

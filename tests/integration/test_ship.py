@@ -84,3 +84,17 @@ def test_rebuilding_an_imagenet_model_gives_the_shipped_answers(tmp_path: Path) 
     shipped = json.loads((REPO / "models" / name / "1" / "model.json").read_text())
     assert rebuilt["sanity"] == shipped["sanity"] and rebuilt["preprocessing"] == shipped[
         "preprocessing"] and rebuilt["input"] == shipped["input"]
+
+
+@pytest.mark.slow
+def test_rebuilding_the_expression_model_keeps_occlusion_as_its_default(tmp_path: Path) -> None:
+    """fer-minixception has maps but explains by occlusion by default (its 4x4 maps missed the
+    face); a rebuild must say so again, as the shipped model.json does."""
+    assert main(["ship", "--only", "face-mtcnn", "--only", "fer-minixception",
+                 "--models-dir", str(tmp_path)]) == 0
+    rebuilt = tmp_path / "fer-minixception" / "1"
+    shipped = json.loads((REPO / "models" / "fer-minixception" / "1" / "model.json").read_text())
+    explain = json.loads((rebuilt / "model.json").read_text())["explain"]
+    assert explain["method"] == shipped["explain"]["method"] == "occlusion"
+    assert explain["reason"] == shipped["explain"]["reason"]
+    assert (rebuilt / explain["file"]).is_file()  # the maps stay available (method=cam)
