@@ -63,14 +63,17 @@ def _message(response: httpx.Response) -> str:
     return str(error or f"HTTP {response.status_code}: {response.text[:200]}")
 
 
-def _newest_meta(models_dir: Path, name: str) -> dict[str, Any]:
+def _local_task(models_dir: Path, name: str) -> str:
+    """The task of ``name``'s newest version, from its validated ``model.json``."""
+    from service.model_format import load_card
+
     versions = sorted((int(p.parent.name), p) for p in (models_dir / name).glob("*/model.json")
                       if p.parent.name.isdigit())
     if not versions:
         known = sorted(p.parent.parent.name for p in models_dir.glob("*/*/model.json"))
         raise PredictError(f"no model {name!r} in {models_dir} (models there: "
                            f"{', '.join(sorted(set(known))) or 'none'}); pass --models DIR")
-    return dict(json.loads(versions[-1][1].read_text()))
+    return load_card(versions[-1][1]).task
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +86,7 @@ async def local_client(models_dir: Path, name: str) -> AsyncIterator[httpx.Async
     from service.settings import load_settings
 
     needed = [name]
-    if _newest_meta(models_dir, name).get("task") == EXPRESSION_TASK:
+    if _local_task(models_dir, name) == EXPRESSION_TASK:
         needed.append(DEFAULT_DETECTOR)
     with tempfile.TemporaryDirectory(prefix="convserve-predict-") as tmp:
         for model in needed:  # only these load: a symlink per model directory
