@@ -13,10 +13,11 @@ import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import chromium
 import httpx
 import pytest
-from conftest import REPO_ROOT, SHIPPED_MODELS, require_tool, serve_models
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from conftest import REPO_ROOT, SHIPPED_MODELS, serve_models
+from playwright.sync_api import Browser, Page, Route
 
 from training.assets import fetch
 
@@ -26,10 +27,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 BOX_COLOUR = (255, 212, 0)  # app.js draws boxes in #ffd400
 
@@ -50,11 +47,8 @@ def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = require_tool(CHROMIUM, "apt-get install -y chromium chromium-driver")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium.launch() as browser:
+        yield browser
 
 
 @pytest.fixture()
