@@ -56,12 +56,12 @@ def per_run_ms(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
 def check_model(path: Path, batch_size: int, repeats: int) -> bool:
     """Print one model's CUDA-vs-CPU figures; returns whether its sessions run on CUDA."""
     from service.imaging import prepare
-    from service.repository import _load_version
+    from service.model_version import load_version
     from service.settings import load_settings
     from training.assets import fetch
 
     name, version = path.parent.name, int(path.name)
-    loaded = {p: _load_version(name, version, path, load_settings(providers=[p, "CPU"] if p ==
+    loaded = {p: load_version(name, version, path, load_settings(providers=[p, "CPU"] if p ==
                                                                    "CUDA" else ["CPU"]))
               for p in ("CUDA", "CPU")}
     detector = loaded["CUDA"].task == "face-detection"  # on the CPU by design (see repository)

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.model_format import SERVING_FILE, ServingHints
-from service.repository import ModelRepository, ModelVersion
+from service.model_version import ModelVersion
+from service.repository import ModelRepository
 from service.runtime import padded_batch_sizes
 from service.settings import load_settings
 

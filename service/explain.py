@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from service.errors import CannotExplain, InvalidParameter
 from service.imaging import crop_box
 from service.model_format import ClassifierCard
-from service.repository import ModelVersion
+from service.model_version import ModelVersion
 
 OCCLUSION_GRID = 8  # patch positions per side
 OCCLUSION_POSITIONS = OCCLUSION_GRID * OCCLUSION_GRID

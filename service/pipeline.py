@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.imaging import SUPPORTED, InputSpec, Prepared, pixel_count, prepare, sniff
 from service.metrics import Metrics
-from service.repository import ModelVersion
+from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
 
 FILE_FIELD = "file"

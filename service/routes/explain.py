@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 from service import explain, imaging
 from service.deps import Serving, ServingDep
 from service.errors import InvalidParameter
+from service.model_version import ModelVersion
 from service.pipeline import read_uploads, top_k
-from service.repository import ModelVersion
 from service.schemas import ErrorResponse, Prediction
 
 PREFIX = "/v1/models"

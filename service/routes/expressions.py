@@ -30,9 +30,9 @@ from service.detection import DetectionSlots, detect_bounded
 from service.errors import InvalidParameter, NotReady
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
 from service.imaging import InputSpec
-from service.model_format import ClassifierCard, DetectorCard
+from service.model_format import DETECTOR_TASK, ClassifierCard, DetectorCard
+from service.model_version import ModelVersion
 from service.pipeline import read_uploads
-from service.repository import DETECTOR_TASK, ModelVersion
 from service.runtime import Session
 from service.schemas import ErrorResponse
 

@@ -18,8 +18,8 @@ from service import imaging, layers
 from service.deps import Serving, ServingDep
 from service.errors import InvalidParameter
 from service.explain import require_method
+from service.model_version import ModelVersion
 from service.pipeline import read_uploads
-from service.repository import ModelVersion
 from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v1/models", tags=["explain"], responses={

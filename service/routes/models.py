@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from service.deps import RepositoryDep
 from service.explain import methods_of
-from service.repository import ModelRepository, ModelVersion
+from service.model_version import ModelVersion
+from service.repository import ModelRepository
 from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"],

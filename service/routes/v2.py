@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from service.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
 from service.errors import NotReady
+from service.model_version import ModelVersion
 from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
@@ -30,7 +31,6 @@ from service.oip import (
     encode_infer_response,
     parse_infer_request,
 )
-from service.repository import ModelVersion
 from service.settings import Settings
 
 SERVER_NAME = "convserve"

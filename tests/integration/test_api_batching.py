@@ -70,21 +70,21 @@ def test_off_the_cpu_inference_threads_warm_up_before_ready(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Where batches are padded (a GPU, here forced on the CPU), each classifier's inference
     threads run every padded size before /readyz says ready, and answers are unchanged."""
-    from service import repository
+    from service import model_version
 
     files = [("file", (f"{name}.jpg", photo(name))) for name in PHOTOS[:3]]
     with make_client(tiny_models, max_batch_size=4) as client:
         plain = client.post("/v1/models/tiny-rgb/classify", files=files).json()
     warmed: list[tuple[str, str]] = []
-    warm_up_thread = repository.ModelVersion.warm_up_thread
+    warm_up_thread = model_version.ModelVersion.warm_up_thread
 
-    def recorded(self: repository.ModelVersion) -> None:
+    def recorded(self: model_version.ModelVersion) -> None:
         time.sleep(0.2)
         warm_up_thread(self)
         warmed.append((self.key, threading.current_thread().name))
 
-    monkeypatch.setattr(repository, "gpu_batch_sizes", lambda sessions, settings: (1, 2, 4))
-    monkeypatch.setattr(repository.ModelVersion, "warm_up_thread", recorded)
+    monkeypatch.setattr(model_version, "gpu_batch_sizes", lambda sessions, settings: (1, 2, 4))
+    monkeypatch.setattr(model_version.ModelVersion, "warm_up_thread", recorded)
     with make_client(tiny_models, max_batch_size=4, instances=2) as client:
         keys = [f"{v['name']}/{v['version']}" for m in client.get("/v1/models").json()["models"]
                 for v in m["versions"] if v["task"] in ("classification", "expression")]

@@ -17,7 +17,7 @@ import pytest
 from service.batch_sizes import cheapest_batch, main, measure
 from service.errors import SettingsError
 from service.model_format import SERVING_FILE
-from service.repository import ModelVersion, _load_version, gpu_batch_sizes
+from service.model_version import ModelVersion, gpu_batch_sizes, load_version
 from service.runtime import padded_batch_sizes, provider_options
 from service.settings import load_settings
 
@@ -38,7 +38,7 @@ class SpySession:
 
 def _tiny(tiny_models: Path) -> ModelVersion:
     settings = load_settings(models_dir=tiny_models, providers="CPU", max_batch_size=4)
-    return _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
+    return load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
 
 
 def _with_spy(version: ModelVersion, sizes: tuple[int, ...]) -> tuple[ModelVersion, SpySession]:
@@ -115,10 +115,10 @@ def test_detectors_ask_for_the_cpu_alone(tiny_models: Path,
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
     settings = load_settings(models_dir=tiny_models, providers="CUDA,CPU", warmup=False)
-    _load_version("tiny-faces", 1, tiny_models / "tiny-faces" / "1", settings)
+    load_version("tiny-faces", 1, tiny_models / "tiny-faces" / "1", settings)
     assert asked and all(providers == ["CPUExecutionProvider"] for providers in asked)
     detector_sessions = len(asked)
-    _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
+    load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings)
     assert asked[detector_sessions][0][0] == "CUDAExecutionProvider"  # the configured order
 
 
@@ -179,7 +179,7 @@ def test_the_cpu_batch_size_is_measured_once_and_read_at_every_load(
     shutil.copytree(tiny_models / "tiny-rgb", models / "tiny-rgb")
     settings = load_settings(models_dir=models, providers="CPU", max_batch_size=4)
     directory = models / "tiny-rgb" / "1"
-    unmeasured = _load_version("tiny-rgb", 1, directory, settings)
+    unmeasured = load_version("tiny-rgb", 1, directory, settings)
     assert (unmeasured.max_batch, unmeasured.batch_costs) == (4, {})  # no serving.json
     hints = measure(unmeasured, 4, rounds=3)
     assert sorted(hints.cpu_batch_costs_ms) == [1, 2, 4]
@@ -187,12 +187,12 @@ def test_the_cpu_batch_size_is_measured_once_and_read_at_every_load(
     assert hints.cpu_max_batch_size == cheapest_batch(hints.cpu_batch_costs_ms)
     assert main(["--models", str(models), "--only", "tiny-rgb", "--write"]) == 0
     written = json.loads((directory / SERVING_FILE).read_text())
-    loads = [_load_version("tiny-rgb", 1, directory, settings) for _ in range(3)]
+    loads = [load_version("tiny-rgb", 1, directory, settings) for _ in range(3)]
     assert {v.max_batch for v in loads} == {written["cpu_max_batch_size"]}  # the same each load
     (directory / SERVING_FILE).write_text(json.dumps({"cpu_max_batch_size": 3}))
     capped = load_settings(models_dir=models, providers="CPU", max_batch_size=2)
-    assert _load_version("tiny-rgb", 1, directory, capped).max_batch == 2  # the setting caps it
+    assert load_version("tiny-rgb", 1, directory, capped).max_batch == 2  # the setting caps it
     (directory / SERVING_FILE).write_text(json.dumps({"cpu_max_batch_size": 0}))
     with pytest.raises(ValueError, match=r"serving.json: cpu_max_batch_size: Input should be "
                                          r"greater than 0"):
-        _load_version("tiny-rgb", 1, directory, settings)
+        load_version("tiny-rgb", 1, directory, settings)

@@ -144,13 +144,13 @@ def test_only_a_classifiers_solo_session_spins_and_only_within_runs(tiny_models:
     share the cores with other requests' work and do not spin (15% of expressions throughput)."""
     import os
 
-    from service.repository import _load_version
+    from service.model_version import load_version
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: no solo session")
     settings = Settings(models_dir=tiny_models, providers="CPU", instances=2)
-    classifier = _load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings).session
-    detector = _load_version("tiny-faces", 1, tiny_models / "tiny-faces" / "1", settings)
+    classifier = load_version("tiny-rgb", 1, tiny_models / "tiny-rgb" / "1", settings).session
+    detector = load_version("tiny-faces", 1, tiny_models / "tiny-faces" / "1", settings)
     assert classifier.solo is not None
     assert _spins(classifier.solo) == ("1", "1")
     assert _spins(classifier.inner) == ("0", "")
