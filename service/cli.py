@@ -128,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.connections import http_protocol
+    from service.connections import http_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
@@ -152,10 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
             finally:  # before uvicorn re-raises SIGTERM/SIGINT, which skips atexit
                 flush_logs()
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False, loop="auto",
-                            http=http_protocol(settings.header_read_timeout_s),
-                            timeout_graceful_shutdown=int(settings.graceful_shutdown_s))
+    config = uvicorn.Config(create_app(settings), **uvicorn_options(
+        settings, http_protocol(settings.header_read_timeout_s)))
     server = Server(config)
     try:
         server.run()

@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger("convserve.connections")
 
@@ -78,3 +81,25 @@ def http_protocol(seconds: float) -> type[asyncio.Protocol]:
     except ImportError:  # uvicorn without its [standard] extra
         from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
     return with_header_timeout(base, seconds)
+
+
+# ``--workers N``: uvicorn pickles its config into each spawned worker, and a class made at run
+# time cannot be pickled, so workers name the protocol by import path; it is built in the worker
+# from that process's settings (module ``__getattr__`` below).
+WORKER_PROTOCOL = f"{__name__}:SettingsHttpProtocol"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SettingsHttpProtocol":
+        from service.settings import load_settings
+
+        return http_protocol(load_settings().header_read_timeout_s)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def uvicorn_options(settings: Settings, http: type[asyncio.Protocol] | str) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options one process and ``--workers N`` share (``http``: the
+    protocol class with the header timeout, or :data:`WORKER_PROTOCOL`)."""
+    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+            "access_log": False, "loop": "auto", "http": http,
+            "timeout_graceful_shutdown": int(settings.graceful_shutdown_s)}

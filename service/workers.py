@@ -37,6 +37,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from service.connections import WORKER_PROTOCOL, uvicorn_options
 from service.settings import ENV_PREFIX, Settings
 
 logger = logging.getLogger("convserve.workers")
@@ -187,9 +188,8 @@ def serve(settings: Settings, overrides: dict[str, Any]) -> int:
     os.environ[METRICS_ENV] = str(run_dir / "metrics")
     (run_dir / "metrics").mkdir()
     config = uvicorn.Config("service.workers:create_worker_app", factory=True,
-                            host=settings.host, port=settings.port, workers=settings.workers,
-                            log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=int(settings.graceful_shutdown_s))
+                            workers=settings.workers,
+                            **uvicorn_options(settings, WORKER_PROTOCOL))
     supervisor = Supervisor(config, sockets=[config.bind_socket()])
     supervisor.sync = WorkerSync(run_dir / "sync")
     logger.info("starting %d workers on %s:%d", settings.workers, settings.host, settings.port)

@@ -61,6 +61,18 @@ def test_slow_headers_get_408_and_the_connection_closes(server: str, sent: bytes
     assert 0.9 < waited < 5
 
 
+def test_every_worker_times_out_slow_headers(tiny_models: Path,
+                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``--workers N`` builds uvicorn's config apart from one process: its workers must close
+    silent connections too (each connection goes to whichever worker accepts it)."""
+    models = copy_models(tiny_models, tmp_path_factory.mktemp("workers"))
+    with serve_models(models, CONVSERVE_WORKERS="2", CONVSERVE_LOG_LEVEL="warning",
+                      **SLOW) as (_, url):
+        for _ in range(4):
+            with _connect(url) as sock:
+                assert _read_all(sock).startswith(b"HTTP/1.1 408 Request Timeout")
+
+
 def test_headers_are_timed_again_after_a_kept_alive_request(server: str) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
