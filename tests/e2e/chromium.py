@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import require_tool
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -30,3 +30,18 @@ def launch() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, url: str, height: int) -> Iterator[Page]:
+    """The service's page at ``url`` in a fresh context, once it says it is ready and has
+    listed the models."""
+    context = browser.new_context(viewport={"width": 1000, "height": height})
+    try:
+        page = context.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        yield page
+    finally:
+        context.close()

@@ -43,14 +43,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture()
 def page(browser: Browser, url: str) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 1600})
-    page = context.new_page()
-    page.goto(url + "/")
-    page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    page.select_option("#model", "imagenet-mobilenetv2")
-    yield page
-    context.close()
+    with chromium.open_page(browser, url, height=1600) as page:
+        page.select_option("#model", "imagenet-mobilenetv2")
+        yield page
 
 
 def _shown_pixels(page: Page, selector: str) -> np.ndarray:

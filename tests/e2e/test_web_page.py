@@ -53,13 +53,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture()
 def page(browser: Browser, url: str) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 1400})
-    page = context.new_page()
-    page.goto(url + "/")
-    page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    yield page
-    context.close()
+    with chromium.open_page(browser, url, height=1400) as page:
+        yield page
 
 
 def _screenshot(page: Page, name: str, full_page: bool = True) -> None:
