@@ -104,7 +104,7 @@ def _work(version: ModelVersion, data: bytes, wanted: str | None, method: str | 
 
 async def answer(request: Request, serving: Serving, name: str, version: str | None,
                  wanted: str | None, method: str | None, fmt: str) -> Response:
-    """Explain the request's one image with ``name`` (its newest version, or ``version``)."""
+    """Explain the request's one image with ``name`` (its default version, or ``version``)."""
     chosen = serving.repository.get(name, version)
     request.state.model, request.state.version = chosen.name, chosen.version
     explain.require_method(chosen, method)
@@ -136,7 +136,7 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
 
 
 @router.post("/{name}/explain", response_model=ExplainResponse, openapi_extra=_BODY,
-             summary="Where the newest version looked for a class")
+             summary="Where the default version looked for a class")
 async def explain_latest(name: str, request: Request, serving: ServingDep,
                          wanted: ClassParam = None, method: MethodParam = None,
                          format: FormatParam = "json") -> Response:

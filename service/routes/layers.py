@@ -89,7 +89,7 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
 
 
 @router.get("/{name}/first-layer", response_model=FirstLayerResponse,
-            summary="The first convolution's filters (newest version)")
+            summary="The first convolution's filters (default version)")
 async def filters_latest(name: str, request: Request, serving: ServingDep) -> FirstLayerResponse:
     return await answer(request, serving, name, None, 0, False)
 
