@@ -48,8 +48,8 @@ async def get_decode_pool(request: Request) -> Executor:
 
 
 async def get_reload(request: Request) -> Callable[[], Awaitable[ScanResult]]:
-    """``service.app.reload_models`` bound to this app (set by ``create_app``; routes do not
-    import the app module, which imports them)."""
+    """``service.app.reload_all_workers`` bound to this app (set by ``create_app``; routes do
+    not import the app module, which imports them)."""
     return request.app.state.reload_models
 
 
