@@ -406,6 +406,23 @@ def bench_model(name: str, models: Path, jpeg: bytes, jpeg_path: Path,
                   + " ".join(f"{g:+.2f}" for g in row["p50_gaps"]) + " ms")
 
 
+def add_server_arguments(parser: argparse.ArgumentParser, log_level: str) -> None:
+    """The server settings a benchmark sets (read back by :func:`server_env`)."""
+    parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, default=4)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    parser.add_argument("--decode-workers", type=int, default=0)
+    parser.add_argument("--log-level", default=log_level, help="the server's (info: access lines)")
+
+
+def machine() -> str:
+    """The line that says where a benchmark ran."""
+    cpu = platform.processor() or platform.machine()
+    return (f"machine: {os.cpu_count()} logical CPUs ({cpu}), Python "
+            f"{platform.python_version()}, {platform.platform()}")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="imagenet-mobilenetv2,resnet18-random")
@@ -417,12 +434,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="in-process limit and service measured back to back this many times "
                              "per point; medians are printed")
-    parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--instances", type=int, default=2)
-    parser.add_argument("--max-batch-size", type=int, default=4)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
-    parser.add_argument("--decode-workers", type=int, default=0)
-    parser.add_argument("--log-level", default="info", help="the server's (info: access lines)")
+    add_server_arguments(parser, log_level="info")
     # --client mode (the load generator, run as a separate process)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -440,9 +452,7 @@ def main() -> None:
     if args.client:
         client_main(args)
         return
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {os.cpu_count()} logical CPUs ({cpu}), Python {platform.python_version()}, "
-          f"{platform.platform()}")
+    print(machine())
     print(f"settings: {server_env(args)}; {args.seconds:g} s measured per point after "
           f"{args.warmup:g} s warm-up; multipart upload of a 640x480 JPEG")
     jpeg = make_jpeg()

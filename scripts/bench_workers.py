@@ -29,7 +29,6 @@ import gzip
 import io
 import os
 import pickle
-import platform
 import statistics
 import subprocess
 import sys
@@ -118,18 +117,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--instances", type=int, default=2)
-    parser.add_argument("--max-batch-size", type=int, default=4)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
-    parser.add_argument("--decode-workers", type=int, default=0)
-    parser.add_argument("--log-level", default="warning", help="the server's")
+    bench_service.add_server_arguments(parser, log_level="warning")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     counts = [int(w) for w in args.workers.split(",")]
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {os.cpu_count()} logical CPUs ({cpu}), Python {platform.python_version()}, "
-          f"{platform.platform()}; providers {os.environ.get('CONVSERVE_PROVIDERS', 'CPU')}")
+    print(f"{bench_service.machine()}; providers {os.environ.get('CONVSERVE_PROVIDERS', 'CPU')}")
     print(f"settings: {bench_service.server_env(args)}; {args.seconds:g} s per point after "
           f"{args.warmup:g} s warm-up; {args.rounds} rounds, worker counts interleaved")
     images = inputs()
