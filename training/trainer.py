@@ -167,8 +167,6 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: str | Path |
         logger.info("no validation split (data.val_split is null): each epoch is evaluated on "
                     "the test split %r, logged as test_loss/test_top1 and drawn as 'test'; "
                     "nothing is selected by it", monitored)
-    if config.data.whitening == "pca":
-        logger.warning(PCA_WARNING)
     prep = (Preprocessing.from_state(state["preprocessing"]) if state
             else fit_from_config(config, train_set))
     optimizer = build_optimizer(model, config)
@@ -201,14 +199,6 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: str | Path |
         else:
             logger.info("resumed from %s after epoch %d", resume, state["epoch"])
     return run
-
-
-PCA_WARNING = (
-    "data.whitening=pca: PCA whitening is not meant for convolutional networks. It replaces each "
-    "image by its coefficients on the principal axes, written back onto the image grid in "
-    "eigenvalue order, so neighbouring values are no longer neighbouring pixels and the spatial "
-    "structure convolutions and pooling rely on is gone. Use data.whitening=zca (the same "
-    "decorrelation rotated back to pixel space) or none; pca suits fully connected models")
 
 
 def _train_epoch(run: _Run, epoch: int, criterion: nn.Module) -> dict[str, Any]:
