@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,10 +109,11 @@ def test_layer_sizes_are_refused_before_any_data_as_the_readme_shows(
     command = next(line for line in readme.splitlines()
                    if line.startswith("python -m training train --config mnist-lenet5 --set "
                                       "model.name=alexnet"))
-    quoted = readme.split(command, 1)[1].split("```\n", 2)[1].strip()  # the next block
+    quoted = re.search(r"```\n+```\n(.*?)\n```", readme.split(command, 1)[1], re.S)
+    assert quoted is not None  # the block after the command's: what it prints
     args = command.split()[3:] + ["--set", f"output_dir={tmp_path / 'run'}"]
     assert main(args) == 2
-    assert capsys.readouterr().err.strip() == quoted
+    assert capsys.readouterr().err.strip() == quoted.group(1)
     assert not (tmp_path / "run").exists()  # no config.yaml, no preprocessing fitted
 
 
