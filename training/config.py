@@ -44,7 +44,8 @@ class DataConfig:
     path: str | None = None  # CSV (fer2013) or folder (folder); optional for (fashion-)mnist
     channels: int = 1  # channels of the exported graph's input (1 grey, 3 RGB)
     train_split: str = "train"  # split trained on (never a test split)
-    val_split: str | None = None  # split evaluated after every epoch (None: test_split)
+    val_split: str | None = None  # split evaluated after every epoch (None: test_split,
+    # logged as test_* and drawn as "test (no validation split)")
     test_split: str = "test"  # held-out split for the final metrics, plots and model.json
     train_limit: int | None = None  # use only the first N training images (quick runs)
     eval_limit: int | None = None  # use only the first N val/test images (quick runs)

@@ -1,12 +1,16 @@
-"""Config loading: quick runs (``--set optim.epochs=1``) clamp warm-up and freezing, logged."""
+"""Config loading: quick runs (``--set optim.epochs=1``) clamp warm-up and freezing, logged;
+the README's config block is a valid config."""
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from training.config import ConfigError, load_config
+from training.config import ConfigError, DataConfig, from_dict, load_config
 
 
 def test_one_epoch_clamps_warmup_and_freezing_with_a_note(
@@ -33,3 +37,15 @@ def test_configs_that_fit_are_not_touched(caplog: pytest.LogCaptureFixture) -> N
     assert caplog.records == []
     with pytest.raises(ConfigError, match="optim.warmup_epochs must not be negative"):
         load_config(None, ["optim.warmup_epochs=-1"])
+
+
+def test_readme_config_block_is_a_valid_config_with_the_quick_run_keys() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Configs: YAML + `--set`", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    config = from_dict(yaml.safe_load(block.group(1)))
+    assert config.data.val_split == "val" and "default null" in block.group(1)
+    assert DataConfig().val_split is None  # what the block's comment says
+    assert config.data.train_limit is None and "train_limit" in block.group(1)
+    assert "eval_limit" in block.group(1)
