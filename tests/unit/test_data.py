@@ -175,8 +175,12 @@ def test_fer2013_pixel_errors_name_the_value(tmp_path: Path) -> None:
     bad.write_text(_fer_rows("3," + " ".join(pixels) + ",Training"))
     with pytest.raises(ValueError) as info:
         load_fer2013("train", str(bad))
-    assert str(info.value) == (f"{bad}:2: pixel 2000 (0-based, in pixels) is 'x7', not a "
-                               "whole number")
+    assert str(info.value) == (f"{bad}:2: pixel 17 (0-based, in pixels) is '-1', not a whole "
+                               "number in 0..255")  # the first bad value of the row
+    pixels[17], pixels[2000] = "7", "9" * 30  # too large for int64: a message, not a crash
+    bad.write_text(_fer_rows("3," + " ".join(pixels) + ",Training"))
+    with pytest.raises(ValueError, match=r":2: pixel 2000 \(0-based, in pixels\) is '9999"):
+        load_fer2013("train", str(bad))
 
 
 def test_fer2013_without_header_quotes_a_short_row(tmp_path: Path) -> None:

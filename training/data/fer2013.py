@@ -85,6 +85,13 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64)
 
 
+def _is_pixel(text: str) -> bool:
+    try:
+        return 0 <= int(text) <= 255
+    except ValueError:
+        return False
+
+
 def _parse_row(row: list[str], path: str, line: int) -> tuple[int, np.ndarray]:
     try:
         label = int(row[0])
@@ -93,10 +100,10 @@ def _parse_row(row: list[str], path: str, line: int) -> tuple[int, np.ndarray]:
     values = row[1].split()
     try:
         pixels = np.array(values, dtype=np.int64)
-    except ValueError:
-        column = next(i for i, v in enumerate(values) if not v.lstrip("-").isdigit())
+    except (ValueError, OverflowError):
+        column = next((i for i, v in enumerate(values) if not _is_pixel(v)), 0)
         raise ValueError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
-                         f"{_clip(values[column])}, not a whole number") from None
+                         f"{_clip(values[column])}, not a whole number in 0..255") from None
     if not 0 <= label < len(FER2013_LABELS):
         raise ValueError(f"{path}:{line}: emotion {label} is outside 0..6")
     if pixels.size != SIDE * SIDE:

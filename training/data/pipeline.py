@@ -24,7 +24,8 @@ PCA_WARNING = (
     "image by its coefficients on the principal axes, written back onto the image grid in "
     "eigenvalue order, so neighbouring values are no longer neighbouring pixels and the spatial "
     "structure convolutions and pooling rely on is gone. Use data.whitening=zca (the same "
-    "decorrelation rotated back to pixel space) or none; pca suits fully connected models")
+    "decorrelation rotated back to pixel space) or none; pca remains for comparison and for "
+    "models that read the input as a flat vector")
 
 
 def eval_preset(config: TrainConfig) -> EvalPreset:
