@@ -1,8 +1,9 @@
 """Checkpoints: writing and reading them, and rebuilding a trained model from one.
 
 A checkpoint holds ``{model, optimizer, lr_scheduler, epoch, config, preprocessing, labels,
-history, rng, test_metrics}``; :func:`load_trained` rebuilds the model with everything export
-needs. :func:`build_model` makes the registry model a config names (used to train, and to load).
+history, rng, test_metrics, world_size, init_from}``; :func:`load_trained` rebuilds the model
+with everything export needs. :func:`build_model` makes the registry model a config names
+(used to train, and to load).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ examples:
   python -m training finetune --config fashion-mobilenetv2
   python -m training train --config fer2013-vgg-small --set data.path=/data/fer2013.csv
   python -m training evaluate runs/mnist-lenet5
+  python -m training train --init-from runs/try --set optim.epochs=1 --set output_dir=runs/more
   python -m training export runs/mnist-lenet5 --name mnist-lenet5 --version 1
   python -m training ship --only imagenet-mobilenetv2 --overwrite
 """
@@ -69,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text.split(":")[0], description=text + "\n\n"
                                   + CONFIG_HELP, formatter_class=formatter)
         _add_config_args(sub)
-        sub.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint "
-                         "file or run directory (same config unless --config/--set change it)")
+        start = sub.add_mutually_exclusive_group()
+        start.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run "
+                           "from its checkpoint file or run directory; it ends with the weights "
+                           "an uninterrupted run has, so a config that differs from the "
+                           "checkpoint's (e.g. more epochs) is refused: use --init-from")
+        start.add_argument("--init-from", metavar="CHECKPOINT", help="start a new schedule "
+                           "(epoch 1 of optim.epochs, fresh optimizer and lr schedule) from a "
+                           "checkpoint's weights and fitted preprocessing; config: the "
+                           "checkpoint's unless --config is given, then --set")
     evaluate = commands.add_parser(
         "evaluate", help="Measure a checkpoint on a split (default: the config's test split).",
         description="Evaluate a trained checkpoint: loss, top-1, top-5 and the confusion "
@@ -110,14 +118,15 @@ def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
     from training.config import from_dict, load_config, merge, parse_overrides
     from training.trainer import fit
 
-    if args.resume and not args.config:
-        base = merge(load_checkpoint(args.resume)["config"], parse_overrides(args.overrides))
+    source = args.resume or args.init_from
+    if source and not args.config:
+        base = merge(load_checkpoint(source)["config"], parse_overrides(args.overrides))
         config = from_dict(base)
     else:
         if not args.config:
             raise SystemExit("give --config (a YAML file or a name under training/configs/)")
         config = load_config(args.config, args.overrides, defaults)
-    metrics = fit(config, resume=args.resume)
+    metrics = fit(config, resume=args.resume, init_from=args.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = {k: v for k, v in metrics.items() if k != "confusion"}
         print(json.dumps({"output_dir": config.output_dir, **metrics}))
@@ -144,10 +153,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from training.export import ExportError
     from training.export_run import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
-                               models_dir=args.models_dir, overwrite=args.overwrite)
+    try:
+        result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
+                                   models_dir=args.models_dir, overwrite=args.overwrite)
+    except ExportError as error:  # the Python API's advice, as this command's flag
+        raise ExportError(str(error).replace("overwrite=True", "--overwrite")) from None
     print(result)
     pin = result.parent / DEFAULT_FILE
     if args.make_default:

@@ -10,6 +10,7 @@ saved as ``config.yaml`` next to every checkpoint and inside it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import yaml
 from service.model_format import INTERPOLATIONS, RESIZE_METHODS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -42,7 +44,8 @@ class DataConfig:
     path: str | None = None  # CSV (fer2013) or folder (folder); optional for (fashion-)mnist
     channels: int = 1  # channels of the exported graph's input (1 grey, 3 RGB)
     train_split: str = "train"  # split trained on (never a test split)
-    val_split: str | None = None  # split evaluated after every epoch (None: test_split)
+    val_split: str | None = None  # split evaluated after every epoch (None: test_split,
+    # logged as test_* and drawn as "test (no validation split)")
     test_split: str = "test"  # held-out split for the final metrics, plots and model.json
     train_limit: int | None = None  # use only the first N training images (quick runs)
     eval_limit: int | None = None  # use only the first N val/test images (quick runs)
@@ -198,8 +201,6 @@ def _validate(config: TrainConfig) -> None:
         (config.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
         (config.optim.lr > 0, "optim.lr must be positive"),
         (0 <= config.optim.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)"),
-        (config.optim.warmup_epochs <= config.optim.epochs,
-         "optim.warmup_epochs must not exceed optim.epochs"),
         (config.model.height >= 1 and config.model.width >= 1, "model.height/width must be >= 1"),
         (config.data.channels in (1, config.model.in_channels),
          "data.channels must be 1 (grey, repeated for an RGB model) or equal model.in_channels"),
@@ -207,12 +208,31 @@ def _validate(config: TrainConfig) -> None:
          f"data set {config.data.name} needs its location: --set data.path=/path/to/it"),
         (config.data.train_split != config.data.test_split,
          "data.train_split must differ from data.test_split: never train on the test set"),
-        (config.finetune.freeze_backbone_epochs < config.optim.epochs,
-         "finetune.freeze_backbone_epochs must be smaller than optim.epochs"),
+        (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
+        (config.finetune.freeze_backbone_epochs >= 0,
+         "finetune.freeze_backbone_epochs must not be negative"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _clamp_to_epochs(config)
+
+
+def _clamp_to_epochs(config: TrainConfig) -> None:
+    """Fit warm-up and freezing into a shorter run (``--set optim.epochs=1`` for a quick try)
+    instead of refusing it; each change is logged and lands in the resolved ``config.yaml``."""
+    optim, finetune = config.optim, config.finetune
+    if optim.warmup_epochs > optim.epochs:
+        logger.warning("optim.warmup_epochs %g is more than optim.epochs %d: clamped to %d "
+                       "(the lr warms up over the whole run)", optim.warmup_epochs,
+                       optim.epochs, optim.epochs)
+        optim.warmup_epochs = float(optim.epochs)
+    if finetune.freeze_backbone_epochs >= optim.epochs:
+        clamped = optim.epochs - 1
+        logger.warning("finetune.freeze_backbone_epochs %d leaves no epoch of optim.epochs %d "
+                       "to train the backbone: clamped to %d", finetune.freeze_backbone_epochs,
+                       optim.epochs, clamped)
+        finetune.freeze_backbone_epochs = clamped
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

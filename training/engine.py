@@ -16,10 +16,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training import distributed
+from training.optim import group_lrs
+
+FROZEN = "convserve_frozen"  # attribute set on the backbone's normalisation layers while frozen
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> int:
-    """Freeze or unfreeze every parameter outside ``model.head_parameters()``.
+    """Freeze or unfreeze every parameter outside ``model.head_parameters()``, and the
+    running statistics of the backbone's normalisation layers.
+
+    A frozen layer must not change at all, but batch norm updates its running mean and variance
+    in train mode whatever ``requires_grad`` says. As timm's ``freeze`` does, frozen batch-norm
+    layers are kept in eval mode: :func:`train_mode` puts them back after ``model.train()``.
 
     Returns:
         The number of parameters whose ``requires_grad`` is now ``trainable``.
@@ -30,7 +38,22 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> int:
         if id(parameter) not in head:
             parameter.requires_grad_(trainable)
             count += parameter.numel()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        in_head = bool(own) and all(id(p) in head for p in own)
+        if isinstance(module, nn.modules.batchnorm._NormBase) and not in_head:
+            setattr(module, FROZEN, not trainable)
     return count
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, except normalisation layers frozen by :func:`set_backbone_trainable`
+    (they stay in eval mode, so their running statistics do not move)."""
+    model.train()
+    for module in model.modules():
+        if getattr(module, FROZEN, False):
+            module.eval()
+    return model
 
 
 def _progress(loader: DataLoader, description: str, enabled: bool) -> Any:
@@ -42,16 +65,19 @@ def train_one_epoch(model: nn.Module, preprocess: nn.Module, loader: DataLoader,
                     optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
                     device: torch.device, *, epoch: int,
-                    info: distributed.DistInfo | None = None) -> dict[str, float]:
+                    info: distributed.DistInfo | None = None) -> dict[str, Any]:
     """One pass over ``loader``; the scheduler steps every iteration.
 
     Returns:
-        ``train_loss``, ``train_top1`` (over all processes) and ``images_per_second``.
+        ``train_loss``, ``train_top1`` (over all processes), ``images_per_second`` and ``lr``:
+        each named parameter group's learning rate at the epoch's last iteration (the rate
+        used, not the one the scheduler set for the next step).
     """
     info = info or distributed.DistInfo(device=device)
-    model.train()
+    train_mode(model)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
     start = time.perf_counter()
+    lrs = group_lrs(optimizer)
     bar = _progress(loader, f"epoch {epoch} train", info.is_main)
     for images, labels in bar:
         images = images.to(device, non_blocking=True)
@@ -61,6 +87,7 @@ def train_one_epoch(model: nn.Module, preprocess: nn.Module, loader: DataLoader,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lrs = group_lrs(optimizer)
         scheduler.step()
         with torch.no_grad():
             totals += torch.stack([loss.detach().double() * len(labels),
@@ -70,7 +97,7 @@ def train_one_epoch(model: nn.Module, preprocess: nn.Module, loader: DataLoader,
     seconds = time.perf_counter() - start
     loss_sum, correct, count = distributed.all_reduce_sum(totals, info).tolist()
     return {"train_loss": loss_sum / count, "train_top1": correct / count,
-            "images_per_second": count / seconds}
+            "images_per_second": count / seconds, "lr": lrs}
 
 
 @torch.inference_mode()

@@ -67,6 +67,19 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
     return groups
 
 
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Learning rate per named group, e.g. ``{"head": 0.05, "backbone": 0.005}``.
+
+    The ``_no_decay`` halves share their part's rate and are folded into it; a group without a
+    name is called by its index.
+    """
+    rates: dict[str, float] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        name = str(group.get("name", index)).removesuffix("_no_decay")
+        rates.setdefault(name, float(group["lr"]))
+    return rates
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     """SGD (momentum, optional Nesterov) over :func:`param_groups` as the config says."""
     optim, finetune = config.optim, config.finetune

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Train/val loss and top-1 accuracy per epoch, side by side."""
+    """Train and val (or, without a validation split, test) loss and top-1 per epoch."""
     figure = curves_figure(history)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -31,13 +31,19 @@ def epoch_axis(axis: Axes, epochs: list[int]) -> None:
 
 
 def curves_figure(history: list[dict[str, Any]]) -> Figure:
-    """The figure :func:`plot_curves` saves."""
+    """The figure :func:`plot_curves` saves.
+
+    Rows carry ``val_*`` keys, or ``test_*`` when the run had no validation split: the second
+    curve is labelled with what it was measured on.
+    """
     epochs = [row["epoch"] for row in history]
+    role = "test" if history and "test_loss" in history[0] else "val"
+    label = "test (no validation split)" if role == "test" else "val"
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "val")):
-        loss_axis.plot(epochs, [row[key] for row in history], marker="o", label=label)
-    for key, label in (("train_top1", "train"), ("val_top1", "val")):
-        accuracy_axis.plot(epochs, [row[key] for row in history], marker="o", label=label)
+    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "top1")):
+        axis.plot(epochs, [row[f"train_{metric}"] for row in history], marker="o",
+                  label="train")
+        axis.plot(epochs, [row[f"{role}_{metric}"] for row in history], marker="o", label=label)
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy", title="Accuracy")
     for axis in (loss_axis, accuracy_axis):
@@ -48,9 +54,22 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+COLORBAR_LABEL = "fraction of the true class's images (row-normalised)"
+
+
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path,
                    title: str = "Confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted), with counts."""
+    figure = confusion_figure(matrix, labels, title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def confusion_figure(matrix: list[list[int]], labels: list[str],
+                     title: str = "Confusion matrix") -> Figure:
+    """The figure :func:`plot_confusion` saves: colours are per-row fractions (the colour bar
+    says so), the numbers in the cells are counts."""
     size = len(labels)
     figure, axis = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
     totals = [max(1, sum(row)) for row in matrix]
@@ -65,8 +84,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path,
     axis.set_xticks(range(size), labels, rotation=45, ha="right", fontsize=8)
     axis.set_yticks(range(size), labels, fontsize=8)
     axis.set(xlabel="predicted", ylabel="true", title=title)
-    figure.colorbar(image, ax=axis, fraction=0.046)
+    bar = figure.colorbar(image, ax=axis, fraction=0.046)
+    bar.set_label(COLORBAR_LABEL, fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return figure

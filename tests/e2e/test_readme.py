@@ -1,5 +1,6 @@
 """The README's examples, run as written: its serve command, every ``curl`` and ``convserve``
-line of its shell blocks (against that server, on a free port), and the figures it quotes.
+line of its shell blocks (against that server, on a free port), the figures it quotes, and its
+quick training runs (train, evaluate, export, a new schedule, fine-tuning).
 
 The commands run in a scratch directory that looks like the repository root (``samples/``, and a
 ``models/`` whose version directories link to the shipped ones), with the test's virtual
@@ -23,6 +24,7 @@ import pytest
 from conftest import REPO_ROOT, SHIPPED_MODELS, free_port, run_service
 
 from training.assets import fetch
+from training.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +154,35 @@ def test_photo_figures_are_the_services_answers(server: str) -> None:
                       .read_text())
     exported = meta["sanity"]["photos"]["squirrel"]["top3"][0][1]
     assert f"gave the squirrel {exported:.2f} with EfficientNet-Lite0" in text
+
+
+def quick_training_lines(text: str) -> list[str]:
+    """The ``python -m training`` lines of the block after the README's "Quick runs"."""
+    section = text.split("**Quick runs.**", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None
+    return [line.strip() for line in block.group(1).splitlines()
+            if line.startswith("python -m training")]
+
+
+def test_quick_training_examples_run_as_written(tmp_path: Path, env: dict[str, str]) -> None:
+    lines = quick_training_lines(README.read_text())
+    assert len(lines) >= 5 and any("--init-from" in line for line in lines)
+    errors: dict[str, str] = {}  # stderr by the line's subcommand and first argument
+    for line in lines:  # in a scratch directory: runs/ is created there
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path,
+                              env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=600, check=False)
+        assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
+        errors[" ".join(line.split()[3:5])] = done.stderr
+    runs = tmp_path / "runs"
+    meta = json.loads((runs / "models" / "mnist-lenet5" / "2" / "model.json").read_text())
+    assert meta["metrics"]["measured"]["images"] == 500
+    assert load_checkpoint(runs / "quick-more")["init_from"] == {"checkpoint": "runs/quick",
+                                                                  "epoch": 1}
+    assert "new 1-epoch schedule from the weights" in errors["train --init-from"]
+    # Fashion-MNIST has no validation split: the per-epoch numbers are the test split's.
+    row = json.loads((runs / "quick-finetune" / "log.jsonl").read_text())
+    assert "test_top1" in row and "val_top1" not in row and set(row["lr"]) == {"head",
+                                                                              "backbone"}
+    assert "no validation split" in errors["finetune --config"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,8 +72,12 @@ def test_train_then_evaluate_through_the_cli(tmp_path: Path,
     assert meta["labels"] == [str(d) for d in range(10)] and meta["input"]["channels"] == 1
     assert meta["metrics"]["measured"]["top1"] == pytest.approx(printed["top1"])
     assert meta["provenance"]["config"]["data"]["train_limit"] == 1000
+    capsys.readouterr()
     assert main(["export", str(out), "--name", "cli-digits", "--version", "3",
                  "--models-dir", str(models)]) == 2  # refuses to overwrite silently
+    assert capsys.readouterr().err == (
+        f"error: {models / 'cli-digits' / '3'} already holds a model; export a new version or "
+        "pass --overwrite\n")  # the flag of this command, not the Python keyword
     pin = models / "cli-digits" / "default_version"
     assert not pin.exists()  # no pin: the service serves the newest version
     capsys.readouterr()
@@ -96,6 +101,20 @@ def test_bad_overrides_fail_with_the_valid_keys(capsys: pytest.CaptureFixture[st
     assert "shipped configs: " in capsys.readouterr().err
     assert main(["train", "--config", "mnist-lenet5", "--set", "optim.lr"]) == 2
     assert "--set expects key=value" in capsys.readouterr().err
+
+
+def test_layer_sizes_are_refused_before_any_data_as_the_readme_shows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO / "README.md").read_text()
+    command = next(line for line in readme.splitlines()
+                   if line.startswith("python -m training train --config mnist-lenet5 --set "
+                                      "model.name=alexnet"))
+    quoted = re.search(r"```\n+```\n(.*?)\n```", readme.split(command, 1)[1], re.S)
+    assert quoted is not None  # the block after the command's: what it prints
+    args = command.split()[3:] + ["--set", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == quoted.group(1)
+    assert not (tmp_path / "run").exists()  # no config.yaml, no preprocessing fitted
 
 
 NO_TORCH = """

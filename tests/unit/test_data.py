@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,57 @@ def test_image_folders(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(KeyError, match="mnist, fashion-mnist, fer2013, folder"):
         build_dataset("cifar10", "train")
+
+
+def _fer_rows(*rows: str) -> str:
+    return "emotion,pixels,Usage\n" + "".join(row + "\n" for row in rows)
+
+
+def test_fer2013_pixel_errors_name_the_value(tmp_path: Path) -> None:
+    pixels = ["7"] * 2304
+    pixels[17] = "300"
+    bad = tmp_path / "range.csv"
+    bad.write_text(_fer_rows("3," + " ".join(["7"] * 2304) + ",Training",
+                             "3," + " ".join(pixels) + ",Training"))
+    with pytest.raises(ValueError) as info:
+        load_fer2013("train", str(bad))
+    assert str(info.value) == f"{bad}:3: pixel 17 (0-based, in pixels) is 300, outside 0..255"
+    pixels[17], pixels[2000] = "-1", "x7"
+    bad.write_text(_fer_rows("3," + " ".join(pixels) + ",Training"))
+    with pytest.raises(ValueError) as info:
+        load_fer2013("train", str(bad))
+    assert str(info.value) == (f"{bad}:2: pixel 17 (0-based, in pixels) is '-1', not a whole "
+                               "number in 0..255")  # the first bad value of the row
+    pixels[17], pixels[2000] = "7", "9" * 30  # too large for int64: a message, not a crash
+    bad.write_text(_fer_rows("3," + " ".join(pixels) + ",Training"))
+    with pytest.raises(ValueError, match=r":2: pixel 2000 \(0-based, in pixels\) is '9999"):
+        load_fer2013("train", str(bad))
+
+
+def test_fer2013_without_header_quotes_a_short_row(tmp_path: Path) -> None:
+    headless = tmp_path / "headless.csv"
+    headless.write_text("3," + " ".join(["128"] * 2304) + ",Training\n")  # a 10 KB first row
+    with pytest.raises(ValueError) as info:
+        load_fer2013("train", str(headless))
+    message = str(info.value)
+    assert message.startswith(f"{headless}: header is ['3', '128 128 128")
+    assert message.endswith("'Training'], expected emotion,pixels,Usage")
+    assert len(message) < 200 + len(str(headless)), len(message)
+
+
+def test_fer2013_usage_missing_is_counted_and_unknown_fails(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    face = " ".join(["9"] * 2304)
+    csv_path = tmp_path / "usage.csv"
+    csv_path.write_text(_fer_rows(f"3,{face},Training", f"4,{face},", f"5,{face}",
+                                  f"6,{face},PrivateTest"))
+    with caplog.at_level(logging.WARNING, logger="training.data.fer2013"):
+        images, labels = load_fer2013("train", str(csv_path))
+    assert labels.tolist() == [3] and images.shape == (1, 1, 48, 48)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{csv_path}: 2 rows have no Usage and belong to no split (lines 3, 4)"]
+    csv_path.write_text(_fer_rows(f"3,{face},Training", f"4,{face},Trainig"))
+    with pytest.raises(ValueError) as info:
+        load_fer2013("test", str(csv_path))
+    assert str(info.value) == (f"{csv_path}:3: unknown Usage 'Trainig'; expected one of "
+                               "PrivateTest, PublicTest, Training")

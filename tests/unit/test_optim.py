@@ -9,7 +9,13 @@ import torch
 
 from training.checkpoints import build_model
 from training.config import load_config
-from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from training.optim import (
+    build_optimizer,
+    build_scheduler,
+    group_lrs,
+    lr_factor,
+    param_groups,
+)
 
 torch.set_num_threads(1)
 
@@ -81,3 +87,13 @@ def test_scheduler_keeps_group_ratio_per_iteration() -> None:
         scheduler.step()
     assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     assert seen[4] == pytest.approx(0.1) and seen[7] < seen[5]
+
+
+def test_group_lrs_names_each_part_with_the_rate_it_used() -> None:
+    config = load_config("fer2013-mobilenetv2-finetune",
+                         ["data.path=unused.csv", "finetune.pretrained=false",
+                          "model.height=32", "model.width=32"])
+    optimizer = build_optimizer(build_model(config, 7), config)
+    assert group_lrs(optimizer) == {"head": 0.02, "backbone": 0.004}
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.5)
+    assert group_lrs(plain) == {"0": 0.5}

@@ -1,4 +1,5 @@
-"""``curves.png``: the epoch axis shows whole epochs, also after a one-epoch run."""
+"""``curves.png`` and ``confusion.png``: whole-epoch ticks (also after a one-epoch run), curves
+labelled with the split they were measured on, a colour bar that says what its colours are."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from training.plots import curves_figure, plot_curves
+from training.plots import (
+    COLORBAR_LABEL,
+    confusion_figure,
+    curves_figure,
+    plot_confusion,
+    plot_curves,
+)
 
 
 def _row(epoch: int) -> dict[str, float]:
@@ -32,3 +39,30 @@ def test_epoch_ticks_are_whole_epochs_within_the_run(epochs: int) -> None:
 def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     path = plot_curves([_row(1)], tmp_path / "curves.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_without_validation_split_are_labelled_test() -> None:
+    rows = [{"epoch": e, "train_loss": 1.0, "test_loss": 1.1, "train_top1": 0.5,
+             "test_top1": 0.4} for e in (1, 2)]
+    figure = curves_figure(rows)
+    for axis in figure.axes:
+        legend = [text.get_text() for text in axis.get_legend().get_texts()]
+        assert legend == ["train", "test (no validation split)"]
+        assert list(axis.lines[1].get_ydata()) in ([1.1, 1.1], [0.4, 0.4])
+    plt.close(figure)
+    figure = curves_figure([_row(1)])
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["train", "val"]
+    plt.close(figure)
+
+
+def test_confusion_colour_bar_says_it_is_a_row_fraction(tmp_path: Path) -> None:
+    matrix = [[8, 2], [1, 9]]
+    figure = confusion_figure(matrix, ["cat", "dog"])
+    image_axis, bar_axis = figure.axes
+    assert bar_axis.get_ylabel() == COLORBAR_LABEL
+    assert "fraction of the true class" in COLORBAR_LABEL and "row" in COLORBAR_LABEL
+    assert image_axis.images[0].get_array().tolist() == [[0.8, 0.2], [0.1, 0.9]]
+    assert sorted(t.get_text() for t in image_axis.texts) == ["1", "2", "8", "9"]  # counts
+    plt.close(figure)
+    assert plot_confusion(matrix, ["cat", "dog"], tmp_path / "c.png").read_bytes()[:4] == \
+        b"\x89PNG"

@@ -8,6 +8,8 @@ FER2013 ships with no registry package: users pass their own ``fer2013.csv``.
 from __future__ import annotations
 
 import csv
+import logging
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,17 @@ import torch
 FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 FER2013_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 SIDE = 48
+SHOWN = 80  # characters of a cell or row quoted in an error message
+
+logger = logging.getLogger(__name__)
+
+
+def _clip(value: object) -> str:
+    """``repr`` of a CSV cell or row cut to about :data:`SHOWN` characters."""
+    shorten = reprlib.Repr()
+    shorten.maxstring = shorten.maxother = SHOWN
+    shorten.maxlist = 3
+    return shorten.repr(value)
 
 
 def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,8 +41,12 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
     Returns:
         uint8 images ``(N, 1, 48, 48)`` and int64 labels ``(N,)``.
 
+    Rows without a ``Usage`` are skipped and counted in a warning; a ``Usage`` that is not one
+    of the three (``Trainig``) fails, since its rows would otherwise vanish from every split.
+
     Raises:
-        ValueError: a missing path, a bad header or a malformed row (the message names the line).
+        ValueError: a missing path, a bad header, a malformed row or an unknown ``Usage`` (the
+            message names the line).
     """
     if split not in FER2013_USAGE:
         raise ValueError(f"unknown FER2013 split {split!r}; use train, val or test")
@@ -37,35 +54,67 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
         raise ValueError("FER2013 needs the path of your fer2013.csv: --set data.path=/path/to/"
                          "fer2013.csv (it is not shipped by any package registry)")
     usage = FER2013_USAGE[split]
-    images, labels = [], []
+    known = set(FER2013_USAGE.values())
+    images, labels, missing = [], [], []
     with Path(path).open(newline="") as handle:
         reader = csv.reader(handle)
         header = [column.strip() for column in next(reader, [])]
         if header[:3] != ["emotion", "pixels", "Usage"]:
-            raise ValueError(f"{path}: header is {header}, expected emotion,pixels,Usage")
+            raise ValueError(f"{path}: header is {_clip(header)}, expected "
+                             "emotion,pixels,Usage")
         for line, row in enumerate(reader, start=2):
-            if len(row) < 3 or row[2].strip() != usage:
+            row_usage = row[2].strip() if len(row) >= 3 else ""
+            if not row_usage:
+                missing.append(line)
+                continue
+            if row_usage not in known:
+                raise ValueError(f"{path}:{line}: unknown Usage {_clip(row_usage)}; expected "
+                                 f"one of {', '.join(sorted(known))}")
+            if row_usage != usage:
                 continue
             label, pixels = _parse_row(row, path, line)
             images.append(pixels)
             labels.append(label)
+    if missing:
+        logger.warning("%s: %d rows have no Usage and belong to no split (lines %s%s)", path,
+                       len(missing), ", ".join(map(str, missing[:5])),
+                       ", ..." if len(missing) > 5 else "")
     if not images:
         raise ValueError(f"{path}: no rows with Usage {usage}")
     stacked = np.stack(images).reshape(-1, 1, SIDE, SIDE)
     return torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64)
 
 
+def _is_pixel(text: str) -> bool:
+    try:
+        return 0 <= int(text) <= 255
+    except ValueError:
+        return False
+
+
 def _parse_row(row: list[str], path: str, line: int) -> tuple[int, np.ndarray]:
     try:
         label = int(row[0])
-        pixels = np.array(row[1].split(), dtype=np.int64)
     except ValueError:
-        raise ValueError(f"{path}:{line}: emotion or pixels is not a number") from None
+        raise ValueError(f"{path}:{line}: emotion {_clip(row[0])} is not a number") from None
+    values = row[1].split()
+    try:
+        pixels = np.array(values, dtype=np.int64)
+    except (ValueError, OverflowError):
+        column = next((i for i, v in enumerate(values) if not _is_pixel(v)), 0)
+        raise ValueError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
+                         f"{_clip(values[column])}, not a whole number in 0..255") from None
     if not 0 <= label < len(FER2013_LABELS):
         raise ValueError(f"{path}:{line}: emotion {label} is outside 0..6")
-    if pixels.size != SIDE * SIDE or pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f"{path}:{line}: expected {SIDE * SIDE} pixel values in 0..255, "
-                         f"got {pixels.size}")
+    if pixels.size != SIDE * SIDE:
+        raise ValueError(f"{path}:{line}: expected {SIDE * SIDE} pixel values, got "
+                         f"{pixels.size}")
+    outside = np.flatnonzero((pixels < 0) | (pixels > 255))
+    if outside.size:
+        column = int(outside[0])
+        raise ValueError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
+                         f"{pixels[column]}, outside 0..255"
+                         + (f" ({outside.size} values are)" if outside.size > 1 else ""))
     return label, pixels.astype(np.uint8)
 
 

@@ -19,6 +19,14 @@ from training.data.presets import EvalPreset, TrainPreset
 
 logger = logging.getLogger(__name__)
 
+PCA_WARNING = (
+    "data.whitening=pca: PCA whitening is not meant for convolutional networks. It replaces each "
+    "image by its coefficients on the principal axes, written back onto the image grid in "
+    "eigenvalue order, so neighbouring values are no longer neighbouring pixels and the spatial "
+    "structure convolutions and pooling rely on is gone. Use data.whitening=zca (the same "
+    "decorrelation rotated back to pixel space) or none; pca remains for comparison and for "
+    "models that read the input as a flat vector")
+
 
 def eval_preset(config: TrainConfig) -> EvalPreset:
     """The deterministic preset for evaluation and export (its resize goes to model.json)."""
@@ -49,9 +57,11 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     """Normalisation (and whitening) for the model: ImageNet's, or fitted on ``train_set``.
 
     Statistics are fitted on the training images after the *eval* preset (the size and
-    channels the model sees, without augmentation).
+    channels the model sees, without augmentation). PCA whitening logs :data:`PCA_WARNING`.
     """
     data = config.data
+    if data.whitening == "pca":
+        logger.warning(PCA_WARNING)
     grey_to_rgb = data.channels == 1 and config.model.in_channels == 3
     whitening = None if data.whitening == "none" else data.whitening
     if data.normalization in ("imagenet", "pretrained"):
