@@ -239,6 +239,14 @@ class PhotoAgreement(_Part):
     photos: int = Field(gt=0, description="every natural photo from the registry packages")
     top1_agreement: float = Field(ge=0, le=1)
     max_probability_difference: float = Field(ge=0)
+    confident_photos: int = Field(ge=0, description="photos the float model gives a top-1 "
+                                  "probability of at least 0.5")
+    confident_top1_agreement: float | None = Field(default=None, ge=0, le=1,
+                                                   description="agreement on those (the limit)")
+    jpeg_reference_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="the float model against itself on the photos "
+        "re-encoded as JPEG (quality 90): how often a top-1 flips under a change no one would "
+        "call a different image")
     held_out_photos: int = Field(ge=0, description="photos not used for calibration")
     held_out_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     disagreements: list[str] = Field(default_factory=list,

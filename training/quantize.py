@@ -18,7 +18,7 @@ holds at its 1e-5 tolerance, checked before anything is written).
 Nothing is written until the int8 model is measured (:func:`training.quantize_eval.compare`) and
 within the limits: top-1 on the whole test split may drop by at most :data:`MAX_TOP1_DROP`; a
 model with no test split here must agree with its float model on the top-1 of at least
-:data:`MIN_TOP1_AGREEMENT` of the natural photos. Otherwise :class:`QuantizeError` gives the figures.
+:data:`MIN_TOP1_AGREEMENT` of the natural photos its float model is confident about. Otherwise :class:`QuantizeError` gives the figures.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = "-int8"
 MAX_TOP1_DROP = 0.01  # one point of top-1 on the test split (docs/int8.md says why)
-MIN_TOP1_AGREEMENT = 0.9  # share of natural photos with the float model's top-1 (docs/int8.md)
+MIN_TOP1_AGREEMENT = 0.9  # share of confident natural photos keeping the float top-1 (docs/int8.md)
 BATCH = 32  # images per calibration run
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 class QuantizeError(ExportError):
@@ -89,7 +90,7 @@ class _Reader:
 
 
 def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.ndarray,
-                   ) -> list[str]:
+                   method: str = "minmax") -> list[str]:
     """Write the int8 QDQ graph of ``source`` to ``target``; returns the nodes kept in float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -103,12 +104,13 @@ def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.
     prepared = target.with_name("prepared.onnx")
     quant_pre_process(str(source), str(prepared))
     keep = float_nodes(onnx.load(str(prepared)), card)
+    methods = {key: getattr(CalibrationMethod, value) for key, value in METHODS.items()}
     reader = _Reader(images, card.input.name)
     CalibrationDataReader.register(_Reader)
     quantize_static(str(prepared), str(target), reader,  # type: ignore[arg-type]
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+                    calibrate_method=methods[method], nodes_to_exclude=keep)
     prepared.unlink()
     return keep
 
@@ -175,7 +177,7 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
                      name: str | None = None, version: int = 1, overwrite: bool = False,
                      calibration: ImageSet | None = None, max_top1_drop: float = MAX_TOP1_DROP,
                      min_top1_agreement: float = MIN_TOP1_AGREEMENT,
-                     test_limit: int | None = None) -> Path:
+                     test_limit: int | None = None, method: str = "minmax") -> Path:
     """Quantize the float model in ``source_dir`` to ``models_dir/<name>/<version>``.
 
     Args:
@@ -188,6 +190,7 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
         max_top1_drop: Refuse when test-split top-1 drops by more.
         min_top1_agreement: Refuse when fewer natural photos keep their top-1 (no test split).
         test_limit: Measure on the first ``test_limit`` test images only (quick tests).
+        method: Calibration method, a key of :data:`METHODS`.
 
     Raises:
         QuantizeError: a check failed or the accuracy limit was passed; nothing is written.
@@ -211,7 +214,8 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
     with tempfile.TemporaryDirectory(prefix="convserve-int8-") as scratch_name:
         scratch = Path(scratch_name)
         int8_path = scratch / "model.onnx"
-        keep = quantize_graph(source_dir / "model.onnx", int8_path, card, calibration.images)
+        keep = quantize_graph(source_dir / "model.onnx", int8_path, card, calibration.images,
+                              method)
         _check_contract(int8_path, card)
         result = compare(source_dir / "model.onnx", int8_path, card, test_limit)
         _check_explain(scratch, source_dir, card, result.sample)
@@ -219,7 +223,7 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
             float_nodes=keep, tool=f"onnxruntime.quantization {ort_version}",
             source={"name": card.name, "version": card.version,
                     "onnx_sha256": sha256_of(source_dir / "model.onnx")},
-            calibration={**calibration.about, "method": "minmax"},
+            calibration={**calibration.about, "method": method},
             accuracy=result.accuracy, agreement=result.agreement,
             max_top1_drop=max_top1_drop if result.accuracy else None,
             min_top1_agreement=None if result.accuracy else min_top1_agreement)
@@ -242,10 +246,12 @@ def _refuse_if_worse(name: str, quantization: Quantization) -> None:
             f"{quantization.max_top1_drop * 100:.2f}; not writing it (calibration: "
             f"{quantization.calibration.images} {quantization.calibration.dataset} images)")
     if agreement is not None and quantization.min_top1_agreement is not None and (
-            agreement.top1_agreement < quantization.min_top1_agreement):
+            (agreement.confident_top1_agreement or 0.0) < quantization.min_top1_agreement):
         raise QuantizeError(
-            f"{name}: int8 and float agree on the top-1 of {agreement.top1_agreement:.1%} of "
-            f"{agreement.photos} natural photos < the limit of "
-            f"{quantization.min_top1_agreement:.0%} (largest probability difference "
+            f"{name}: int8 and float agree on the top-1 of "
+            f"{agreement.confident_top1_agreement or 0:.1%} of the {agreement.confident_photos} "
+            f"natural photos the float model is confident about (top-1 >= 0.5) < the limit of "
+            f"{quantization.min_top1_agreement:.0%} (all {agreement.photos} photos: "
+            f"{agreement.top1_agreement:.1%}; largest probability difference "
             f"{agreement.max_probability_difference:.3f}; disagreements: "
             f"{', '.join(agreement.disagreements)}); not writing it")

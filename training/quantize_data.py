@@ -120,10 +120,17 @@ def _photo_bytes(name: str) -> bytes:
     return fetch(name).read_bytes()
 
 
-def photo_set(card: ClassifierCard, names: tuple[str, ...] = NATURAL_PHOTOS) -> ImageSet:
-    """Each photo decoded and resized by ``service.imaging.prepare``, as an upload is."""
+def photo_set(card: ClassifierCard, names: tuple[str, ...] = NATURAL_PHOTOS,
+              jpeg_quality: int | None = None) -> ImageSet:
+    """Each photo decoded and resized by ``service.imaging.prepare``, as an upload is
+    (``jpeg_quality``: re-encoded as JPEG first, for a reference of how stable answers are)."""
+    from service.imaging import decode
+
     spec = InputSpec.from_card(card.input)
-    images = np.stack([prepare(_photo_bytes(name), spec, MAX_PIXELS).array for name in names])
+    files = [_photo_bytes(name) for name in names]
+    if jpeg_quality is not None:
+        files = [_jpeg(decode(data, MAX_PIXELS), jpeg_quality) for data in files]
+    images = np.stack([prepare(data, spec, MAX_PIXELS).array for data in files])
     return ImageSet(images, None, {"photos": len(names)}, list(names))
 
 
@@ -153,6 +160,12 @@ def calibration_photos(card: ClassifierCard, count: int = CALIBRATION_IMAGES, se
         "dataset": "natural photos (no training split here)", "split": None, "images": count,
         "selection": f"random crops of {len(names)} photos, numpy default_rng({seed})",
         "seed": seed}, list(names))
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def encode_png(array: np.ndarray) -> bytes:
