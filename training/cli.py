@@ -24,6 +24,7 @@ examples:
   python -m training train --config fer2013-vgg-small --set data.path=/data/fer2013.csv
   python -m training evaluate runs/mnist-lenet5
   python -m training export runs/mnist-lenet5 --name mnist-lenet5 --version 1
+  python -m training export models/fashion-mobilenetv2/1 --quantize int8
   python -m training ship --only imagenet-mobilenetv2 --overwrite
 """
 
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--models-dir", default="models", help="repository root (default models)")
     export.add_argument("--overwrite", action="store_true",
                         help="replace an existing models/<name>/<version>/")
+    export.add_argument("--quantize", choices=["int8"],
+                        help="int8: write <name>-int8, statically quantized by ONNX Runtime and "
+                             "measured against the float model (refused when it loses more than "
+                             "the limit; docs/int8.md). CHECKPOINT may then also be an exported "
+                             "models/<name>/<version> directory")
     export.add_argument("--make-default", action="store_true",
                         help="write the version into models/<name>/default_version, so that "
                              "requests naming no version get it (after the service reloads)")
@@ -146,8 +152,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export_run import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
-                               models_dir=args.models_dir, overwrite=args.overwrite)
+    if args.quantize:
+        from training.quantize import quantize_export
+
+        result = quantize_export(args.checkpoint, name=args.name, version=args.version,
+                                 models_dir=args.models_dir, overwrite=args.overwrite)
+    else:
+        result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
+                                   models_dir=args.models_dir, overwrite=args.overwrite)
     print(result)
     pin = result.parent / DEFAULT_FILE
     if args.make_default:

@@ -109,7 +109,7 @@ def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.
     CalibrationDataReader.register(_Reader)
     quantize_static(str(prepared), str(target), reader,  # type: ignore[arg-type]
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=keep)
     prepared.unlink()
     return keep
@@ -255,3 +255,18 @@ def _refuse_if_worse(name: str, quantization: Quantization) -> None:
             f"{agreement.top1_agreement:.1%}; largest probability difference "
             f"{agreement.max_probability_difference:.3f}; disagreements: "
             f"{', '.join(agreement.disagreements)}); not writing it")
+
+
+def quantize_export(source: str | Path, *, name: str | None = None, version: int | None = None,
+                    models_dir: str | Path = "models", overwrite: bool = False) -> Path:
+    """``python -m training export SOURCE --quantize int8``: ``SOURCE`` is an exported float
+    version directory (quantized as it is) or a training run (exported as usual first, then
+    quantized). ``name`` names the int8 model (default: the float name + :data:`SUFFIX`)."""
+    source = Path(source)
+    if not (source / CARD_FILE).is_file():
+        from training.export_run import export_checkpoint
+
+        source = export_checkpoint(source, version=version, models_dir=models_dir,
+                                   overwrite=overwrite)
+    return quantize_version(source, models_dir=models_dir, name=name, version=version or 1,
+                            overwrite=overwrite)
