@@ -258,7 +258,8 @@ class Quantization(_Part):
 
     precision: Literal["int8"] = "int8"
     format: Literal["QDQ"] = "QDQ"
-    activations: Literal["int8", "uint8"] = "int8"
+    activations: Literal["int8", "uint8"] = Field(description="uint8: U8S8, every convolution "
+                                                  "fused on ONNX Runtime's CPU provider")
     weights: Literal["int8", "uint8"] = "int8"
     per_channel: bool = Field(default=True, description="one weight scale per output channel")
     reduce_range: bool = Field(default=False, description="7-bit weights (for non-VNNI CPUs)")
