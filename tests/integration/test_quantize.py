@@ -181,3 +181,25 @@ def test_int8_model_explains_with_class_activation_maps(int8_client: TestClient,
     assert body["method"] == "cam" and body["cost"] == {"runs": 2, "images": 1}
     assert body["explained"]["label"] in ("tabby", "tiger cat", "Egyptian cat")
     assert 40 <= body["peak"]["x"] <= 380 and 0 <= body["peak"]["y"] <= 300  # the cat's head
+
+
+def test_quantize_a_training_run_exports_float_then_int8(tmp_path: Path) -> None:
+    """A run quantized from its checkpoint: the float model is exported as usual, then its
+    int8 twin is measured on the whole test split against it."""
+    from training.config import load_config
+    from training.quantize import quantize_export
+    from training.trainer import fit
+
+    config = load_config("mnist-lenet5", [
+        "data.train_limit=2000", "data.eval_limit=300", "optim.epochs=1", "optim.batch_size=50",
+        "device=cpu", f"output_dir={tmp_path / 'run'}"])
+    fit(config)
+    directory = quantize_export(tmp_path / "run", models_dir=tmp_path / "models")
+    assert directory == tmp_path / "models" / "mnist-lenet5-int8" / "1"
+    assert (tmp_path / "models" / "mnist-lenet5" / "1" / "model.onnx").is_file()
+    card = load_card(directory / "model.json")
+    assert isinstance(card, ClassifierCard) and card.quantization is not None
+    accuracy = card.quantization.accuracy
+    assert accuracy is not None and accuracy.images == 10_000 and accuracy.float_top1 > 0.5
+    assert accuracy.top1_drop <= MAX_TOP1_DROP
+    assert card.quantization.calibration.split == "train"
