@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 from service.model_format import CARD_FILE, ClassifierCard, Quantization, load_card
 from training.assets import sha256_of
@@ -72,8 +73,8 @@ def float_nodes(model: onnx.ModelProto, card: ClassifierCard) -> list[str]:
     return [n.name for n in graph.node if output in n.output and n.op_type == "Softmax"]
 
 
-class _Reader:
-    """``CalibrationDataReader`` over uint8 NHWC images, :data:`BATCH` at a time."""
+class _Reader(CalibrationDataReader):
+    """Calibration batches of uint8 NHWC images, :data:`BATCH` at a time."""
 
     def __init__(self, images: np.ndarray, input_name: str) -> None:
         self._batches = iter([{input_name: images[i:i + BATCH]}
@@ -82,35 +83,18 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
-    def __iter__(self) -> _Reader:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.get_next()
-        if batch is None:
-            raise StopIteration
-        return batch
-
 
 def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.ndarray,
                    method: str = "minmax") -> list[str]:
     """Write the int8 QDQ graph of ``source`` to ``target``; returns the nodes kept in float."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = target.with_name("prepared.onnx")
     quant_pre_process(str(source), str(prepared))
     keep = float_nodes(onnx.load(str(prepared)), card)
     methods = {key: getattr(CalibrationMethod, value) for key, value in METHODS.items()}
-    reader = _Reader(images, card.input.name)
-    CalibrationDataReader.register(_Reader)
-    quantize_static(str(prepared), str(target), reader,  # type: ignore[arg-type]
+    quantize_static(str(prepared), str(target), _Reader(images, card.input.name),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=keep)
