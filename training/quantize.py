@@ -85,7 +85,7 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.ndarray,
-                   method: str = "minmax") -> list[str]:
+                   method: str = "minmax", reduce_range: bool = False) -> list[str]:
     """Write the int8 QDQ graph of ``source`` to ``target``; returns the nodes kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -95,7 +95,7 @@ def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.
     keep = float_nodes(onnx.load(str(prepared)), card)
     methods = {key: getattr(CalibrationMethod, value) for key, value in METHODS.items()}
     quantize_static(str(prepared), str(target), _Reader(images, card.input.name),
-                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=keep)
     prepared.unlink()
@@ -164,7 +164,8 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
                      name: str | None = None, version: int = 1, overwrite: bool = False,
                      calibration: ImageSet | None = None, max_top1_drop: float = MAX_TOP1_DROP,
                      min_top1_agreement: float = MIN_TOP1_AGREEMENT,
-                     test_limit: int | None = None, method: str = "minmax") -> Path:
+                     test_limit: int | None = None, method: str = "minmax",
+                     reduce_range: bool = False) -> Path:
     """Quantize the float model in ``source_dir`` to ``models_dir/<name>/<version>``.
 
     Args:
@@ -178,6 +179,7 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
         min_top1_agreement: Refuse when fewer natural photos keep their top-1 (no test split).
         test_limit: Measure on the first ``test_limit`` test images only (quick tests).
         method: Calibration method, a key of :data:`METHODS`.
+        reduce_range: 7-bit weights (for CPUs without VNNI, where U8S8 products can saturate).
 
     Raises:
         QuantizeError: a check failed or the accuracy limit was passed; nothing is written.
@@ -202,12 +204,12 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
         scratch = Path(scratch_name)
         int8_path = scratch / "model.onnx"
         keep = quantize_graph(source_dir / "model.onnx", int8_path, card, calibration.images,
-                              method)
+                              method, reduce_range)
         _check_contract(int8_path, card)
         result = compare(source_dir / "model.onnx", int8_path, card, test_limit)
         _check_explain(scratch, source_dir, card, result.sample)
         quantization = Quantization(
-            activations="uint8", weights="int8", per_channel=True, reduce_range=False,
+            activations="uint8", weights="int8", per_channel=True, reduce_range=reduce_range,
             float_nodes=keep, tool=f"onnxruntime.quantization {ort_version}",
             source={"name": card.name, "version": card.version,
                     "onnx_sha256": sha256_of(source_dir / "model.onnx")},

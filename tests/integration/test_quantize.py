@@ -203,3 +203,18 @@ def test_quantize_a_training_run_exports_float_then_int8(tmp_path: Path) -> None
     assert accuracy is not None and accuracy.images == 10_000 and accuracy.float_top1 > 0.5
     assert accuracy.top1_drop <= MAX_TOP1_DROP
     assert card.quantization.calibration.split == "train"
+
+
+def test_reduce_range_writes_7_bit_weights(shipped_model: Callable[[str], Path],
+                                           tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    source = shipped_model("mnist-lenet5") / "1"
+    directory = quantize_version(source, models_dir=tmp_path, reduce_range=True, test_limit=500)
+    card = load_card(directory / "model.json")
+    assert isinstance(card, ClassifierCard) and card.quantization is not None
+    assert card.quantization.reduce_range is True
+    graph = onnx.load(str(directory / "model.onnx")).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
