@@ -199,6 +199,13 @@ def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
     return image.resize((spec.width, spec.height), resample, box=crop_box(image.size, spec))
 
 
+def to_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A decoded image as the model takes it, uint8 ``[H, W, C]``: the same mode conversion and
+    resize as :func:`prepare` (used offline to measure a model through the service's resize)."""
+    array = np.asarray(_resize(_to_mode(image, spec.channels), spec))
+    return array[:, :, None] if array.ndim == 2 else array
+
+
 def _decode(data: bytes, max_pixels: int, channels: int,
             spec: InputSpec | None) -> tuple[Image.Image, tuple[int, int]]:
     """Sniff, guard, decode (JPEG at reduced scale when ``spec`` needs fewer pixels), orient.

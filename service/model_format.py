@@ -197,6 +197,83 @@ class Explain(_Part):
         return self
 
 
+class FloatSource(_Part):
+    """The float model an int8 model was quantized from."""
+
+    name: ModelName
+    version: int = Field(gt=0)
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="its model.onnx")
+
+
+class Calibration(_Part):
+    """The images the activation ranges were calibrated on (never a test split)."""
+
+    dataset: str = Field(description="e.g. MNIST, or natural photos for models with no "
+                         "training split here")
+    split: str | None = Field(default=None, description="the training split; null: photo crops")
+    images: int = Field(gt=0, description="how many")
+    selection: str = Field(description="how they were chosen (seeded: reproducible)")
+    seed: int | None = None
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax", description="onnxruntime.quantization CalibrationMethod")
+
+
+class FloatComparison(_Part):
+    """int8 against its float model on a labelled split, both through ONNX Runtime (CPU) after
+    the service's resize."""
+
+    dataset: str
+    split: str
+    images: int = Field(gt=0)
+    float_top1: float = Field(ge=0, le=1)
+    int8_top1: float = Field(ge=0, le=1)
+    top1_drop: float = Field(description="float_top1 - int8_top1 (negative: int8 is better)")
+    top1_agreement: float = Field(ge=0, le=1, description="share of images with the same top-1")
+    max_probability_difference: float = Field(ge=0, description="max |int8 - float| over every "
+                                              "probability of every image")
+
+
+class PhotoAgreement(_Part):
+    """int8 against its float model where no labelled set exists: agreement, not accuracy."""
+
+    photos: int = Field(gt=0, description="every natural photo from the registry packages")
+    top1_agreement: float = Field(ge=0, le=1)
+    max_probability_difference: float = Field(ge=0)
+    confident_photos: int = Field(ge=0, description="photos the float model gives a top-1 "
+                                  "probability of at least 0.5")
+    confident_top1_agreement: float | None = Field(default=None, ge=0, le=1,
+                                                   description="agreement on those (the limit)")
+    jpeg_reference_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="the float model against itself on the photos "
+        "re-encoded as JPEG (quality 90): how often a top-1 flips under a change no one would "
+        "call a different image")
+    held_out_photos: int = Field(ge=0, description="photos not used for calibration")
+    held_out_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    disagreements: list[str] = Field(default_factory=list,
+                                     description="photo: float top-1 -> int8 top-1")
+
+
+class Quantization(_Part):
+    """How an int8 model was made from a float one (``training/quantize.py``)."""
+
+    precision: Literal["int8"] = "int8"
+    format: Literal["QDQ"] = "QDQ"
+    activations: Literal["int8", "uint8"] = Field(description="uint8: U8S8, every convolution "
+                                                  "fused on ONNX Runtime's CPU provider")
+    weights: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = Field(default=True, description="one weight scale per output channel")
+    reduce_range: bool = Field(default=False, description="7-bit weights (for non-VNNI CPUs)")
+    float_nodes: list[str] = Field(default_factory=list,
+                                   description="nodes kept in float (softmax, CAM head)")
+    tool: str = Field(description="onnxruntime.quantization and its version")
+    source: FloatSource
+    calibration: Calibration
+    accuracy: FloatComparison | None = Field(default=None, description="models with a test split")
+    agreement: PhotoAgreement | None = Field(default=None, description="models without one")
+    max_top1_drop: float | None = Field(default=None, description="the export refused more")
+    min_top1_agreement: float | None = Field(default=None, description="the export refused less")
+
+
 class _Card(_Part):
     name: ModelName
     version: int = Field(gt=0)
@@ -231,6 +308,8 @@ class ClassifierCard(_Card):
     face_crop: FaceCrop | None = Field(default=None,
                                        description="expression models: how faces are cut")
     explain: Explain | None = Field(default=None, description="absent: explained by occlusion")
+    quantization: Quantization | None = Field(default=None,
+                                              description="absent: a float model")
 
 
 class DetectorInput(_Part):

@@ -12,18 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from service.model_format import (
+    Calibration,
     ClassifierCard,
     DetectorCard,
     DetectorInput,
     Explain,
     ExportCheck,
     FaceCrop,
+    FloatComparison,
+    FloatSource,
     ImageInput,
     Measured,
     Metrics,
     Output,
+    PhotoAgreement,
     Preprocessing,
     Provenance,
+    Quantization,
     Reported,
     Resize,
     ServingHints,
@@ -38,7 +43,8 @@ def markdown_tables() -> str:
     parts = []
     for model in (ClassifierCard, DetectorCard, ImageInput, Resize, Output, Preprocessing,
                   Metrics, Measured, Reported, Provenance, SourceWeights, ExportCheck, FaceCrop,
-                  Explain, DetectorInput, ServingHints):
+                  Explain, Quantization, FloatSource, Calibration, FloatComparison,
+                  PhotoAgreement, DetectorInput, ServingHints):
         rows = [f"### `{model.__name__}`", "", (model.__doc__ or "").strip().split("\n")[0], "",
                 "| field | type | required | description |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():

@@ -182,6 +182,19 @@ def _warm_up(loaded: ModelVersion) -> None:
                          f"model.json lists {len(loaded.labels)} labels")
 
 
+def int8_note(version: ModelVersion) -> str | None:
+    """A warning when an int8 model runs off the CPU: ONNX Runtime's GPU providers run QDQ
+    graphs with little or no int8 gain (docs/int8.md), so the float model is the better choice
+    there. None for float models and on the CPU."""
+    quantization = getattr(version.card, "quantization", None)
+    provider = version.providers[0] if version.sessions else "CPUExecutionProvider"
+    if quantization is None or provider == "CPUExecutionProvider":
+        return None
+    return (f"{version.key} is an int8 (QDQ) model running on {provider}, where int8 is "
+            f"likely slower than float (not measured here); serve its float model "
+            f"{quantization.source.name} on a GPU (docs/int8.md)")
+
+
 def describe_batching(version: ModelVersion) -> str:
     """How the version's batches are sized, for the load log line."""
     if version.batch_sizes:

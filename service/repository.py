@@ -23,7 +23,7 @@ from service.model_format import (
     NAME_RE,
     VERSION_RE,
 )
-from service.model_version import ModelVersion, describe_batching, load_version
+from service.model_version import ModelVersion, describe_batching, int8_note, load_version
 from service.runtime import warn_missing_providers
 from service.settings import Settings
 
@@ -137,6 +137,8 @@ class ModelRepository:
                 logger.info("loaded model %s version %s in %.2f s on %s%s", name, version,
                             loaded.load_seconds, ", ".join(loaded.providers),
                             describe_batching(loaded))
+                if note := int8_note(loaded):
+                    logger.warning("%s", note)
             pins, bad = read_defaults(self.settings.models_dir, {name for name, _ in found})
             for name, version in pins.items():
                 if (name, version) not in current:

@@ -48,6 +48,11 @@ class VersionInfo(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="graphs of multi-file models")
     explain: list[str] = Field(default_factory=list, description="how POST .../explain can "
                                "answer, default first: cam (class activation maps), occlusion")
+    quantization: dict[str, Any] | None = Field(
+        default=None, description="int8 models: model.json's quantization (calibration, accuracy "
+                                  "or agreement next to the float model's); null: float")
+    notes: list[str] = Field(default_factory=list, description="warnings about how this version "
+                             "is served, e.g. an int8 model on a GPU provider")
 
 
 class ModelInfo(BaseModel):

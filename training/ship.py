@@ -6,7 +6,9 @@ One entry per model in ``models/`` (:data:`SHIPPED`), each built by one function
 * the face detector and the expression model (:mod:`training.ship_faces`);
 * models trained here: their YAML config trained from scratch (or fine-tuned), then the
   checkpoint exported (:func:`training.export_run.export_checkpoint`). These take minutes to
-  hours on a CPU (the README gives the times).
+  hours on a CPU (the README gives the times);
+* int8 twins (``<name>-int8``) of float models, quantized from the float model in ``models/``
+  (:func:`training.quantize.quantize_version`; seconds).
 
 Every graph is checked while it is exported (``onnx.checker``, ONNX Runtime against PyTorch on
 real images); then every shipped version directory gets the same final check
@@ -75,6 +77,19 @@ def _trained(config_name: str, finetune: bool = False) -> Build:
     return build
 
 
+def _int8(float_name: str) -> Build:
+    def build(models_dir: Path, version: int, overwrite: bool) -> Path:
+        from training.quantize import quantize_version
+
+        source = Path(models_dir) / float_name
+        pin = source / "default_version"
+        chosen = pin.read_text().strip() if pin.is_file() else str(max(
+            (int(p.name) for p in source.iterdir() if p.name.isdigit()), default=1))
+        return quantize_version(source / chosen, models_dir=models_dir, version=version,
+                                overwrite=overwrite)
+    return build
+
+
 SHIPPED: dict[str, Shipment] = {
     "imagenet-mobilenetv2": Shipment(_imagenet("imagenet-mobilenetv2"),
                                      "torchvision's ImageNet MobileNetV2, as published"),
@@ -88,6 +103,11 @@ SHIPPED: dict[str, Shipment] = {
                                    "train the baseline CNN on Fashion-MNIST, then export"),
     "fashion-mobilenetv2": Shipment(_trained("fashion-mobilenetv2", finetune=True),
                                     "fine-tune MobileNetV2 on Fashion-MNIST, then export"),
+    # int8 twins of the float models (after them: each quantizes its float model's default
+    # version, calibrated on its training split, refused past the accuracy limit; docs/int8.md)
+    **{f"{name}-int8": Shipment(_int8(name), f"{name} quantized to int8 (static, QDQ)")
+       for name in ("fashion-simple-cnn", "fashion-mobilenetv2", "imagenet-mobilenetv2",
+                    "imagenet-efficientnet-lite0")},
 }
 
 

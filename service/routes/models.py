@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from service.deps import RepositoryDep
 from service.explain import methods_of
-from service.model_version import ModelVersion
+from service.model_format import ClassifierCard
+from service.model_version import ModelVersion, int8_note
 from service.repository import ModelRepository
 from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
 
@@ -30,7 +31,10 @@ def describe(version: ModelVersion) -> VersionInfo:
         max_batch_size=version.max_batch,
         batch_costs_ms={str(size): ms for size, ms in version.batch_costs.items()},
         files={key: session.path.name for key, session in version.sessions.items()},
-        explain=methods_of(version))
+        explain=methods_of(version),
+        quantization=_dump(card.quantization) if isinstance(card, ClassifierCard)
+        and card.quantization else None,
+        notes=[note] if (note := int8_note(version)) else [])
 
 
 def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:
