@@ -166,10 +166,3 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """A uint8 HWC array as PNG bytes (for tests and benchmarks that upload real pixels)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, "PNG")
-    return buffer.getvalue()
