@@ -110,7 +110,7 @@ def bench_graphs(rounds: int) -> None:
 def bench_http(models: list[str], rounds: int) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
 
     photo = fetch("chelsea").read_bytes()

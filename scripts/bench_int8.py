@@ -81,8 +81,8 @@ class Local:
     def __init__(self, directory: Path, jpeg: bytes) -> None:
         import onnxruntime as ort
 
+        from model_format import ClassifierCard, load_card
         from service.imaging import InputSpec, prepare
-        from service.model_format import ClassifierCard, load_card
         from service.runtime import session_options
         from service.settings import load_settings
 
@@ -114,7 +114,7 @@ class Local:
 
 def pairs(names: list[str] | None) -> list[tuple[str, str, Path, Path]]:
     """(float name, int8 name, float dir, int8 dir) of each shipped int8 model."""
-    from service.model_format import ClassifierCard, load_card
+    from model_format import ClassifierCard, load_card
 
     found = []
     for card_path in sorted((ROOT / "models").glob("*-int8/*/model.json")):

@@ -60,9 +60,9 @@ def image_for(model: str) -> bytes:
 async def cost_per_request(shortcut: bool, model: str, requests: int, stub: bool = True) -> float:
     """CPU seconds per request through the whole app (``shortcut=False``: without it)."""
     import service.pipeline
-    from service.app import create_app
+    from service.http.app import create_app
+    from service.http.routes.classify import ClassifyShortcut
     from service.imaging import prepare
-    from service.routes.classify import ClassifyShortcut
     from service.settings import load_settings
 
     app = create_app(load_settings(models_dir=ROOT / "models", providers="CPU",

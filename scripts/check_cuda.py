@@ -144,7 +144,7 @@ def check_app(models: Path) -> None:
     """One request per endpoint through the app, CUDA first."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
     from training.assets import fetch
 

@@ -9,7 +9,7 @@ two sizes are close, so it is measured once, on the serving machine, by this com
 
 which prints each classifier's cost per image at 1, 2, 4, ... ``CONVSERVE_MAX_BATCH_SIZE`` and,
 with ``--write``, stores the cheapest size in ``models/<name>/<version>/serving.json``
-(:class:`service.model_format.ServingHints`). The repository reads that file at load: a
+(:class:`model_format.ServingHints`). The repository reads that file at load: a
 classifier without one is batched up to ``CONVSERVE_MAX_BATCH_SIZE``. docs/service-architecture.md
 gives the figures measured for the shipped models.
 """
@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.model_format import SERVING_FILE, ServingHints
+from model_format import SERVING_FILE, ServingHints
 from service.model_version import ModelVersion
 from service.repository import ModelRepository
 from service.runtime import padded_batch_sizes

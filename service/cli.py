@@ -8,11 +8,7 @@ of this module; :func:`_load_commands` imports it when the parser is built.
 from __future__ import annotations
 
 import argparse
-import atexit
 import errno
-import logging
-import logging.handlers
-import queue
 import socket
 import sys
 from collections.abc import Callable
@@ -20,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.errors import SettingsError
+from service.logs import configure_logging
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -33,45 +30,6 @@ COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
 def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run) -> None:
     """Register ``convserve <name>``."""
     COMMANDS[name] = (help_text, add_arguments, run)
-
-
-def configure_logging(level: str, background: bool = False,
-                      process: bool = False) -> Callable[[], None]:
-    """One line per record: time, level, logger, message (access lines are JSON).
-
-    Args:
-        level: the root logger's level, e.g. ``info``.
-        background: write records to stderr from a thread (``serve``): the event loop only
-            queues them. A write releases the GIL, and taking it back from the decode and
-            inference threads costs the loop time under load (figure: docs/service-architecture.md).
-        process: name the process id after the logger (``--workers N``: which worker spoke).
-
-    Returns:
-        A function that writes what is queued and goes back to direct writes (call it before
-        the process ends; it also runs at exit).
-    """
-    stream = logging.StreamHandler(sys.stderr)
-    pid = " [%(process)d]" if process else ""
-    stream.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{pid} %(message)s"))
-    if not background:
-        logging.basicConfig(level=level.upper(), handlers=[stream])
-        return lambda: None
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, stream)
-    handler = logging.handlers.QueueHandler(records)
-    handler.setFormatter(logging.Formatter("%(message)s"))  # the message (and traceback) only
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-    listener.start()
-
-    def stop() -> None:
-        root = logging.getLogger()
-        if handler in root.handlers:
-            root.addHandler(stream)
-            root.removeHandler(handler)
-            listener.stop()  # writes every queued record, then ends the thread
-
-    atexit.register(stop)
-    return stop
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,8 +85,8 @@ def check_models(settings: Settings) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
-    from service.connections import http_protocol, uvicorn_options
+    from service.http.app import create_app
+    from service.http.connections import http_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in

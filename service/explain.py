@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from model_format import ClassifierCard
 from service.errors import CannotExplain, InvalidParameter
 from service.imaging import crop_box
-from service.model_format import ClassifierCard
 from service.model_version import ModelVersion
 
 OCCLUSION_GRID = 8  # patch positions per side

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from pydantic import ValidationError
 
+from model_format import ImageInput, describe
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from service.model_format import ImageInput, describe
 
 # Formats we read, by magic number -> Pillow's format name.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -51,7 +51,7 @@ RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "area": Image.Resampling.BOX,
 }
-# The resize methods and interpolation names are defined by service.model_format.
+# The resize methods and interpolation names are defined by model_format.
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class InputSpec:
 
     @classmethod
     def from_json(cls, spec: dict[str, Any]) -> InputSpec:
-        """Parse and check ``model.json``'s ``input`` (:class:`~service.model_format.ImageInput`).
+        """Parse and check ``model.json``'s ``input`` (:class:`~model_format.ImageInput`).
 
         Raises:
             ValueError: naming the field to fix.

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import UnsupportedTask
-from service.imaging import InputSpec
-from service.model_format import (
+from model_format import (
     CARD_FILE,
     CLASSIFIER_TASKS,
-    DETECTOR_TASK,
     ClassifierCard,
     DetectorCard,
+    Task,
     load_card,
     load_serving_hints,
 )
+from service.errors import UnsupportedTask
+from service.imaging import InputSpec
 from service.runtime import Session, create_session, padded_batch_sizes
 from service.settings import Settings
 
@@ -111,7 +111,8 @@ class ModelVersion:
             raise UnsupportedTask(
                 f"model {self.name!r} is a {self.task} model and cannot classify images; "
                 "use a classification model (GET /v1/models lists them)"
-                + ("; faces go to POST /v1/expressions" if self.task == DETECTOR_TASK else ""))
+                + ("; faces go to POST /v1/expressions"
+                   if self.task == Task.FACE_DETECTION else ""))
 
 
 def gpu_batch_sizes(sessions: dict[str, Session], settings: Settings) -> tuple[int, ...]:
@@ -139,9 +140,9 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         # cores with other requests' work, where spinning costs throughput. MTCNN's input shapes
         # change every run: no memory arena (it kept the largest run's memory for good;
         # docs/hardening.md).
-        sessions[key] = create_session(graph, settings, cpu_only=card.task == DETECTOR_TASK,
+        sessions[key] = create_session(graph, settings, cpu_only=card.task == Task.FACE_DETECTION,
                                        solo_spins=card.task == "classification",
-                                       arena=card.task != DETECTOR_TASK)
+                                       arena=card.task != Task.FACE_DETECTION)
     explain = card.explain if isinstance(card, ClassifierCard) else None
     if explain is not None and explain.file:
         head = path / Path(explain.file).name  # the class-activation-map head (service/explain.py)
@@ -172,7 +173,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
 
 def _warm_up(loaded: ModelVersion) -> None:
     """Run each graph once; for classifiers also check the output against the labels."""
-    if loaded.task == DETECTOR_TASK or loaded.input is None:
+    if loaded.task == Task.FACE_DETECTION or loaded.input is None:
         for session in loaded.sessions.values():
             session.warm_up(session.zeros_feed())
         return

@@ -4,7 +4,7 @@ Pure functions, no HTTP: :func:`parse_infer_request` reads a JSON or binary (``b
 extension, ``Inference-Header-Content-Length``) inference request into one numpy input tensor and
 the outputs asked for; :func:`encode_infer_response` writes the answer, with the outputs as JSON
 ``data`` or as binary data after the JSON header, and with the ``classification`` extension's
-``"score:index:label"`` BYTES strings when asked. ``service/routes/v2.py`` serves them.
+``"score:index:label"`` BYTES strings when asked. ``service/http/routes/v2.py`` serves them.
 
 Requests are validated against :class:`InferenceRequestBody` (pydantic, as KServe's
 ``v2_datamodels``) before anything is read from them. Errors are :class:`ProtocolError`

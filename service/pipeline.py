@@ -1,7 +1,8 @@
-"""The request-side steps routes share: read uploads, decode them in the pool, classify.
+"""The steps every protocol shares for images: decode them in the pool, classify them.
 
-Routes that run images through a model (``classify``, and the face and Open Inference Protocol
-routes built on top) use these steps so that limits, errors and metrics behave the same everywhere.
+What arrives (:class:`Upload`: a file name and bytes) is protocol-neutral; reading it from an HTTP
+request is :mod:`service.http.uploads`' job. Every adapter uses these steps so that limits, errors
+and metrics behave the same everywhere.
 """
 
 from __future__ import annotations
@@ -12,29 +13,20 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from python_multipart.multipart import parse_options_header
-from starlette.requests import Request
 
 from service.batching import Batcher
 from service.errors import (
-    BadRequest,
     ImageTooLarge,
-    InvalidImage,
-    InvalidParameter,
     ServiceError,
-    UnsupportedMediaType,
 )
-from service.imaging import SUPPORTED, InputSpec, Prepared, pixel_count, prepare, sniff
+from service.imaging import InputSpec, Prepared, pixel_count, prepare
 from service.metrics import Metrics
 from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
 
-FILE_FIELD = "file"
 # Single JPEG uploads up to this size are decoded on the event loop, on machines of 1-2 cores
 # only: with more cores the pool's parallel decoding is worth the hand-offs (not measured here).
 INLINE_JPEG_BYTES = 128 * 1024 if (os.cpu_count() or 1) <= 2 else 0
-NO_FILE = (f"no image: send one or more multipart/form-data fields named '{FILE_FIELD}', or one "
-           "image as the raw body with an image/* content type")
 
 
 @dataclass(frozen=True)
@@ -45,84 +37,7 @@ class Upload:
     data: bytes
 
 
-async def read_uploads(request: Request, max_files: int) -> list[Upload]:
-    """The images of a request: multipart ``file`` fields, or the raw body.
-
-    Raises:
-        InvalidParameter: no image, an empty one, or more than ``max_files`` (HTTP 422).
-        UnsupportedMediaType: a content type that is neither multipart nor an image (HTTP 415).
-    """
-    header = request.headers.get("content-type", "")
-    content_type = header.split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        uploads = parse_multipart(await request.body(), header, max_files)
-    elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        body = await request.body()
-        uploads = [Upload(None, body)] if body else []
-    elif content_type in ("", "application/x-www-form-urlencoded"):
-        # `curl --data-binary @photo.jpg` declares a form: take the body if it is an image.
-        body = await request.body()
-        uploads = [Upload(None, body)] if body and _is_image(body) else []
-    else:
-        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted: send "
-                                   f"multipart/form-data or a raw image ({SUPPORTED})")
-    if not uploads:
-        raise InvalidParameter(NO_FILE)
-    for position, upload in enumerate(uploads, 1):
-        if not upload.data:
-            raise InvalidParameter(f"image {_name(position, upload)} is empty")
-    return uploads
-
-
-def parse_multipart(body: bytes, content_type: str, max_files: int) -> list[Upload]:
-    """The ``file`` parts of a multipart/form-data body (RFC 7578), read in one pass.
-
-    The body is already in memory (its size is capped by ``max_body_bytes``), so splitting on the
-    boundary is all it takes; Starlette's streaming parser costs several times more per request.
-
-    Raises:
-        BadRequest: broken framing (HTTP 400).
-        InvalidParameter: a text ``file`` field, or more than ``max_files`` files (HTTP 422).
-    """
-    _, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise BadRequest("the multipart/form-data content type has no boundary parameter")
-    chunks = body.split(b"--" + boundary)
-    uploads: list[Upload] = []
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):  # the closing delimiter
-            return uploads
-        head, separator, data = chunk.partition(b"\r\n\r\n")
-        if not chunk.startswith(b"\r\n") or not separator or not data.endswith(b"\r\n"):
-            raise BadRequest("malformed multipart/form-data body: a part is not framed by "
-                             "CRLF and the boundary")
-        disposition: dict[bytes, bytes] = {}
-        for line in head.split(b"\r\n"):
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-disposition":
-                disposition = parse_options_header(value.strip())[1]
-        if disposition.get(b"name") != FILE_FIELD.encode():
-            continue
-        if b"filename" not in disposition:
-            raise InvalidParameter(f"field '{FILE_FIELD}' must be a file upload, not text")
-        if len(uploads) == max_files:
-            raise InvalidParameter(f"too many images: at most {max_files} per request "
-                                   "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
-        filename = disposition[b"filename"].decode("utf-8", "replace")
-        uploads.append(Upload(filename, data[:-2]))
-    raise BadRequest("truncated multipart/form-data body: no closing boundary")
-
-
-def _is_image(data: bytes) -> bool:
-    try:
-        sniff(data)
-    except InvalidImage:
-        return False
-    return True  # or UnsupportedMediaType propagates: an image we do not read
-
-
-def _name(position: int, upload: Upload) -> str:
+def image_name(position: int, upload: Upload) -> str:
     return f"#{position}" + (f" ({upload.filename!r})" if upload.filename else "")
 
 
@@ -152,7 +67,7 @@ def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int)
         try:
             total += pixel_count(upload.data, max_pixels)
         except ServiceError as exc:
-            exc.message = f"image {_name(position, upload)}: {exc.message}"
+            exc.message = f"image {image_name(position, upload)}: {exc.message}"
             raise
     if total > max_total:
         raise ImageTooLarge(f"the {len(uploads)} images have {total} pixels together, more than "
@@ -188,7 +103,7 @@ async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor
     for position, (upload, outcome) in enumerate(zip(uploads, done, strict=True), 1):
         if isinstance(outcome, ServiceError):
             if len(uploads) > 1:
-                outcome.message = f"image {_name(position, upload)}: {outcome.message}"
+                outcome.message = f"image {image_name(position, upload)}: {outcome.message}"
             raise outcome
         if isinstance(outcome, BaseException):
             raise outcome

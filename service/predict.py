@@ -65,7 +65,7 @@ def _message(response: httpx.Response) -> str:
 
 def _local_task(models_dir: Path, name: str) -> str:
     """The task of ``name``'s newest version, from its validated ``model.json``."""
-    from service.model_format import load_card
+    from model_format import load_card
 
     versions = sorted((int(p.parent.name), p) for p in (models_dir / name).glob("*/model.json")
                       if p.parent.name.isdigit())
@@ -82,7 +82,7 @@ async def local_client(models_dir: Path, name: str) -> AsyncIterator[httpx.Async
 
     Requests go straight to the ASGI app (``httpx.ASGITransport``), and its lifespan runs here,
     so the models load and the batcher drains as under uvicorn."""
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
 
     needed = [name]

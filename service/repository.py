@@ -13,23 +13,22 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_format import (
+    CARD_FILE,
+    DEFAULT_FILE,
+    NAME_RE,
+    VERSION_RE,
+)
 from service.errors import (
     ModelNotFound,
     NotReady,
     VersionNotFound,
-)
-from service.model_format import (
-    CARD_FILE,
-    NAME_RE,
-    VERSION_RE,
 )
 from service.model_version import ModelVersion, describe_batching, int8_note, load_version
 from service.runtime import warn_missing_providers
 from service.settings import Settings
 
 logger = logging.getLogger("convserve.repository")
-
-DEFAULT_FILE = "default_version"  # models/<name>/default_version: the version served by default
 
 
 @dataclass

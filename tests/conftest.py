@@ -312,7 +312,7 @@ MakeClient = Callable[..., contextlib.AbstractContextManager[TestClient]]
 def make_client() -> MakeClient:
     """``with make_client(models_dir, **settings) as client``: a TestClient on a fresh app,
     ready (``ready=False`` skips waiting). Providers default to the CPU."""
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
 
     @contextlib.contextmanager

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from service.model_format import CARD_FILE, ClassifierCard, Explain, load_card, parse_card
+from model_format import CARD_FILE, ClassifierCard, Explain, load_card, parse_card
 from training.assets import sha256_of
 
 CAM_OUTPUT = "cam"

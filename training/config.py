@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from service.model_format import INTERPOLATIONS, RESIZE_METHODS
+from model_format import INTERPOLATIONS, RESIZE_METHODS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 logger = logging.getLogger(__name__)

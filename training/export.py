@@ -14,7 +14,7 @@ batch axis is dynamic), within ``tolerance`` (max absolute difference of probabi
 A network ending in global average pooling + a linear classifier also gets class activation
 maps (:func:`training.cam.add_explain`: a ``features`` output and ``explain.onnx``), checked.
 A model that fails raises :class:`ExportError` and leaves nothing in ``models/``. ``model.onnx`` is
-written first, ``model.json`` (a :class:`service.model_format.ClassifierCard`, validated before
+written first, ``model.json`` (a :class:`model_format.ClassifierCard`, validated before
 the export starts) last and atomically.
 """
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from pydantic import ValidationError
 
-from service.model_format import ClassifierCard, Explain, describe, write_card
+from model_format import ClassifierCard, Explain, describe, write_card
 from training.assets import sha256_of
 from training.cam import add_explain, prefer
 
@@ -105,7 +105,7 @@ class ExportSpec:
 
     def validate(self) -> None:
         """Raise :class:`ExportError` if a field breaks the model format
-        (:mod:`service.model_format`, docs/model-format.md)."""
+        (:mod:`model_format`, docs/model-format.md)."""
         card(self, onnx_sha256="0" * 64, export_check=None)
 
 
@@ -246,7 +246,7 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
 
 def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None,
          explain: Explain | None = None) -> ClassifierCard:
-    """The validated ``model.json`` of an export (:class:`service.model_format.ClassifierCard`).
+    """The validated ``model.json`` of an export (:class:`model_format.ClassifierCard`).
 
     Raises:
         ExportError: a field breaks the format; the message names it.

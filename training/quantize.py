@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from service.model_format import CARD_FILE, ClassifierCard, Quantization, load_card
+from model_format import CARD_FILE, ClassifierCard, Quantization, load_card
 from training.assets import sha256_of
 from training.export import EXPORTER, ExportError, _publish, git_commit
 from training.quantize_data import ImageSet, calibration_set

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model_format import ClassifierCard
 from service.imaging import InputSpec, prepare, to_input
-from service.model_format import ClassifierCard
 
 CALIBRATION_IMAGES = 300
 SEED = 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.model_format import ClassifierCard, FloatComparison, PhotoAgreement
+from model_format import ClassifierCard, FloatComparison, PhotoAgreement
 from training.quantize_data import HELD_OUT_PHOTOS, photo_set, test_set
 
 RUN_BATCH = 256

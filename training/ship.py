@@ -12,7 +12,7 @@ One entry per model in ``models/`` (:data:`SHIPPED`), each built by one function
 
 Every graph is checked while it is exported (``onnx.checker``, ONNX Runtime against PyTorch on
 real images); then every shipped version directory gets the same final check
-(:func:`verify`): ``model.json`` validates against :mod:`service.model_format`, each graph's
+(:func:`verify`): ``model.json`` validates against :mod:`model_format`, each graph's
 sha256 matches it, and ONNX Runtime loads each graph. A model that fails is reported and the
 command exits 1; nothing half-written is left behind (``model.json`` is written last).
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.model_format import CARD_FILE, load_card
+from model_format import CARD_FILE, load_card
 from training.assets import sha256_of
 from training.export import ExportError
 

@@ -3,7 +3,7 @@
 * ``face-mtcnn``: MTCNN's P-Net (dynamic H, W), R-Net and O-Net with facenet-pytorch's weights
   (:mod:`training.mtcnn`, each graph checked by ``onnx.checker`` and ONNX Runtime against
   PyTorch), for ``service/faces.py``; its ``model.json`` is a
-  :class:`service.model_format.DetectorCard`.
+  :class:`model_format.DetectorCard`.
 * ``fer-minixception``: fer's Keras mini-Xception ported to PyTorch
   (``training/ports/fer_keras.py``) and exported by the shared exporter
   (:func:`training.export.export_model`): uint8 64x64 grey in, [0, 1] -> [-1, 1] inside the graph,
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.model_format import DetectorCard, parse_card, write_card
+from model_format import DetectorCard, parse_card, write_card
 from training import mtcnn
 from training.assets import fetch, sha256_of
 from training.data.preprocessing import Preprocessing

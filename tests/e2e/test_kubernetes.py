@@ -29,7 +29,7 @@ import pytest
 from fastapi.testclient import TestClient
 from k8s_tools import DEPLOY, only, overlay, render, validate
 
-from service.app import create_app
+from service.http.app import create_app
 from service.metrics import Metrics
 from service.settings import Settings, load_settings
 

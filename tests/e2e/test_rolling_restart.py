@@ -34,7 +34,7 @@ import pytest
 from conftest import free_port, serve_command, wait_workers_ready, worker_pids
 from PIL import Image
 
-from service.repository import DEFAULT_FILE
+from model_format import DEFAULT_FILE
 
 pytestmark = pytest.mark.slow
 MODEL = "mnist-lenet5"

@@ -207,8 +207,8 @@ def test_declared_routes_answer_like_the_shortcut(tiny_client: TestClient, tiny_
     to FastAPI (the documented contract) give the same answers and errors without it."""
     import time
 
-    from service.app import create_app
-    from service.routes.classify import ClassifyShortcut
+    from service.http.app import create_app
+    from service.http.routes.classify import ClassifyShortcut
     from service.settings import load_settings
 
     app = create_app(load_settings(models_dir=tiny_models, providers="CPU"))
@@ -239,7 +239,7 @@ def test_shortcut_refuses_routes_it_cannot_honour(where: str) -> None:
     skipped by ClassifyShortcut."""
     from fastapi import APIRouter, Depends
 
-    from service.routes.classify import ClassifyShortcut, classify_latest, router
+    from service.http.routes.classify import ClassifyShortcut, classify_latest, router
 
     async def audit() -> None:
         return None

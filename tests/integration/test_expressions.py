@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
 from service.faces import MTCNN, face_crop
+from service.http.routes.expressions import model_input
 from service.imaging import InputSpec
-from service.routes.expressions import model_input
 from training.assets import fetch
 
 POSED = {"face-happy": "happy", "face-surprise": None, "face-anger": None, "face-disgust": None}

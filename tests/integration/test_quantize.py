@@ -17,7 +17,7 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.model_format import ClassifierCard, load_card
+from model_format import ClassifierCard, load_card
 from training.quantize import MAX_TOP1_DROP, QuantizeError, quantize_version
 from training.quantize_data import ImageSet, calibration_set
 from training.quantize_eval import CONFIDENT, compare

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from model_format import ClassifierCard, load_card
 from service.imaging import InputSpec, prepare
-from service.model_format import ClassifierCard, load_card
 from training import cam
 from training.assets import fetch
 

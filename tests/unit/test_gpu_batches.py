@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model_format import SERVING_FILE
 from service.batch_sizes import cheapest_batch, main, measure
 from service.errors import SettingsError
-from service.model_format import SERVING_FILE
 from service.model_version import ModelVersion, gpu_batch_sizes, load_version
 from service.runtime import padded_batch_sizes, provider_options
 from service.settings import load_settings

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.model_format import load_card
+from model_format import load_card
 from service.model_version import ModelVersion, int8_note
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The model format (service/model_format.py): shipped cards validate, bad ones name file and field,
+"""The model format (model_format/card.py): shipped cards validate, bad ones name file and field,
 the docs' field tables are the generated ones, and the serving side needs no torch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_format import (
+from model_format import (
     ClassifierCard,
     DetectorCard,
     ModelFormatError,
@@ -18,7 +18,7 @@ from service.model_format import (
     load_card,
     parse_card,
 )
-from service.model_format_docs import BEGIN_MARK, END_MARK, markdown_tables
+from model_format.docs import BEGIN_MARK, END_MARK, markdown_tables
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(REPO.glob("models/*/*/model.json"))
@@ -90,13 +90,13 @@ def test_docs_field_tables_are_the_generated_ones() -> None:
     doc = (REPO / "docs" / "model-format.md").read_text()
     generated = doc.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
     assert generated == markdown_tables().strip(), (
-        "docs/model-format.md is out of date: run python -m service.model_format_docs --write")
+        "docs/model-format.md is out of date: run python -m model_format.docs --write")
 
 
 def test_the_serving_side_imports_no_torch() -> None:
     """The schema is shared with training, but loading it (and the repository that reads it)
     must not pull torch into the serving install."""
-    code = ("import sys, service.model_format, service.repository; "
+    code = ("import sys, model_format, service.repository; "
             "print(sorted(m for m in ('torch', 'torchvision', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout.strip()
@@ -104,8 +104,8 @@ def test_the_serving_side_imports_no_torch() -> None:
 
 
 def test_training_and_serving_map_every_interpolation_the_format_names() -> None:
+    from model_format import INTERPOLATIONS
     from service.imaging import RESAMPLE
-    from service.model_format import INTERPOLATIONS
     from training.data.presets import INTERPOLATIONS as TRAINING
 
     assert tuple(RESAMPLE) == INTERPOLATIONS and tuple(TRAINING) == INTERPOLATIONS

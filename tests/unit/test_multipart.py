@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.errors import BadRequest, InvalidParameter
-from service.pipeline import parse_multipart
+from service.http.uploads import parse_multipart
 
 BOUNDARY = "b0undary"
 TYPE = f"multipart/form-data; boundary={BOUNDARY}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import load_settings
-from service.workers import WorkerSync
+from service.worker_sync import WorkerSync
 
 
 def _dead_pid() -> int:

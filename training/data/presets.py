@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from service.model_format import RESIZE_METHODS
+from model_format import RESIZE_METHODS
 
-INTERPOLATIONS = {  # service.model_format.INTERPOLATIONS, each mapped (a test checks)
+INTERPOLATIONS = {  # model_format.INTERPOLATIONS, each mapped (a test checks)
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
     "nearest": v2.InterpolationMode.NEAREST,

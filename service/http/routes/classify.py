@@ -18,9 +18,11 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.deps import Serving, ServingDep, get_serving
-from service.errors import ServiceError, to_response
-from service.pipeline import classify, prepare_uploads, read_uploads
+from service.errors import ServiceError
+from service.http.deps import Serving, ServingDep, get_serving
+from service.http.errors import to_response
+from service.http.uploads import read_uploads
+from service.pipeline import classify, prepare_uploads
 from service.schemas import ClassifyResponse, ErrorResponse
 
 PREFIX = "/v1/models"
@@ -125,7 +127,7 @@ class ClassifyShortcut:
     anything else. It sits innermost among the middleware, so the request id, access log, API
     key and body limits apply as everywhere; it sets ``scope["route"]`` to the declared route
     (metric labels and logs name its template) and maps errors with
-    :func:`service.errors.to_response`, as the exception handlers do.
+    :func:`service.http.errors.to_response`, as the exception handlers do.
     """
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = router.routes) -> None:

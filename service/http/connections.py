@@ -7,7 +7,7 @@ middleware can time it out). :func:`with_header_timeout` adds that one timer to 
 protocol class: armed when a connection opens and when the first byte of a further request
 arrives, disarmed by uvicorn starting the request (a new ``cycle``); when it fires first, the
 client gets ``408 Request Timeout`` and the connection is closed. The body's read timeout is an
-ASGI concern (``service.middleware.BodyLimit``).
+ASGI concern (``service.http.middleware.BodyLimit``).
 """
 
 from __future__ import annotations

@@ -23,16 +23,16 @@ from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from model_format import ClassifierCard, DetectorCard, Task
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
-from service.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
 from service.detection import DetectionSlots, detect_bounded
 from service.errors import InvalidParameter, NotReady
 from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
+from service.http.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
+from service.http.uploads import read_uploads
 from service.imaging import InputSpec
-from service.model_format import DETECTOR_TASK, ClassifierCard, DetectorCard
 from service.model_version import ModelVersion
-from service.pipeline import read_uploads
 from service.runtime import Session
 from service.schemas import ErrorResponse
 
@@ -147,7 +147,7 @@ def _classifier(version: ModelVersion) -> ModelVersion:
 
 
 def _detector(version: ModelVersion) -> MTCNN:
-    if version.task != DETECTOR_TASK or not {"pnet", "rnet", "onet"} <= set(version.sessions):
+    if version.task != Task.FACE_DETECTION or not {"pnet", "rnet", "onet"} <= set(version.sessions):
         raise InvalidParameter(f"detector={version.name} is not an MTCNN face detector (task "
                                f"{version.task!r}): use detector={DEFAULT_DETECTOR}")
 

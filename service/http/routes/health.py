@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from service.deps import MetricsDep, RepositoryDep
 from service.errors import NotReady
+from service.http.deps import MetricsDep, RepositoryDep
 from service.metrics import CONTENT_TYPE
 from service.schemas import ErrorResponse, Health
 

@@ -27,7 +27,7 @@ ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
     "redoc.standalone.js": "text/javascript; charset=utf-8",
 }
-FAVICON_URL = "/static/favicon.svg"  # the page's icon (service/static)
+FAVICON_URL = "/static/favicon.svg"  # the page's icon (service/http/static)
 CACHE = {"Cache-Control": "public, max-age=86400"}  # a new package version is a new release
 
 router = APIRouter(tags=["docs"], include_in_schema=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import ReloadDep, RepositoryDep
+from service.http.deps import ReloadDep, RepositoryDep
 from service.schemas import ReloadResponse
 
 router = APIRouter(prefix="/v1/repository", tags=["repository"])

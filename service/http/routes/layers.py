@@ -15,11 +15,11 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from service import imaging, layers
-from service.deps import Serving, ServingDep
 from service.errors import InvalidParameter
 from service.explain import require_method
+from service.http.deps import Serving, ServingDep
+from service.http.uploads import read_uploads
 from service.model_version import ModelVersion
-from service.pipeline import read_uploads
 from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v1/models", tags=["explain"], responses={

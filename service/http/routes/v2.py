@@ -19,8 +19,8 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from service.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
 from service.errors import NotReady
+from service.http.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
 from service.model_version import ModelVersion
 from service.oip import (
     EXTENSIONS,
@@ -47,7 +47,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ProtocolErrorResponse} for status in statuses}
 
 
-# Errors take the protocol's shape on every /v2 path: service.errors.to_response picks it.
+# Errors take the protocol's shape on every /v2 path: service.http.errors.to_response picks it.
 router = APIRouter(prefix="/v2", tags=["open inference protocol"],
                    responses=_errors(400, 401, 404, 405, 408, 413, 503))
 # Larger JSON bodies are parsed in the decode pool, off the event loop.

@@ -18,10 +18,11 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from service import explain, imaging
-from service.deps import Serving, ServingDep
 from service.errors import InvalidParameter
+from service.http.deps import Serving, ServingDep
+from service.http.uploads import read_uploads
 from service.model_version import ModelVersion
-from service.pipeline import read_uploads, top_k
+from service.pipeline import top_k
 from service.schemas import ErrorResponse, Prediction
 
 PREFIX = "/v1/models"

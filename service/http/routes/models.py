@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.deps import RepositoryDep
+from model_format import ClassifierCard
 from service.explain import methods_of
-from service.model_format import ClassifierCard
+from service.http.deps import RepositoryDep
 from service.model_version import ModelVersion, int8_note
 from service.repository import ModelRepository
 from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo

@@ -4,7 +4,7 @@ Models load in the lifespan, in a background thread, never at import: ``/healthz
 and ``/readyz`` says 503 until every model has loaded and answered its warm-up run. On shutdown
 (SIGTERM: uvicorn first finishes the requests it accepted) the batcher drains its queues.
 
-Every module in ``service/routes/`` that defines ``router`` is included, so a new resource is a
+Every module in ``service/http/routes/`` that defines ``router`` is included, so a new resource is a
 new file there, with no change here.
 """
 
@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 
-import service.routes
+import service.http.routes
 from service.batching import Batcher
 from service.detection import DetectionSlots
-from service.errors import ReloadIncomplete, register_error_handlers
+from service.errors import ReloadIncomplete
+from service.http.errors import register_error_handlers
+from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog
+from service.http.routes.classify import ClassifyShortcut
 from service.metrics import Metrics
-from service.middleware import ApiKeyAuth, BodyLimit, RequestLog
 from service.repository import ModelRepository, ScanResult
-from service.routes.classify import ClassifyShortcut
 from service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -151,10 +152,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def discover_routers() -> list[APIRouter]:
-    """The ``router`` of every module in ``service/routes/``, by module name."""
+    """The ``router`` of every module in ``service/http/routes/``, by module name."""
     routers = []
-    for info in sorted(pkgutil.iter_modules(service.routes.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"service.routes.{info.name}")
+    for info in sorted(pkgutil.iter_modules(service.http.routes.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"service.http.routes.{info.name}")
         router = getattr(module, "router", None)
         if isinstance(router, APIRouter):
             routers.append(router)

@@ -4,7 +4,7 @@ Order, outermost first: :class:`RequestLog` (so even a 401 or 413 is logged, cou
 its ``X-Request-ID``; it is also the last line of defence that turns an unexpected exception into
 the generic 500), :class:`ApiKeyAuth`, :class:`BodyLimit` (size, read timeout, and the bytes all
 unfinished uploads may hold together). Every error answer comes from
-:func:`service.errors.to_response`.
+:func:`service.http.errors.to_response`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
-    CLIENT_CLOSED,
-    Overloaded,
-    PayloadTooLarge,
-    RequestTimeout,
-    Unauthorized,
-    is_unexpected,
-    to_response,
-)
+from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, Unauthorized
+from service.http.errors import CLIENT_CLOSED, is_unexpected, to_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("convserve.access")

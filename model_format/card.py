@@ -4,7 +4,7 @@
 ``service/repository.py`` reads it with :func:`load_card`, which validates it and names the file
 and the field to fix. This module needs pydantic only (no torch, no ONNX Runtime), so the
 serving install and the training code share it. docs/model-format.md's field tables are
-generated from these classes (``python -m service.model_format_docs --write``) and a test keeps
+generated from these classes (``python -m model_format.docs --write``) and a test keeps
 them in step.
 
 Every object accepts fields it does not know (``extra="allow"``: an exporter may record more,
@@ -15,7 +15,6 @@ field it defines.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,15 +30,48 @@ from pydantic import (
     model_validator,
 )
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
-VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+from model_format.layout import CARD_FILE, NAME_PATTERN, NAME_RE, SERVING_FILE
+from model_format.tasks import Task
+
 RESIZE_METHODS = ("stretch", "shorter-side-center-crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
-CLASSIFIER_TASKS = ("classification", "expression")
-DETECTOR_TASK = "face-detection"
-CARD_FILE = "model.json"
-SERVING_FILE = "serving.json"
+
+__all__ = [
+    "RESIZE_METHODS",
+    "INTERPOLATIONS",
+    "ResizeMethod",
+    "Interpolation",
+    "ModelName",
+    "ModelFormatError",
+    "Resize",
+    "ImageInput",
+    "Output",
+    "Preprocessing",
+    "Measured",
+    "Reported",
+    "Metrics",
+    "SourceWeights",
+    "ExportCheck",
+    "Provenance",
+    "FaceCrop",
+    "Explain",
+    "FloatSource",
+    "Calibration",
+    "FloatComparison",
+    "PhotoAgreement",
+    "Quantization",
+    "ClassifierCard",
+    "DetectorInput",
+    "DetectorCard",
+    "ServingHints",
+    "load_serving_hints",
+    "ModelCard",
+    "describe",
+    "parse_card",
+    "load_card",
+    "dump_card",
+    "write_card",
+]
 
 ResizeMethod = Literal["stretch", "shorter-side-center-crop"]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -358,7 +390,7 @@ def load_serving_hints(directory: Path) -> ServingHints | None:
 
 def _kind(value: Any) -> str:
     task = value.get("task") if isinstance(value, dict) else getattr(value, "task", None)
-    return "detector" if task == DETECTOR_TASK else "classifier"
+    return "detector" if task == Task.FACE_DETECTION else "classifier"
 
 
 ModelCard = Annotated[Annotated[ClassifierCard, Tag("classifier")]

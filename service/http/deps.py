@@ -1,7 +1,7 @@
 """``Annotated`` dependency aliases: what a route needs from the app, typed.
 
 Routes declare ``repository: RepositoryDep`` and so on; everything lives in ``app.state``, set up
-by :func:`service.app.create_app` and its lifespan. The functions are ``async`` on purpose:
+by :func:`service.http.app.create_app` and its lifespan. The functions are ``async`` on purpose:
 FastAPI runs plain ``def`` dependencies in a worker thread, one thread hop each.
 """
 
@@ -48,7 +48,7 @@ async def get_decode_pool(request: Request) -> Executor:
 
 
 async def get_reload(request: Request) -> Callable[[], Awaitable[ScanResult]]:
-    """``service.app.reload_all_workers`` bound to this app (set by ``create_app``; routes do
+    """``service.http.app.reload_all_workers`` bound to this app (set by ``create_app``; routes do
     not import the app module, which imports them)."""
     return request.app.state.reload_models
 
