@@ -175,10 +175,7 @@ class _Lane:
             self._post(_fail, live, exc)
             return
         if metrics is not None:
-            metrics.inference.observe(time.perf_counter() - start)
-            metrics.batch_size.observe(len(live))
-            metrics.inference_count.inc(len(live))
-            metrics.exec_count.inc()
+            metrics.ran(len(live), time.perf_counter() - start)
         results = [_finish(item, row) for item, row in zip(live, outputs, strict=True)]
         self._post(_deliver, live, results)
 

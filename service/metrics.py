@@ -26,16 +26,35 @@ convserve_queue_rejected_total             counter   model, version (503 overloa
 convserve_model_load_duration_seconds      gauge     model, version
 convserve_model_info                       gauge     model, version, task, provider (= 1)
 convserve_model_ready                      gauge     model, version (1 ready)
+convserve_model_request_duration_seconds   histogram model, version, outcome (success, fail:
+                                                     Open Inference Protocol infer requests,
+                                                     HTTP and gRPC, server side)
+convserve_input_duration_seconds           histogram model, version (reading a protocol
+                                                     request's tensor)
+convserve_output_duration_seconds          histogram model, version (building the answer)
+convserve_batch_inference_duration_seconds summary   model, version, batch_size (runs by size)
+convserve_last_inference_timestamp_seconds gauge     model, version (end of the latest run)
 ========================================== ========= =========================================
+
+The statistics extension (``GET /v2/models/{name}/stats``, gRPC ModelStatistics) is read from
+these same series by :mod:`service.statistics`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -52,6 +71,8 @@ MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 class ModelMetrics:
     """One model version's metric children (``labels()`` looked up once, not per request)."""
 
+    key: tuple[str, str]
+    parent: Metrics
     decode: Any
     preprocess: Any
     queue: Any
@@ -61,6 +82,29 @@ class ModelMetrics:
     exec_count: Any
     queue_depth: Any
     rejected: Any
+    input: Any
+    output: Any
+    last_inference: Any
+    succeeded: Any
+    failed: Any
+    _by_size: dict[int, Any] = field(default_factory=dict)
+
+    def ran(self, batch_size: int, seconds: float) -> None:
+        """One model run of ``batch_size`` images that took ``seconds``."""
+        self.inference.observe(seconds)
+        self.batch_size.observe(batch_size)
+        self.inference_count.inc(batch_size)
+        self.exec_count.inc()
+        self.last_inference.set(time.time())
+        child = self._by_size.get(batch_size)
+        if child is None:
+            child = self._by_size[batch_size] = self.parent.batch_runs.labels(
+                *self.key, str(batch_size))
+        child.observe(seconds)
+
+    def answered(self, ok: bool, seconds: float) -> None:
+        """A protocol infer request for this version ended: success or failure."""
+        (self.succeeded if ok else self.failed).observe(seconds)
 
 
 class Metrics:
@@ -105,16 +149,35 @@ class Metrics:
                                 multiprocess_mode="livemax")
         self.model_ready = Gauge("convserve_model_ready", "1 when the version serves", MODEL,
                                  registry=reg, multiprocess_mode="livemin")
+        self.model_requests = Histogram(
+            "convserve_model_request_duration_seconds",
+            "Open Inference Protocol infer requests (HTTP and gRPC) by outcome",
+            (*MODEL, "outcome"), buckets=LATENCY_BUCKETS, registry=reg)
+        self.input = Histogram("convserve_input_duration_seconds",
+                               "Reading a protocol request's tensor", MODEL,
+                               buckets=LATENCY_BUCKETS, registry=reg)
+        self.output = Histogram("convserve_output_duration_seconds",
+                                "Building a protocol answer's tensors", MODEL,
+                                buckets=LATENCY_BUCKETS, registry=reg)
+        self.batch_runs = Summary("convserve_batch_inference_duration_seconds",
+                                  "ONNX Runtime runs by batch size", (*MODEL, "batch_size"),
+                                  registry=reg)
+        self.last_inference = Gauge("convserve_last_inference_timestamp_seconds",
+                                    "When the latest run of the version ended (Unix time)",
+                                    MODEL, registry=reg, multiprocess_mode="max")
 
     def model(self, name: str, version: int | str) -> ModelMetrics:
         """The per-version children of the model metrics, cached."""
         key = (name, str(version))
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = ModelMetrics(*(
+            found = self._children[key] = ModelMetrics(key, self, *(
                 metric.labels(*key) for metric in (
                     self.decode, self.preprocess, self.queue, self.inference, self.batch_size,
-                    self.inference_count, self.exec_count, self.queue_depth, self.rejected)))
+                    self.inference_count, self.exec_count, self.queue_depth, self.rejected,
+                    self.input, self.output, self.last_inference)),
+                self.model_requests.labels(*key, "success"),
+                self.model_requests.labels(*key, "fail"))
         return found
 
     def model_loaded(self, name: str, version: int, task: str, provider: str,
@@ -127,6 +190,14 @@ class Metrics:
     def model_unloaded(self, name: str, version: int) -> None:
         """A version was removed by a reload."""
         self.model_ready.labels(name, str(version)).set(0)
+
+    def collect(self) -> list[Any]:
+        """The metric families: this app's, or every worker's summed (as :meth:`render`)."""
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return list(registry.collect())
+        return list(self.registry.collect())
 
     def render(self) -> bytes:
         """The text exposition format: this app's metrics, or every worker's summed."""

@@ -12,12 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from service.oip import (
-    ProtocolError,
-    TensorSpec,
-    encode_infer_response,
-    parse_infer_request,
-)
+from service.inference_protocol import ProtocolError, TensorSpec, answer_tensors
+from service.oip import encode_infer_response, parse_infer_request
 
 SPEC = TensorSpec("image", "UINT8", (28, 28, 1))
 PIXELS = list(range(256)) * 3 + [0] * 16  # 784 values in [0, 255]
@@ -68,7 +64,8 @@ def test_outputs_binary_and_classification() -> None:
                                                       "binary_data": True}}]))
     assert [(o.binary, o.classification) for o in parsed.outputs] == [(True, 10)]  # capped
     rows = np.eye(10, dtype=np.float32)[:1]
-    content, length = encode_infer_response("m", 1, parsed, rows, [str(i) for i in range(10)])
+    outputs = answer_tensors(parsed, rows, [str(i) for i in range(10)])
+    content, length = encode_infer_response("m", 1, parsed.id, outputs)
     assert length is not None
     answer = json.loads(content[:length])
     assert answer["outputs"][0]["datatype"] == "BYTES"
@@ -103,7 +100,7 @@ def test_outputs_binary_and_classification() -> None:
     (_request(input_shape=[1.5, 28, 28, 1]), "inputs.0.shape.0: Input should be a valid integer"),
     (_request(input_shape="1,28,28,1"), "inputs.0.shape: Input should be a valid array"),
     (_request(input_data=5), "inputs.0.data: Input should be a valid array"),
-    (_request(input_data=None), "has neither 'data' nor parameters.binary_data_size"),
+    (_request(input_data=None), "has no data: send it as numbers or as raw bytes"),
     (_request(input_data=PIXELS[:-1]), "holds 783 values of type int64, shape [1, 28, 28, 1] "
                                        "needs 784 numbers"),
     (_request(input_data=[[1, 2], [3]]), "'data' is not a regular array"),

@@ -2,39 +2,42 @@
 
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]``
 (metadata), ``.../ready``, ``.../config`` (Triton's model configuration) and
-``POST .../infer``, with the ``binary_tensor_data`` and ``classification`` extensions. Inputs
+``POST .../infer``, with the ``binary_tensor_data``, ``classification`` and ``statistics``
+(``GET /v2/models[/{name}[/versions/{v}]]/stats``, :mod:`service.statistics`) extensions. Inputs
 are the model's own tensor (``image``, ``UINT8``, ``[N, H, W, C]``), so a client that already
 preprocesses skips the service's image decoding; each image goes through the same dynamic
 batcher as ``/v1`` requests. Errors are answered as the protocol says, ``{"error": "message"}``,
 with 400, 404 or 503; a JSON request is validated against the protocol's schema
-(``service.oip.InferenceRequestBody``) before it is read.
+(``service.inference_protocol.InferenceRequestBody``) before it is read. What is not HTTP
+(checking the tensor against the model, the answer tensors) is shared with gRPC:
+:mod:`service.inference_protocol`, :mod:`service.protocol_infer`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from service import protocol_infer
 from service.errors import NotReady
-from service.http.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
-from service.model_version import ModelVersion
-from service.oip import (
+from service.http.deps import MetricsDep, RepositoryDep, Serving, ServingDep, SettingsDep
+from service.inference_protocol import (
     EXTENSIONS,
-    HEADER_LENGTH,
     InferenceRequestBody,
-    ProtocolError,
-    TensorSpec,
-    encode_infer_response,
-    parse_infer_request,
+    config,
+    metadata,
+    tensor_spec,
 )
-from service.settings import Settings
+from service.model_version import ModelVersion
+from service.oip import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from service.statistics import model_statistics
 
 SERVER_NAME = "convserve"
-PLATFORM = "onnxruntime_onnx"
+HTTP_EXTENSIONS = ["binary_tensor_data", *EXTENSIONS]  # binary data: HTTP's own framing
 
 
 class ProtocolErrorResponse(BaseModel):
@@ -72,33 +75,9 @@ _INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def tensor_spec(version: ModelVersion) -> TensorSpec:
-    """The model's input tensor, without the batch axis."""
-    version.require_classifier()
-    assert version.input is not None
-    spec = version.input
-    return TensorSpec(version.input_name, "UINT8", (spec.height, spec.width, spec.channels))
-
-
-def metadata(version: ModelVersion, versions: list[ModelVersion]) -> dict[str, Any]:
-    """The protocol's model metadata for ``version`` (listing ``versions``)."""
-    answer: dict[str, Any] = {"name": version.name,
-                              "versions": [str(v.version) for v in versions],
-                              "platform": PLATFORM, "parameters": {"task": version.task}}
-    if version.input is None:  # a multi-graph detector: no single input tensor to describe
-        answer.update(inputs=[], outputs=[])
-        return answer
-    spec = version.input
-    answer["inputs"] = [{"name": version.input_name, "datatype": "UINT8",
-                         "shape": [-1, spec.height, spec.width, spec.channels]}]
-    answer["outputs"] = [{"name": version.output_name, "datatype": "FP32",
-                          "shape": [-1, len(version.labels) or -1]}]
-    return answer
-
-
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
+    return {"name": SERVER_NAME, "version": request.app.version, "extensions": HTTP_EXTENSIONS}
 
 
 @router.get("/health/live", summary="Liveness")
@@ -113,6 +92,12 @@ async def ready(request: Request, repository: RepositoryDep) -> dict[str, bool]:
     return {"ready": True}
 
 
+@router.get("/models/stats", summary="Statistics of every model (Triton's extension)")
+async def all_statistics(repository: RepositoryDep, metrics: MetricsDep) -> dict[str, Any]:
+    # before /models/{name}, which would take "stats" for a name
+    return model_statistics(metrics, [(v.name, v.version) for v in repository.all_versions()])
+
+
 @router.get("/models/{name}", summary="Model metadata (default version)")
 async def model_metadata(name: str, repository: RepositoryDep) -> dict[str, Any]:
     versions = repository.versions(name)
@@ -123,19 +108,6 @@ async def model_metadata(name: str, repository: RepositoryDep) -> dict[str, Any]
 async def version_metadata(name: str, version: str, repository: RepositoryDep) -> dict[str, Any]:
     chosen = repository.get(name, version)
     return metadata(chosen, [chosen])
-
-
-def config(version: ModelVersion, settings: Settings) -> dict[str, Any]:
-    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer)."""
-    spec = tensor_spec(version)
-    return {"name": version.name, "platform": PLATFORM, "backend": "onnxruntime",
-            "max_batch_size": settings.max_batch_size,
-            "input": [{"name": spec.name, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
-                       "dims": list(spec.shape)}],
-            "output": [{"name": version.output_name, "data_type": "TYPE_FP32",
-                        "dims": [len(version.labels)]}],
-            "dynamic_batching": {"max_queue_delay_microseconds":
-                                 int(settings.max_queue_delay_ms * 1000)}}
 
 
 @router.get("/models/{name}/config", summary="Model configuration (default version)")
@@ -163,26 +135,29 @@ async def version_ready(name: str, version: str, repository: RepositoryDep) -> d
     return {"name": chosen.name, "version": str(chosen.version), "ready": True}
 
 
-async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
-                 pool: DecodePoolDep, max_images: int) -> Response:
+class _Engine:
+    """The engine's view an inference needs, from the app's parts."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.settings, self.metrics, self.pool = serving.settings, serving.metrics, serving.pool
+        self.batcher = serving.batcher
+
+    async def infer(self, version: ModelVersion, arrays: list[np.ndarray]) -> list[Any]:
+        return await self.batcher.submit_many(version, arrays)
+
+
+async def _infer(version: ModelVersion, request: Request, serving: Serving) -> Response:
     spec = tensor_spec(version)
     request.state.model, request.state.version = version.name, version.version
     body = await request.body()
-    arguments = (body, request.headers.get(HEADER_LENGTH), spec, version.output_name,
-                 len(version.labels))
-    if len(body) <= INLINE_PARSE_BYTES:
-        parsed = parse_infer_request(*arguments)
-    else:
-        parsed = await asyncio.get_running_loop().run_in_executor(
-            pool, parse_infer_request, *arguments)
-    count = parsed.tensor.shape[0]
-    if count > max_images:
-        raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
-                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
-    request.state.images = count
-    rows = await batcher.submit_many(version, list(parsed.tensor))
-    content, header_length = encode_infer_response(version.name, version.version, parsed,
-                                                   np.stack(rows), version.labels)
+    read = functools.partial(parse_infer_request, body, request.headers.get(HEADER_LENGTH), spec,
+                             version.output_name, len(version.labels),
+                             serving.settings.max_images_per_request)
+    parsed, outputs = await protocol_infer.infer(_Engine(serving), version, read,
+                                                 offload=len(body) > INLINE_PARSE_BYTES)
+    request.state.images = parsed.tensor.shape[0]
+    content, header_length = encode_infer_response(version.name, version.version, parsed.id,
+                                                   outputs)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
@@ -191,16 +166,26 @@ async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
 
 @router.post("/models/{name}/infer", summary="Inference (default version)",
              openapi_extra=_INFER_BODY)
-async def infer(name: str, request: Request, repository: RepositoryDep, batcher: BatcherDep,
-                pool: DecodePoolDep, settings: SettingsDep) -> Response:
-    version = repository.get(name)  # held for the whole request, whatever a reload does
-    return await _infer(version, request, batcher, pool, settings.max_images_per_request)
+async def infer(name: str, request: Request, serving: ServingDep) -> Response:
+    version = serving.repository.get(name)  # held for the whole request, whatever a reload does
+    return await _infer(version, request, serving)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)",
              openapi_extra=_INFER_BODY)
-async def infer_version(name: str, version: str, request: Request, repository: RepositoryDep,
-                        batcher: BatcherDep, pool: DecodePoolDep,
-                        settings: SettingsDep) -> Response:
+async def infer_version(name: str, version: str, request: Request,
+                        serving: ServingDep) -> Response:
+    return await _infer(serving.repository.get(name, version), request, serving)
+
+
+@router.get("/models/{name}/stats", summary="Statistics of every version of a model")
+async def statistics(name: str, repository: RepositoryDep,
+                     metrics: MetricsDep) -> dict[str, Any]:
+    return model_statistics(metrics, [(v.name, v.version) for v in repository.versions(name)])
+
+
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
+async def version_statistics(name: str, version: str, repository: RepositoryDep,
+                             metrics: MetricsDep) -> dict[str, Any]:
     chosen = repository.get(name, version)
-    return await _infer(chosen, request, batcher, pool, settings.max_images_per_request)
+    return model_statistics(metrics, [(chosen.name, chosen.version)])

@@ -1,0 +1,63 @@
+"""One Open Inference Protocol inference, from the request's tensors to the answer's: the steps
+HTTP ``/v2`` and gRPC ``ModelInfer`` share, timed into the metrics the statistics extension
+reads (:mod:`service.statistics`).
+
+The adapter hands :func:`infer` a blocking function that reads the request
+(:func:`service.oip.parse_infer_request` for an HTTP body,
+:func:`service.inference_protocol.read_request` for a protobuf message); it runs in the decode
+pool when ``offload`` (a large JSON body), inline otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.inference_protocol import InferRequest, OutputTensor, answer_tensors
+from service.metrics import Metrics
+from service.model_version import ModelVersion
+from service.settings import Settings
+
+
+class InferenceEngine(Protocol):
+    """What an inference needs from the engine."""
+
+    settings: Settings
+    metrics: Metrics
+    pool: Executor
+
+    async def infer(self, version: ModelVersion, arrays: list[np.ndarray]) -> list[Any]: ...
+
+
+async def infer(engine: InferenceEngine, version: ModelVersion,
+                read: Callable[[], InferRequest],
+                offload: bool = False) -> tuple[InferRequest, list[OutputTensor]]:
+    """Read the request, run it through the batcher, build the answer tensors.
+
+    Raises:
+        ProtocolError: the request does not fit the model or the limits.
+        Overloaded, NotReady: from the batcher.
+    """
+    metrics = engine.metrics.model(version.name, version.version)
+    start = time.perf_counter()
+    ok = False
+    try:
+        if offload:
+            request = await asyncio.get_running_loop().run_in_executor(engine.pool, read)
+        else:
+            request = read()
+        read_done = time.perf_counter()
+        metrics.input.observe(read_done - start)
+        rows = await engine.infer(version, list(request.tensor))
+        answering = time.perf_counter()
+        outputs = answer_tensors(request, np.stack(rows), version.labels)
+        metrics.output.observe(time.perf_counter() - answering)
+        ok = True
+        return request, outputs
+    finally:
+        metrics.answered(ok, time.perf_counter() - start)
