@@ -35,6 +35,9 @@ def add_command(name: str, help_text: str, add_arguments: AddArguments, run: Run
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="interface to bind (CONVSERVE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (CONVSERVE_PORT, default 8000)")
+    parser.add_argument("--grpc-port", type=int,
+                        help="gRPC port, the Open Inference Protocol (CONVSERVE_GRPC_PORT, "
+                             "default 8001; 0: no gRPC)")
     parser.add_argument("--models", type=Path,
                         help="models directory (CONVSERVE_MODELS_DIR, default ./models)")
     parser.add_argument("--allow-empty", action="store_true", default=None,
@@ -45,7 +48,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, option: str = "--port (or CONVSERVE_PORT)") -> None:
     """Fail now, before any model loads, if ``host:port`` cannot be bound (binding as uvicorn
     does, with SO_REUSEADDR, then letting go).
 
@@ -63,7 +66,7 @@ def check_port(host: str, port: int) -> None:
         hint = (" (another process is listening there, perhaps another convserve)"
                 if exc.errno == errno.EADDRINUSE else "")
         raise SettingsError(f"cannot listen on {host}:{port}: {reason}{hint}; choose another "
-                            "port with --port (or CONVSERVE_PORT), or --host") from None
+                            f"port with {option}, or --host") from None
 
 
 def check_models(settings: Settings) -> None:
@@ -85,17 +88,21 @@ def check_models(settings: Settings) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.grpc.server import serve_grpc
     from service.http.app import create_app
     from service.http.connections import http_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
-                 (("host", args.host), ("port", args.port), ("models_dir", args.models),
+                 (("host", args.host), ("port", args.port), ("grpc_port", args.grpc_port),
+                  ("models_dir", args.models),
                   ("allow_empty", args.allow_empty), ("workers", args.workers))
                  if value is not None}
     settings = load_settings(**overrides)
     check_models(settings)
     check_port(settings.host, settings.port)
+    if settings.grpc_port:
+        check_port(settings.host, settings.grpc_port, "--grpc-port (or CONVSERVE_GRPC_PORT)")
     if settings.workers > 1:
         from service import workers
 
@@ -110,7 +117,9 @@ def _serve(args: argparse.Namespace) -> int:
             finally:  # before uvicorn re-raises SIGTERM/SIGINT, which skips atexit
                 flush_logs()
 
-    config = uvicorn.Config(create_app(settings), **uvicorn_options(
+    app = create_app(settings)
+    serve_grpc(app)  # in the app's lifespan, over its engine
+    config = uvicorn.Config(app, **uvicorn_options(
         settings, http_protocol(settings.header_read_timeout_s)))
     server = Server(config)
     try:

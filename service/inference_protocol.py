@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from service.model_version import ModelVersion
     from service.settings import Settings
 
+SERVER_NAME = "convserve"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["classification", "statistics"]  # over HTTP and gRPC alike
 DATATYPES = {  # protocol name -> numpy dtype

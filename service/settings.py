@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Server
     host: str = "127.0.0.1"  # interface uvicorn binds to; 0.0.0.0 in a container
     port: int = Field(8000, ge=1, le=65535)  # TCP port
+    grpc_port: int = Field(8001, ge=0, le=65535)  # the Open Inference Protocol over gRPC on
+    # the same host (service/grpc/); 0 = no gRPC
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
     workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
@@ -175,6 +177,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:
+        if self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}: set {ENV_PREFIX}"
+                             f"GRPC_PORT to another port (or 0 for no gRPC)")
         if self.max_request_pixels < self.max_image_pixels:
             raise ValueError(
                 f"max_request_pixels ({self.max_request_pixels}) must be at least "

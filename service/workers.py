@@ -31,6 +31,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from service.grpc.server import serve_grpc
 from service.http.app import create_app
 from service.http.connections import WORKER_PROTOCOL, uvicorn_options
 from service.logs import configure_logging
@@ -50,6 +51,7 @@ def create_worker_app() -> FastAPI:
     settings = load_settings()
     flush_logs = configure_logging(settings.log_level, background=True, process=True)
     app = create_app(settings)
+    serve_grpc(app, reuse_port=True)  # every worker on the one gRPC port, as on the HTTP one
     app.state.sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
     inner = app.router.lifespan_context
 

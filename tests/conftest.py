@@ -257,19 +257,23 @@ def run_service(command: list[str], url: str, env: dict[str, str], *, cwd: Path 
                 process.wait()
 
 
-def serve_command(models: Path, port: int) -> list[str]:
-    """``python -m service serve`` on 127.0.0.1:``port`` over ``models``."""
+def serve_command(models: Path, port: int, grpc_port: int = 0) -> list[str]:
+    """``python -m service serve`` on 127.0.0.1:``port`` over ``models``; gRPC on
+    ``grpc_port`` (0: none, so that tests never contend for the default 8001)."""
     return [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--grpc-port", str(grpc_port),
             "--models", str(models)]
 
 
 @contextlib.contextmanager
-def serve_models(models: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A real uvicorn process over ``models`` on the CPU; yields it and its base URL."""
+def serve_models(models: Path, grpc_port: int = 0,
+                 **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real uvicorn process over ``models`` on the CPU (gRPC on ``grpc_port``, 0: none);
+    yields it and its base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", **env}
-    with run_service(serve_command(models, port), url, environment) as process:
+    with run_service(serve_command(models, port, grpc_port), url, environment) as process:
         yield process, url
 
 

@@ -10,7 +10,6 @@ unfinished uploads may hold together). Every error answer comes from
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import check_api_key
 from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, Unauthorized
 from service.http.errors import CLIENT_CLOSED, is_unexpected, to_response
 from service.metrics import Metrics
@@ -120,22 +120,20 @@ class ApiKeyAuth:
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if (self.expected is None or scope["type"] != "http" or path in PUBLIC_PATHS
+        if (self.api_key is None or scope["type"] != "http" or path in PUBLIC_PATHS
                 or path.startswith(PUBLIC_PREFIXES)):
             await self.app(scope, receive, send)
             return
-        given = (_header(scope, b"authorization") or "").encode("latin-1")
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
+        try:
+            check_api_key(_header(scope, b"authorization"), self.api_key)
+        except Unauthorized as exc:
+            await to_response(exc, path)(scope, receive, send)
             return
-        message = ("missing API key: send 'Authorization: Bearer <key>'" if not given
-                   else "wrong API key: check the key in 'Authorization: Bearer <key>'")
-        exc = Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
-        await to_response(exc, path)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

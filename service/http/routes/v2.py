@@ -27,6 +27,7 @@ from service.errors import NotReady
 from service.http.deps import MetricsDep, RepositoryDep, Serving, ServingDep, SettingsDep
 from service.inference_protocol import (
     EXTENSIONS,
+    SERVER_NAME,
     InferenceRequestBody,
     config,
     metadata,
@@ -36,7 +37,6 @@ from service.model_version import ModelVersion
 from service.oip import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from service.statistics import model_statistics
 
-SERVER_NAME = "convserve"
 HTTP_EXTENSIONS = ["binary_tensor_data", *EXTENSIONS]  # binary data: HTTP's own framing
 
 
