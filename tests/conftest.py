@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -390,3 +391,22 @@ def wait_workers_ready(parent: int, count: int, timeout: float = 60) -> list[int
         assert time.monotonic() < deadline, (
             f"{len(ready)} of {count} workers loaded their models in {timeout:g} s: {workers}")
         time.sleep(0.05)
+
+
+def metric_by_worker(metrics_dir: Path, name: str, kind: str = "counter",
+                     **labels: str) -> dict[int, float]:
+    """One metric, per worker PID, from each worker's own file (``kind``: the file's prefix)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    found = {}
+    for path in metrics_dir.glob(f"{kind}_[0-9]*.db"):
+        with tempfile.TemporaryDirectory() as alone:
+            shutil.copy(path, alone)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=alone)
+            found[int(path.stem.rsplit("_", 1)[1])] = sum(
+                sample.value for family in registry.collect() for sample in family.samples
+                if sample.name == name
+                and all(sample.labels.get(k) == v for k, v in labels.items()))
+    return found

@@ -26,6 +26,7 @@ import grpc
 
 from service import protocol_infer
 from service.auth import check_api_key
+from service.errors import ModelNotFound, VersionNotFound
 from service.grpc import inference_pb2 as pb
 from service.grpc import inference_pb2_grpc
 from service.grpc.errors import CLIENT_CLOSED, describe, is_unexpected
@@ -139,7 +140,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         self.engine.check_ready()
-        self.engine.get(request.name, request.version or None)
+        try:
+            self.engine.get(request.name, request.version or None)
+        except (ModelNotFound, VersionNotFound):  # as HTTP's 404: tritonclient says False
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @rpc()
