@@ -42,6 +42,7 @@ these same series by :mod:`service.statistics`.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,10 @@ class ModelMetrics:
     def answered(self, ok: bool, seconds: float) -> None:
         """A protocol infer request for this version ended: success or failure."""
         (self.succeeded if ok else self.failed).observe(seconds)
+
+
+def _child(metric: Any, key: tuple[str, str]) -> Any:
+    return metric.labels(*key)
 
 
 class Metrics:
@@ -171,13 +176,17 @@ class Metrics:
         key = (name, str(version))
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = ModelMetrics(key, self, *(
-                metric.labels(*key) for metric in (
-                    self.decode, self.preprocess, self.queue, self.inference, self.batch_size,
-                    self.inference_count, self.exec_count, self.queue_depth, self.rejected,
-                    self.input, self.output, self.last_inference)),
-                self.model_requests.labels(*key, "success"),
-                self.model_requests.labels(*key, "fail"))
+            child = functools.partial(_child, key=key)
+            found = self._children[key] = ModelMetrics(
+                key=key, parent=self, decode=child(self.decode),
+                preprocess=child(self.preprocess), queue=child(self.queue),
+                inference=child(self.inference), batch_size=child(self.batch_size),
+                inference_count=child(self.inference_count), exec_count=child(self.exec_count),
+                queue_depth=child(self.queue_depth), rejected=child(self.rejected),
+                input=child(self.input), output=child(self.output),
+                last_inference=child(self.last_inference),
+                succeeded=self.model_requests.labels(*key, "success"),
+                failed=self.model_requests.labels(*key, "fail"))
         return found
 
     def model_loaded(self, name: str, version: int, task: str, provider: str,

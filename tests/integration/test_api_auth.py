@@ -60,6 +60,12 @@ def test_right_key_is_let_in(locked: TestClient, photo: Callable[[str], bytes]) 
     assert response.status_code == 200
 
 
+def test_the_scheme_is_case_insensitive(locked: TestClient) -> None:
+    for scheme in ("bearer", "BEARER"):  # RFC 9110: the scheme is case-insensitive
+        headers = {"Authorization": f"{scheme} {KEY}"}
+        assert locked.get("/v1/models", headers=headers).status_code == 200
+
+
 def test_no_key_configured_means_open(tiny_client: TestClient) -> None:
     assert tiny_client.get("/v1/models").status_code == 200
     assert tiny_client.get("/v1/models", headers={"Authorization": "Bearer x"}).status_code == 200
