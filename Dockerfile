@@ -45,9 +45,10 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     CONVSERVE_HOST=0.0.0.0 \
     CONVSERVE_PORT=8000 \
+    CONVSERVE_GRPC_PORT=8001 \
     CONVSERVE_MODELS_DIR=/app/models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # /readyz answers 200 once every model loaded and answered a warm-up run (503 before).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CONVSERVE_PORT', '8000') + '/readyz', timeout=4)"]

@@ -212,6 +212,10 @@ def test_compose_default_runs_the_service_on_a_gpu(stages: dict[str, Stage]) -> 
     assert any(str(p.get("published", "")) == "8000" and int(p["target"]) == 8000
                if isinstance(p, dict) else p.startswith("8000:8000")
                for p in service["ports"])
+    grpc_port = service["environment"]["CONVSERVE_GRPC_PORT"]  # published as HTTP's port is
+    assert any(str(p.get("published", "")) == grpc_port and str(p["target"]) == grpc_port
+               if isinstance(p, dict) else p == f"{grpc_port}:{grpc_port}"
+               for p in service["ports"])
     assert _gpu(service) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert service["healthcheck"]["test"] == _healthcheck(stages)
     assert f"{REPO / 'models'}:/app/models:ro" in service["volumes"]

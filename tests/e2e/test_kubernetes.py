@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = ("base", "overlays/cpu", "overlays/gpu")
 PREFIX = str(Settings.model_config["env_prefix"])
 KSERVE_MODELS_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri's files
+KSERVE_HTTP_PORT = 8080  # where KServe sends HTTP when the runtime declares no port
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,7 +82,7 @@ def dockerfile_serve_stage() -> tuple[str, dict[str, str]]:
     return user, env
 
 
-@pytest.mark.parametrize("variant", [*WORKLOADS, "kserve"])
+@pytest.mark.parametrize("variant", [*WORKLOADS, "kserve", "kserve-grpc"])
 def test_every_object_validates_offline(variant: str) -> None:
     objects = render(DEPLOY / variant)
     assert objects
@@ -117,7 +118,7 @@ def test_the_deployment_names_what_the_app_has(variant: str, tmp_path: Path) -> 
     (server,) = pod["spec"]["containers"]
     settings = settings_from(server, tmp_path)
     ports = {port["name"]: port["containerPort"] for port in server["ports"]}
-    assert ports == {"http": settings.port}
+    assert ports == {"http": settings.port, "grpc": settings.grpc_port}
     paths = app_paths()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["httpGet"]["port"] == "http"
@@ -125,7 +126,9 @@ def test_the_deployment_names_what_the_app_has(variant: str, tmp_path: Path) -> 
     annotations = pod["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == settings.port
     assert annotations["prometheus.io/path"] in paths
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http", "grpc"]
+    grpc_port = service["spec"]["ports"][1]
+    assert grpc_port["name"] == "grpc" and grpc_port["appProtocol"] == "kubernetes.io/h2c"
     key = env_of(server)[f"{PREFIX}API_KEY"]["valueFrom"]["secretKeyRef"]
     assert key["name"] and key["key"] and not key.get("optional")  # no key, no start
 
@@ -207,20 +210,33 @@ def test_kserve_runs_convserve_as_a_v2_runtime(tmp_path: Path) -> None:
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"] in [{k: f[k] for k in ("name", "version")}
                                     for f in runtime["spec"]["supportedModelFormats"]]
-    assert runtime["spec"]["protocolVersions"] == [model["protocolVersion"]] == ["v2"]
+    assert model["protocolVersion"] == "v2"
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
     assert "/v2/models/{name}/infer" in app_paths("post")  # the protocol's inference route
     settings = settings_from(container, tmp_path)
     assert env_of(container)[f"{PREFIX}MODELS_DIR"]["value"] == KSERVE_MODELS_DIR
     user, _ = dockerfile_serve_stage()
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True and str(security["runAsUser"]) == user.split(":")[0]
-    assert [p["containerPort"] for p in container["ports"]] == [settings.port]
+    assert "ports" not in container and settings.port == KSERVE_HTTP_PORT
     assert int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"]) == settings.port
     paths = app_paths()
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/path"] in paths
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == settings.port
         assert container[probe]["httpGet"]["path"] in paths
+
+
+def test_kserve_grpc_variant_names_the_runtimes_grpc_port(tmp_path: Path) -> None:
+    objects = render(DEPLOY / "kserve-grpc")
+    runtime, isvc = only(objects, "ServingRuntime"), only(objects, "InferenceService")
+    settings = settings_from(runtime["spec"]["containers"][0], tmp_path)
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2" in runtime["spec"]["protocolVersions"]
+    # Knative takes the port named h2c as HTTP/2 cleartext: gRPC
+    assert model["ports"] == [{"name": "h2c", "containerPort": settings.grpc_port,
+                               "protocol": "TCP"}]
+    assert settings.grpc_port not in (0, settings.port)
 
 
 def probe_paths() -> dict[str, set[str]]:
