@@ -28,7 +28,8 @@ def start_service(models: Path, port: int, env: dict[str, str] | None = None, *,
     Args:
         models: The models directory.
         port: Where to listen.
-        env: ``CONVSERVE_*`` settings over this process's environment (providers default to CPU).
+        env: ``CONVSERVE_*`` settings over this process's environment (providers default to CPU,
+            gRPC to off).
         log: A file to append the server's output to (its tail is shown if the start fails),
             ``subprocess.DEVNULL``, or None to share this process's stdout/stderr.
         timeout: Seconds to wait for readiness.
@@ -37,7 +38,8 @@ def start_service(models: Path, port: int, env: dict[str, str] | None = None, *,
         SystemExit: the service exited or was not ready in time.
     """
     providers = os.environ.get("CONVSERVE_PROVIDERS", "CPU")
-    environment = {**os.environ, "CONVSERVE_PROVIDERS": providers, **(env or {})}
+    environment = {**os.environ, "CONVSERVE_PROVIDERS": providers,
+                   "CONVSERVE_GRPC_PORT": "0", **(env or {})}  # gRPC only when asked for
     output = log.open("ab") if isinstance(log, Path) else log
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
