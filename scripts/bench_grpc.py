@@ -3,10 +3,11 @@
 Starts ``python -m service serve`` with gRPC on a free port over the given models and, for each
 model, sends the same real photo (``chelsea``) through the three paths with 1 and with 32
 concurrent clients (asyncio tasks in this one process: tritonclient's ``grpc.aio`` client,
-httpx for HTTP). The cells run in rounds, each path in turn, so that a noisy neighbour slows
-every path alike; each prints images per second and the median and 90th percentile latency
-over all its rounds. /v2 and gRPC send the tensor the service would have decoded (the client
-preprocesses); /v1 sends the JPEG and the service decodes and resizes it.
+aiohttp for HTTP, as tritonclient's ``http.aio`` client uses). The cells run in rounds, each
+path in turn, so that a noisy neighbour slows every path alike; each prints images per second
+and the median and 90th percentile latency over all its rounds. /v2 and gRPC send the tensor
+the service would have decoded (the client preprocesses); /v1 sends the JPEG and the service
+decodes and resizes it.
 
     .venv/bin/python scripts/bench_grpc.py --seconds 3 --rounds 2
 """
@@ -24,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as tgrpc
 from PIL import Image
@@ -75,8 +76,8 @@ async def bench(args: argparse.Namespace, http_url: str, grpc_address: str) -> N
     out = io.BytesIO()
     photo.save(out, "JPEG", quality=90)
     jpeg = out.getvalue()
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=http_url, timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(http_url, connector=connector) as http:
         grpc_client = tgrpc.InferenceServerClient(grpc_address)
         for model in args.model:
             meta = json.loads(max((args.models / model).glob("*/model.json")).read_text())
@@ -86,15 +87,18 @@ async def bench(args: argparse.Namespace, http_url: str, grpc_address: str) -> N
             grpc_input.set_data_from_numpy(tensor)
 
             async def v1(model: str = model) -> object:
-                answer = await http.post(f"/v1/models/{model}/classify",
-                                         files={"file": ("chelsea.jpg", jpeg)})
-                return answer.raise_for_status()
+                form = aiohttp.FormData()
+                form.add_field("file", jpeg, filename="chelsea.jpg", content_type="image/jpeg")
+                async with http.post(f"/v1/models/{model}/classify", data=form) as answer:
+                    answer.raise_for_status()
+                    return await answer.read()
 
             async def v2(model: str = model, body: bytes = body,
                          headers: dict[str, str] = headers) -> object:
-                answer = await http.post(f"/v2/models/{model}/infer", content=body,
-                                         headers=headers)
-                return answer.raise_for_status()
+                async with http.post(f"/v2/models/{model}/infer", data=body,
+                                     headers=headers) as answer:
+                    answer.raise_for_status()
+                    return await answer.read()
 
             async def grpc_raw(model: str = model, data: object = grpc_input) -> object:
                 return await grpc_client.infer(model, [data])
