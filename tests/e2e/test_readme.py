@@ -78,9 +78,15 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(root: Path, env: dict[str, str]) -> Iterator[str]:
+def grpc_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(root: Path, env: dict[str, str], grpc_port: int) -> Iterator[str]:
     port = free_port()
     command = serve_line(README.read_text()).replace(f"--port {PORT[1:]}", f"--port {port}")
+    command += f" --grpc-port {grpc_port}"  # the README's 8001 may be taken on this machine
     with run_service(["bash", "-c", f"exec {command}"], f"http://127.0.0.1:{port}", env,
                      cwd=root, timeout=300):
         yield f"localhost:{port}"
@@ -130,6 +136,28 @@ def test_every_shell_example_runs_as_written(server: str, root: Path,
     assert face["box"] == claim["box"] and face["expression"] == claim["expression"]
     assert face["probabilities"]["happy"] == pytest.approx(claim["probabilities"]["happy"],
                                                            abs=0.005)
+
+
+def python_block(text: str, heading: str) -> str:
+    """The first ```python block of the section under ``heading``."""
+    section = text.split(f"\n{heading}\n", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None, heading
+    return block.group(1)
+
+
+def test_grpc_example_runs_as_written(server: str, grpc_port: int, root: Path,
+                                      env: dict[str, str]) -> None:
+    code = python_block(README.read_text(), "## gRPC")
+    assert "localhost:8001" in code
+    done = subprocess.run([sys.executable, "-c", code.replace("localhost:8001",
+                                                              f"127.0.0.1:{grpc_port}")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = re.search(r"b'([\d.]+):(\d+):([^']+)'", done.stdout)
+    assert best is not None, done.stdout
+    assert best.group(3) in {"tabby", "tiger cat", "Egyptian cat"}, done.stdout
 
 
 def _top1(client: httpx.Client, model: str, photo: str) -> tuple[str, float]:
