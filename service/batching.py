@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 import numpy as np
 
+from service import tracing
 from service.errors import NotReady, Overloaded
 from service.metrics import Metrics
 
@@ -61,6 +62,9 @@ class _Item:
     future: asyncio.Future[Any]
     queued_at: float
     finish: Callable[[np.ndarray], Any] | None  # applied to the row in the inference thread
+    started: float = 0.0  # its run's start and end (perf_counter), and the run's batch size:
+    ended: float = 0.0  # the queue and inference spans of a traced request
+    batch: int = 0
 
 
 class _Lane:
@@ -174,8 +178,11 @@ class _Lane:
         except Exception as exc:
             self._post(_fail, live, exc)
             return
+        ended = time.perf_counter()
         if metrics is not None:
-            metrics.ran(len(live), time.perf_counter() - start)
+            metrics.ran(len(live), ended - start)
+        for item in live:
+            item.started, item.ended, item.batch = start, ended, len(live)
         results = [_finish(item, row) for item, row in zip(live, outputs, strict=True)]
         self._post(_deliver, live, results)
 
@@ -304,8 +311,13 @@ class Batcher:
         items = [_Item(array, lane.loop.create_future(), now, finish) for array in arrays]
         lane.put(items)
         if len(items) == 1:
-            return [await items[0].future]
-        return list(await asyncio.gather(*(item.future for item in items)))
+            results = [await items[0].future]
+        else:
+            results = list(await asyncio.gather(*(item.future for item in items)))
+        if tracing.TRACER is not None:  # one queue and one inference span per run
+            for run in sorted({(i.queued_at, i.started, i.ended, i.batch) for i in items}):
+                tracing.batch_steps(*run)
+        return results
 
     def queue_depth(self, version: Batchable) -> int:
         """Inputs waiting for ``version``."""

@@ -88,6 +88,7 @@ def check_models(settings: Settings) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service import tracing
     from service.grpc.server import serve_grpc
     from service.http.app import create_app
     from service.http.connections import http_protocol, uvicorn_options
@@ -109,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         configure_logging(settings.log_level)
         return workers.serve(settings, overrides)
     flush_logs = configure_logging(settings.log_level, background=True)
+    tracing.configure()  # when OTEL_* asks for traces
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -127,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     flush_logs()
+    tracing.shutdown()
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start-up
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service import tracing
 from service.inference_protocol import InferRequest, OutputTensor, answer_tensors
 from service.metrics import Metrics
 from service.model_version import ModelVersion
@@ -44,18 +45,22 @@ async def infer(engine: InferenceEngine, version: ModelVersion,
         Overloaded, NotReady: from the batcher.
     """
     metrics = engine.metrics.model(version.name, version.version)
+    tracing.set_attributes(model=version.name, version=version.version)
     start = time.perf_counter()
     ok = False
     try:
-        if offload:
-            request = await asyncio.get_running_loop().run_in_executor(engine.pool, read)
-        else:
-            request = read()
+        with tracing.step("read"):
+            if offload:
+                request = await asyncio.get_running_loop().run_in_executor(engine.pool, read)
+            else:
+                request = read()
         read_done = time.perf_counter()
         metrics.input.observe(read_done - start)
-        rows = await engine.infer(version, list(request.tensor))
+        tracing.set_attributes(images=len(request.tensor))
+        rows = await engine.infer(version, list(request.tensor))  # queue, inference spans
         answering = time.perf_counter()
-        outputs = answer_tensors(request, np.stack(rows), version.labels)
+        with tracing.step("encode"):
+            outputs = answer_tensors(request, np.stack(rows), version.labels)
         metrics.output.observe(time.perf_counter() - answering)
         ok = True
         return request, outputs

@@ -31,6 +31,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from service import tracing
 from service.grpc.server import serve_grpc
 from service.http.app import create_app
 from service.http.connections import WORKER_PROTOCOL, uvicorn_options
@@ -50,6 +51,7 @@ def create_worker_app() -> FastAPI:
 
     settings = load_settings()
     flush_logs = configure_logging(settings.log_level, background=True, process=True)
+    tracing.configure()  # when OTEL_* asks for traces
     app = create_app(settings)
     serve_grpc(app, reuse_port=True)  # every worker on the one gRPC port, as on the HTTP one
     app.state.sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
@@ -61,6 +63,7 @@ def create_worker_app() -> FastAPI:
             async with inner(app) as state:
                 yield state
         finally:  # uvicorn re-raises SIGTERM once shut down, which skips atexit
+            tracing.shutdown()
             flush_logs()
 
     app.router.lifespan_context = lifespan

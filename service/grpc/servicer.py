@@ -12,6 +12,7 @@ deadline (its queued images are skipped; counted as HTTP's 499), one access log 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from service import protocol_infer
+from service import protocol_infer, tracing
 from service.auth import check_api_key
 from service.errors import ModelNotFound, VersionNotFound
 from service.grpc import inference_pb2 as pb
@@ -62,6 +63,12 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata (``traceparent``, ``tracestate``) for the trace context."""
+    return {item.key: item.value for item in context.invocation_metadata() or ()
+            if isinstance(item.value, str)}
+
+
 def rpc(public: bool = False) -> Callable[[Method[Req, Res]], Method[Req, Res]]:
     """Auth, errors, cancellation, logging and metrics around one RPC method."""
 
@@ -76,10 +83,13 @@ def rpc(public: bool = False) -> Callable[[Method[Req, Res]], Method[Req, Res]]:
             request_id = (incoming if incoming and _REQUEST_ID.match(incoming)
                           else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}")
             status = 200
+            span = (tracing.request_span(route, _carrier(context), {"rpc.system": "grpc"})
+                    if tracing.TRACER is not None else contextlib.nullcontext())
             try:
-                if not public:
-                    check_api_key(_metadata(context, "authorization"), self.api_key)
-                return await method(self, request, context)
+                with span:
+                    if not public:
+                        check_api_key(_metadata(context, "authorization"), self.api_key)
+                    return await method(self, request, context)
             except asyncio.CancelledError:
                 status = CLIENT_CLOSED  # the client cancelled, or its deadline passed
                 raise

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, FastAPI
 
 import service.http.routes
+from service import tracing
 from service.batching import Batcher
 from service.detection import DetectionSlots
 from service.errors import ReloadIncomplete
 from service.http.errors import register_error_handlers
-from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog
+from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog, Tracing
 from service.http.routes.classify import ClassifyShortcut
 from service.metrics import Metrics
 from service.repository import ModelRepository, ScanResult
@@ -188,5 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_pending_bytes=settings.max_pending_upload_bytes,
                        retry_after_s=settings.retry_after_s)
     app.add_middleware(ApiKeyAuth, api_key=key)
+    if tracing.TRACER is not None:  # OTEL_* asked for traces (service/tracing.py)
+        app.add_middleware(Tracing)
     app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost
     return app

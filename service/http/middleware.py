@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.auth import check_api_key
 from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, Unauthorized
 from service.http.errors import CLIENT_CLOSED, is_unexpected, to_response
@@ -215,6 +216,37 @@ class BodyLimit:
         finally:
             if not complete:
                 self.pending -= received
+
+
+class Tracing:
+    """One OpenTelemetry span per request, a child of the caller's ``traceparent``; added by
+    ``create_app`` only when :mod:`service.tracing` is on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1")
+                   for k, v in scope.get("headers", ())}
+        method = scope.get("method", "")
+        attributes = {"http.request.method": method, "url.path": scope.get("path", "")}
+        with tracing.request_span(method, carrier, attributes) as span:
+
+            async def send_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
 
 
 def request_id(request: Request) -> str:
