@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from model_format import Capability
 from service.errors import ServiceError
 from service.pipeline import top_k
 
 if TYPE_CHECKING:
     from service.model_version import ModelVersion
-    from service.settings import Settings
 
 SERVER_NAME = "convserve"
 PLATFORM = "onnxruntime_onnx"
@@ -151,7 +151,7 @@ def tensor_spec(version: ModelVersion) -> TensorSpec:
     Raises:
         UnsupportedTask: the model is not a classifier (no single input tensor).
     """
-    version.require_classifier()
+    version.require(Capability.CLASSIFY)
     assert version.input is not None
     spec = version.input
     return TensorSpec(version.input_name, "UINT8", (spec.height, spec.width, spec.channels))
@@ -286,14 +286,15 @@ def metadata(version: ModelVersion, versions: list[ModelVersion]) -> dict[str, A
     return answer
 
 
-def config(version: ModelVersion, settings: Settings) -> dict[str, Any]:
-    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer)."""
+def config(version: ModelVersion, max_queue_delay_ms: float) -> dict[str, Any]:
+    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer);
+    ``max_batch_size`` is the version's own cap, as ``/v1/models`` reports it."""
     spec = tensor_spec(version)
     return {"name": version.name, "platform": PLATFORM, "backend": "onnxruntime",
-            "max_batch_size": settings.max_batch_size,
+            "max_batch_size": version.max_batch or 0,
             "input": [{"name": spec.name, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
                        "dims": list(spec.shape)}],
             "output": [{"name": version.output_name, "data_type": "TYPE_FP32",
                         "dims": [len(version.labels)]}],
             "dynamic_batching": {"max_queue_delay_microseconds":
-                                 int(settings.max_queue_delay_ms * 1000)}}
+                                 int(max_queue_delay_ms * 1000)}}

@@ -196,9 +196,32 @@ class Metrics:
         self.model_info.labels(name, str(version), task, provider).set(1)
         self.model_ready.labels(name, str(version)).set(1)
 
-    def model_unloaded(self, name: str, version: int) -> None:
-        """A version was removed by a reload."""
-        self.model_ready.labels(name, str(version)).set(0)
+    def model_unloaded(self, name: str, version: int, task: str, provider: str) -> None:
+        """A version was removed by a reload: its info, load time and ready series end (set to
+        0 first: with ``--workers N`` the value stays in this worker's file, where 0 is right)."""
+        labels = (name, str(version))
+        for gauge, extra in ((self.model_ready, ()), (self.model_info, (task, provider)),
+                             (self.load_time, ())):
+            gauge.labels(*labels, *extra).set(0)
+            gauge.remove(*labels, *extra)
+
+    def forget(self, name: str, version: int | str) -> None:
+        """End a version's per-request series (its lane has closed: nothing observes them)."""
+        key = (name, str(version))
+        children = self._children.pop(key, None)
+        if children is None:
+            return
+        labels: list[tuple[Any, tuple[str, ...]]] = [(metric, key) for metric in (
+            self.decode, self.preprocess, self.queue, self.inference, self.batch_size,
+            self.inference_count, self.exec_count, self.queue_depth, self.rejected, self.input,
+            self.output, self.last_inference)]
+        labels += [(self.model_requests, (*key, outcome)) for outcome in ("success", "fail")]
+        labels += [(self.batch_runs, (*key, str(size))) for size in children._by_size]
+        for metric, values in labels:
+            try:
+                metric.remove(*values)
+            except KeyError:
+                pass
 
     def collect(self) -> list[Any]:
         """The metric families: this app's, or every worker's summed (as :meth:`render`)."""

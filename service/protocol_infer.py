@@ -10,27 +10,26 @@ pool when ``offload`` (a large JSON body), inline otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from service import tracing
 from service.inference_protocol import InferRequest, OutputTensor, answer_tensors
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 from service.model_version import ModelVersion
-from service.settings import Settings
+
+T = TypeVar("T")
 
 
 class InferenceEngine(Protocol):
-    """What an inference needs from the engine."""
+    """What an inference needs from :class:`service.engine.Engine`."""
 
-    settings: Settings
-    metrics: Metrics
-    pool: Executor
+    def metrics_of(self, version: ModelVersion) -> ModelMetrics | None: ...
+
+    async def in_pool(self, function: Callable[..., T], *args: Any) -> T: ...
 
     async def infer(self, version: ModelVersion, arrays: list[np.ndarray]) -> list[Any]: ...
 
@@ -44,25 +43,24 @@ async def infer(engine: InferenceEngine, version: ModelVersion,
         ProtocolError: the request does not fit the model or the limits.
         Overloaded, NotReady: from the batcher.
     """
-    metrics = engine.metrics.model(version.name, version.version)
+    metrics = engine.metrics_of(version)  # None once a reload retired the version
     tracing.set_attributes(model=version.name, version=version.version)
     start = time.perf_counter()
     ok = False
     try:
         with tracing.step("read"):
-            if offload:
-                request = await asyncio.get_running_loop().run_in_executor(engine.pool, read)
-            else:
-                request = read()
-        read_done = time.perf_counter()
-        metrics.input.observe(read_done - start)
+            request = await engine.in_pool(read) if offload else read()
+        if metrics is not None:
+            metrics.input.observe(time.perf_counter() - start)
         tracing.set_attributes(images=len(request.tensor))
         rows = await engine.infer(version, list(request.tensor))  # queue, inference spans
         answering = time.perf_counter()
         with tracing.step("encode"):
             outputs = answer_tensors(request, np.stack(rows), version.labels)
-        metrics.output.observe(time.perf_counter() - answering)
+        if metrics is not None:
+            metrics.output.observe(time.perf_counter() - answering)
         ok = True
         return request, outputs
     finally:
-        metrics.answered(ok, time.perf_counter() - start)
+        if metrics is not None:
+            metrics.answered(ok, time.perf_counter() - start)

@@ -32,6 +32,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from service import tracing
+from service.engine import Engine
 from service.grpc.server import serve_grpc
 from service.http.app import create_app
 from service.http.connections import WORKER_PROTOCOL, uvicorn_options
@@ -52,9 +53,9 @@ def create_worker_app() -> FastAPI:
     settings = load_settings()
     flush_logs = configure_logging(settings.log_level, background=True, process=True)
     tracing.configure()  # when OTEL_* asks for traces
-    app = create_app(settings)
+    sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
+    app = create_app(engine=Engine(settings, sync=sync))
     serve_grpc(app, reuse_port=True)  # every worker on the one gRPC port, as on the HTTP one
-    app.state.sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

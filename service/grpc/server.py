@@ -59,8 +59,6 @@ async def start_server(engine: Engine, server_version: str, *,
 
 def serve_grpc(app: Any, *, reuse_port: bool = False) -> None:
     """Run a gRPC server inside ``app``'s lifespan, over its engine (no-op with port 0)."""
-    if not hasattr(app.state, "engine"):
-        app.state.engine = _AppEngine(app.state)
     if app.state.engine.settings.grpc_port == 0:
         return
     inner = app.router.lifespan_context
@@ -78,31 +76,3 @@ def serve_grpc(app: Any, *, reuse_port: bool = False) -> None:
 
     app.router.lifespan_context = lifespan
 
-
-class _AppEngine:  # TEMPORARY until service/engine.py lands: the engine's API over app.state
-    def __init__(self, state: Any) -> None:
-        self.state = state
-        self.settings = state.settings
-        self.metrics = state.metrics
-        self.repository = state.repository
-
-    @property
-    def pool(self) -> Any:
-        return self.state.decode_pool
-
-    def readiness(self) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(ready=self.repository.ready and not self.state.starting)
-
-    def check_ready(self) -> None:
-        from service.errors import NotReady
-
-        if not self.readiness().ready:
-            raise NotReady("the models are still loading; retry when GET /readyz answers 200")
-
-    def get(self, name: str, version: str | None = None) -> Any:
-        return self.repository.get(name, version)
-
-    async def infer(self, version: Any, arrays: list[Any]) -> list[Any]:
-        return await self.state.batcher.submit_many(version, arrays)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from model_format import Capability
 from service import protocol_infer, tracing
 from service.auth import check_api_key
 from service.errors import ModelNotFound, VersionNotFound
@@ -149,7 +150,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc()
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        self.engine.check_ready()
         try:
             self.engine.get(request.name, request.version or None)
         except (ModelNotFound, VersionNotFound):  # as HTTP's 404: tritonclient says False
@@ -166,8 +166,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         chosen = self.engine.get(request.name, request.version or None)
-        versions = (self.engine.repository.versions(request.name) if not request.version
-                    else [chosen])
+        versions = self.engine.versions(request.name) if not request.version else [chosen]
         return from_dict(metadata(chosen, versions), pb.ModelMetadataResponse())
 
     @rpc()
@@ -175,16 +174,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                           context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
         chosen = self.engine.get(request.name, request.version or None)
         return pb.ModelConfigResponse(
-            config=from_dict(config(chosen, self.engine.settings), pb.ModelConfig()))
+            config=from_dict(config(chosen, self.engine.settings.max_queue_delay_ms),
+                             pb.ModelConfig()))
 
     @rpc()
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
                               context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
-        repository = self.engine.repository
         if not request.name:
-            chosen = repository.all_versions()
+            chosen = self.engine.repository.all_versions()
         elif not request.version:
-            chosen = repository.versions(request.name)
+            chosen = self.engine.versions(request.name)
         else:
             chosen = [self.engine.get(request.name, request.version)]
         stats = model_statistics(self.engine.metrics, [(v.name, v.version) for v in chosen])
@@ -194,8 +193,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         engine = self.engine
-        engine.check_ready()
-        version = engine.get(request.model_name, request.model_version or None)
+        engine.check_serving()
+        version = engine.get(request.model_name, request.model_version or None,
+                             Capability.CLASSIFY)
         read = functools.partial(read_infer_request, request, tensor_spec(version),
                                  version.output_name, len(version.labels),
                                  engine.settings.max_images_per_request)
