@@ -197,8 +197,9 @@ def test_every_worker_serves_grpc(server: tuple[str, str, list[int]]) -> None:
         pytest.skip("one worker")
     metrics_dir = worker_run_dir(server[2][0]) / "metrics"
     route = "/inference.GRPCInferenceService/ServerLive"
-    for _ in range(100):  # a new connection each time
-        with tgrpc.InferenceServerClient(server[1]) as client:
+    for _ in range(100):  # a new connection each time (channels share none)
+        with tgrpc.InferenceServerClient(server[1], channel_args=[
+                ("grpc.use_local_subchannel_pool", 1)]) as client:
             assert client.is_server_live()
         served = metric_by_worker(metrics_dir, "convserve_requests_total", route=route)
         if all(served.get(pid, 0) > 0 for pid in server[2]):
