@@ -150,9 +150,11 @@ def test_v1_classify_and_errors_are_traced(service: tuple[str, str],
                         files={"file": ("digit.png", (SAMPLES / "digit.png").read_bytes())},
                         headers={"traceparent": header})
     assert answer.status_code == 200
-    spans = receiver.trace(trace_id, 3)
+    spans = receiver.trace(trace_id, 4)
     (root,) = [s for s in spans if s.parent_span_id.hex() == parent]
-    assert {"queue", "inference"} <= {s.name for s in spans if s.parent_span_id == root.span_id}
+    steps = {s.name: s for s in spans if s.parent_span_id == root.span_id}
+    assert {"decode", "queue", "inference"} <= set(steps)
+    assert _attributes(steps["decode"])["images"] == 1
     trace_id, parent, header = _traceparent()
     missing = httpx.post(f"{service[0]}/v2/models/nope/infer", json={"inputs": []},
                          headers={"traceparent": header})
