@@ -34,7 +34,7 @@ from service.repository import ModelRepository, ScanResult
 from service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from service.workers import WorkerSync
+    from service.worker_sync import WorkerSync
 
 logger = logging.getLogger("convserve.app")
 
