@@ -20,13 +20,10 @@ from typing import Any
 import yaml
 
 from model_format import INTERPOLATIONS, RESIZE_METHODS
+from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message says which key and how to fix it."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from training.data.preprocessing import (
     fit_preprocessing,
 )
 from training.data.presets import EvalPreset, TrainPreset
+from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     whitening = None if data.whitening == "none" else data.whitening
     if data.normalization in ("imagenet", "pretrained"):
         if whitening or config.model.in_channels != 3:
-            raise ValueError(f"data.normalization={data.normalization} needs "
+            raise ConfigError(f"data.normalization={data.normalization} needs "
                              "model.in_channels=3 and data.whitening=none")
         if data.normalization == "pretrained":
             from training.models.backbones import pretrained_cfg
@@ -76,7 +77,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
         return Preprocessing(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                              grey_to_rgb=grey_to_rgb)
     if whitening and grey_to_rgb:
-        raise ValueError("whitening a grey input repeated to RGB is not supported; use "
+        raise ConfigError("whitening a grey input repeated to RGB is not supported; use "
                          "model.in_channels=1 or data.whitening=none")
     preset = eval_preset(config)
     count = min(len(train_set), data.stats_images)
@@ -125,7 +126,7 @@ def run_labels(config: TrainConfig) -> list[str]:
     labels = dataset_labels(config.data.name, config.data.path)
     if config.export.labels is not None:
         if len(config.export.labels) != len(labels):
-            raise ValueError(f"export.labels has {len(config.export.labels)} names but the data "
+            raise ConfigError(f"export.labels has {len(config.export.labels)} names but the data "
                              f"set has {len(labels)} classes: {labels}")
         return list(config.export.labels)
     return list(labels)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from training.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 WHITENINGS = (None, "pca", "zca")
@@ -180,7 +182,7 @@ def fit_preprocessing(
         return prep
     dim = images[0].numel()
     if dim > MAX_WHITENING_DIM:
-        raise ValueError(
+        raise ConfigError(
             f"{whitening} whitening of {dim} values per image (C*H*W) would store a {dim}x{dim} "
             f"matrix; whiten inputs of at most {MAX_WHITENING_DIM} values (e.g. 1x64x64) or set "
             "whitening to none")

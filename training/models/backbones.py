@@ -26,6 +26,7 @@ import torchvision
 
 from training import pretrained as weights
 from training.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from training.errors import ConfigError, UnknownName
 from training.models.base import ConvNet
 from training.models.efficientnet_lite import EfficientNetLite0Body
 from training.models.registry import register_model
@@ -72,7 +73,7 @@ def pretrained_cfg(name: str) -> PretrainedCfg:
     try:
         return PRETRAINED_CFGS[name]
     except KeyError:
-        raise KeyError(f"model {name!r} has no pretrained weights (so no pretrained "
+        raise UnknownName(f"model {name!r} has no pretrained weights (so no pretrained "
                        f"preprocessing); models with them: {', '.join(sorted(PRETRAINED_CFGS))}"
                        ) from None
 
@@ -93,7 +94,7 @@ def _check_size(name: str, input_size: int | Sequence[int]) -> tuple[int, int]:
 
 def _check_channels(in_channels: int) -> None:
     if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        raise ConfigError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
 
 
 def grey_stem(conv: nn.Conv2d) -> nn.Conv2d:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from training.errors import ConfigError
 from training.models.shapes import LayerConfigError, Padding, padding_pair
 
 ACTIVATIONS = ("relu", "leaky_relu", "maxout", "tanh", "sigmoid")
@@ -79,7 +80,7 @@ class Maxout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.pieces:
-            raise ValueError(f"Maxout({self.pieces}) needs a multiple of {self.pieces} "
+            raise ConfigError(f"Maxout({self.pieces}) needs a multiple of {self.pieces} "
                              f"channels, got {x.shape[1]}")
         return x.unflatten(1, (-1, self.pieces)).amax(dim=2)
 
