@@ -9,8 +9,7 @@ import os
 import sys
 from typing import Any
 
-from model_format import DEFAULT_FILE
-from training.errors import ConfigError, UserError
+from training.errors import ConfigError, UserError  # no third-party import: see main()
 
 DESCRIPTION = """\
 Train, fine-tune, evaluate and export convserve CNNs, and rebuild the shipped models.
@@ -159,6 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from model_format import DEFAULT_FILE
     from training.export_run import export_checkpoint
 
     if args.quantize:

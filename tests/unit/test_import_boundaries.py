@@ -6,6 +6,7 @@
 * The framework-free core of the service (everything below ``service/http/`` that is not an
   adapter) imports no web framework either: FastAPI lives at the edge (docs/STYLE: the framework
   at the edge).
+* ``convserve`` without the serving extras (a bare ``pip install .``) names them in one line.
 * No module of ``service/``, ``model_format/`` or ``training/`` reaches itself through its
   imports, counting every import: top-level, inside functions and under ``if TYPE_CHECKING:``.
 """
@@ -69,6 +70,37 @@ def test_the_core_imports_no_web_framework(module: str) -> None:
 def test_the_guard_sees_a_web_framework() -> None:
     """The probe itself: the HTTP adapter does import FastAPI."""
     assert loaded(["service.http.app"], WEB) != []
+
+
+HIDDEN = """
+import sys
+sys.modules[{module!r}] = None  # a bare `pip install .`: the serving extras are not there
+sys.argv[0] = "convserve"
+from service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("module", "args"), [("fastapi", ["--help"]),
+                                              ("uvicorn", ["serve", "--port", "1"]),
+                                              ("onnxruntime", ["predict", "--help"])])
+def test_convserve_without_the_serving_extras_names_them(module: str, args: list[str]) -> None:
+    """``convserve`` without FastAPI (or the rest of ``serve``) says in one line which extra to
+    install and exits 2, even for ``--help``; ``convserve-train`` does the same without torch."""
+    result = subprocess.run([sys.executable, "-c", HIDDEN.format(module=module), *args],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"convserve: serving needs the 'serve' or 'serve-cpu' extra, which is not installed "
+        f"here (no module {module!r}); install it with: pip install '.[serve]' (NVIDIA GPU or "
+        "CPU: onnxruntime-gpu, CUDA as wheels) or pip install '.[serve-cpu]' (CPU only: plain "
+        "onnxruntime)\n")
+
+
+def test_convserve_with_the_serving_extras_answers_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: convserve"), result.stderr
 
 
 # --- import cycles ------------------------------------------------------------------------
