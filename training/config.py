@@ -161,7 +161,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys under "
                               f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{prefix}{key}.")
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)

@@ -80,9 +80,12 @@ def dataset_labels(name: str, path: str | None = None) -> list[str]:
             "fer2013": FER2013_LABELS}[name]
 
 
+ImageDataset = TensorImageDataset | FileImageDataset  # what build_dataset returns
+
+
 def build_dataset(name: str, split: str, *, path: str | None = None,
                   transform: Transform | None = None,
-                  limit: int | None = None) -> TensorImageDataset | FileImageDataset:
+                  limit: int | None = None) -> ImageDataset:
     """One split of a data set.
 
     Args:

@@ -63,8 +63,8 @@ def list_folder(root: str | Path, split: str) -> tuple[list[Path], list[int], li
 
 def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to a uint8 ``(C, H, W)`` tensor (C = 1 or 3), EXIF-oriented."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
         image = image.convert("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
         array = np.asarray(image)
     if array.ndim == 2:

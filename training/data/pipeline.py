@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from training.config import TrainConfig
-from training.data import build_dataset, dataset_labels
+from training.data import ImageDataset, build_dataset, dataset_labels
 from training.data.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -40,13 +40,15 @@ def eval_preset(config: TrainConfig) -> EvalPreset:
 def train_preset(config: TrainConfig) -> TrainPreset:
     """The augmenting preset for training."""
     data, model = config.data, config.model
+    if len(data.scale) != 2:
+        raise ConfigError(f"data.scale is the crop's area range [min, max], got {data.scale}")
     return TrainPreset(height=model.height, width=model.width, channels=data.channels,
-                       crop=data.crop, padding=data.padding, scale=tuple(data.scale),
+                       crop=data.crop, padding=data.padding, scale=(data.scale[0], data.scale[1]),
                        hflip_prob=data.hflip_prob, rotation=data.rotation,
                        interpolation=data.interpolation)
 
 
-def build_split(config: TrainConfig, split: str, *, train: bool) -> Dataset:
+def build_split(config: TrainConfig, split: str, *, train: bool) -> ImageDataset:
     """One split with the train or eval preset applied."""
     data = config.data
     limit = data.train_limit if train else data.eval_limit
@@ -54,7 +56,7 @@ def build_split(config: TrainConfig, split: str, *, train: bool) -> Dataset:
     return build_dataset(data.name, split, path=data.path, transform=transform, limit=limit)
 
 
-def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
+def fit_from_config(config: TrainConfig, train_set: ImageDataset) -> Preprocessing:
     """Normalisation (and whitening) for the model: ImageNet's, or fitted on ``train_set``.
 
     Statistics are fitted on the training images after the *eval* preset (the size and
@@ -92,7 +94,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     return prep
 
 
-def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
+def train_loader(config: TrainConfig, dataset: ImageDataset, epoch: int, *,
                  distributed: bool = False) -> DataLoader:
     """The loader of one training epoch; its order depends only on (seed, epoch).
 
@@ -101,6 +103,7 @@ def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
     the batches an uninterrupted run sees; worker seeds derive from the same generator.
     """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    sampler: Sampler[int]
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=True)
         sampler.set_epoch(epoch)
@@ -111,7 +114,7 @@ def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
                       generator=generator, persistent_workers=False)
 
 
-def eval_loader(config: TrainConfig, dataset: Dataset) -> DataLoader:
+def eval_loader(config: TrainConfig, dataset: ImageDataset) -> DataLoader:
     """A sequential loader over a whole evaluation split."""
     return DataLoader(dataset, batch_size=max(config.optim.batch_size, 256), shuffle=False,
                       num_workers=config.workers)

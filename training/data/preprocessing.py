@@ -31,6 +31,11 @@ MAX_WHITENING_DIM = 4096
 class PreprocessModule(nn.Module):
     """Float NCHW in [0, 1] -> (grey repeated to RGB) -> (x - mean) / std -> whitened NCHW."""
 
+    mean: torch.Tensor  # buffers, [1, C, 1, 1]
+    std: torch.Tensor
+    whitening_mean: torch.Tensor  # [1, C*H*W], when whitening
+    whitening_matrix_t: torch.Tensor  # [C*H*W, C*H*W], transposed
+
     def __init__(self, prep: Preprocessing) -> None:
         super().__init__()
         channels = len(prep.mean)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -97,7 +98,10 @@ def _check_channels(in_channels: int) -> None:
         raise ConfigError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
 
 
-def grey_stem(conv: nn.Conv2d) -> nn.Conv2d:
+Conv = TypeVar("Conv", bound=nn.Conv2d)
+
+
+def grey_stem(conv: Conv) -> Conv:
     """A copy of an RGB ``conv`` taking one channel: its kernels summed over R, G and B."""
     if conv.in_channels != 3 or conv.groups != 1:
         raise ValueError(f"expected an ungrouped RGB convolution, got {conv}")
