@@ -15,9 +15,12 @@ RESOURCE_EXHAUSTED).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+
+from service.errors import SettingsError
 
 if TYPE_CHECKING:
     import grpc
@@ -61,6 +64,10 @@ def serve_grpc(app: Any, *, reuse_port: bool = False) -> None:
     """Run a gRPC server inside ``app``'s lifespan, over its engine (no-op with port 0)."""
     if app.state.engine.settings.grpc_port == 0:
         return
+    if importlib.util.find_spec("grpc") is None:
+        raise SettingsError("gRPC needs grpcio, which the 'serve' and 'serve-cpu' extras "
+                            "install: reinstall one of them, or set CONVSERVE_GRPC_PORT=0 "
+                            "(--grpc-port 0) for HTTP only")
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
