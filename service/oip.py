@@ -25,22 +25,13 @@ from service.inference_protocol import (
     Raw,
     TensorSpec,
     read_request,
+    validation_message,
 )
 
 __all__ = ["HEADER_LENGTH", "ProtocolError", "TensorSpec", "encode_infer_response",
-           "parse_infer_request", "validation_message"]
+           "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-def validation_message(exc: ValidationError) -> str:
-    """pydantic's errors as one line: ``where: what`` for the first three."""
-    problems = []
-    for error in exc.errors()[:3]:
-        where = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{where}: {error['msg']}" if where else error["msg"])
-    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "; ".join(problems) + more
 
 
 def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceRequestBody, bytes]:

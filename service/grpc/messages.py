@@ -27,8 +27,8 @@ from service.inference_protocol import (
     Raw,
     TensorSpec,
     read_request,
+    validation_message,
 )
-from service.oip import validation_message
 
 M = TypeVar("M", bound=Message)
 # Where each datatype's elements go in InferTensorContents (FP16 and BF16: raw only).
