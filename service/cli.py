@@ -93,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
                  (("host", args.host), ("port", args.port), ("models_dir", args.models),
                   ("allow_empty", args.allow_empty), ("workers", args.workers))
                  if value is not None}
+    from service.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before anything large is allocated (service/memory.py)
     settings = load_settings(**overrides)
     check_models(settings)
     check_port(settings.host, settings.port)
