@@ -146,7 +146,8 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
     return header, body[size:]
 
 
-def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes) -> np.ndarray:
+def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes,
+            max_images: int | None = None) -> np.ndarray:
     name, datatype, shape = entry.name, entry.datatype, entry.shape
     expected = f"[N, {', '.join(map(str, spec.shape))}]"
     if datatype != spec.datatype:
@@ -155,6 +156,9 @@ def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes) -> np.ndarray:
     if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape or shape[0] < 1:
         raise ProtocolError(f"input {name!r} has shape {shape}; this model takes {expected} "
                             "(batch first, N >= 1)")
+    if max_images is not None and shape[0] > max_images:  # before any tensor is built
+        raise ProtocolError(f"batch of {shape[0]} images; at most {max_images} per request "
+                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
     dtype = np.dtype(DATATYPES[spec.datatype])
     count = math.prod(shape)
     size = entry.parameters.binary_data_size if entry.parameters is not None else None
@@ -188,6 +192,12 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
              num_classes: int) -> list[RequestedOutput]:
     if header.outputs is None:
         return [RequestedOutput(output_name, binary_default)]
+    if len(header.outputs) > 1:  # each answered in full: N copies would be N times the answer
+        names = [entry.name for entry in header.outputs]
+        what = ("names the same output more than once" if len(set(names)) < len(names)
+                else f"asks for {len(names)} outputs")
+        raise ProtocolError(f"the request {what}; this model has one output, {output_name!r}: "
+                            "ask for it once (or leave 'outputs' out)")
     outputs = []
     for entry in header.outputs:
         if entry.name != output_name:
@@ -201,10 +211,13 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
 
 
 def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec,
-                        output_name: str, num_classes: int) -> InferRequest:
+                        output_name: str, num_classes: int,
+                        max_images: int | None = None) -> InferRequest:
     """Read an inference request for a model with one input ``spec`` and one output.
 
-    The JSON is validated against :class:`InferenceRequestBody` before anything is read from it.
+    The JSON is validated against :class:`InferenceRequestBody` before anything is read from it;
+    the outputs, then the batch size (at most ``max_images``) are checked before the tensor is
+    built.
     Blocking (a large JSON body takes a while): the route runs big ones off the event loop.
 
     Raises:
@@ -221,10 +234,10 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec
     if binary and (entry.parameters is None or entry.parameters.binary_data_size is None):
         raise ProtocolError(f"{len(binary)} bytes follow the JSON header but no input has "
                             "parameters.binary_data_size")
-    tensor = _tensor(entry, spec, binary)
     binary_default = bool(header.parameters and header.parameters.binary_data_output)
-    return InferRequest(id=header.id, tensor=tensor,
-                        outputs=_outputs(header, output_name, binary_default, num_classes))
+    outputs = _outputs(header, output_name, binary_default, num_classes)
+    tensor = _tensor(entry, spec, binary, max_images)
+    return InferRequest(id=header.id, tensor=tensor, outputs=outputs)
 
 
 def classification_strings(rows: np.ndarray, labels: list[str], k: int) -> np.ndarray:

@@ -26,7 +26,6 @@ from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
     InferenceRequestBody,
-    ProtocolError,
     TensorSpec,
     encode_infer_response,
     parse_infer_request,
@@ -50,8 +49,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # Errors take the protocol's shape on every /v2 path: service.http.errors.to_response picks it.
 router = APIRouter(prefix="/v2", tags=["open inference protocol"],
                    responses=_errors(400, 401, 404, 405, 408, 413, 503))
-# Larger JSON bodies are parsed in the decode pool, off the event loop.
+# Larger JSON bodies are parsed, and larger answers encoded, in the decode pool, off the loop.
 INLINE_PARSE_BYTES = 64 * 1024
+INLINE_ENCODE_VALUES = 16 * 1024  # output values (images x classes)
 
 
 def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
@@ -169,20 +169,20 @@ async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
     request.state.model, request.state.version = version.name, version.version
     body = await request.body()
     arguments = (body, request.headers.get(HEADER_LENGTH), spec, version.output_name,
-                 len(version.labels))
+                 len(version.labels), max_images)
     if len(body) <= INLINE_PARSE_BYTES:
         parsed = parse_infer_request(*arguments)
     else:
         parsed = await asyncio.get_running_loop().run_in_executor(
             pool, parse_infer_request, *arguments)
-    count = parsed.tensor.shape[0]
-    if count > max_images:
-        raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
-                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
-    request.state.images = count
-    rows = await batcher.submit_many(version, list(parsed.tensor))
-    content, header_length = encode_infer_response(version.name, version.version, parsed,
-                                                   np.stack(rows), version.labels)
+    request.state.images = parsed.tensor.shape[0]  # at most max_images: checked by the parser
+    rows = np.stack(await batcher.submit_many(version, list(parsed.tensor)))
+    encoding = (version.name, version.version, parsed, rows, version.labels)
+    if rows.size <= INLINE_ENCODE_VALUES:
+        content, header_length = encode_infer_response(*encoding)
+    else:
+        content, header_length = await asyncio.get_running_loop().run_in_executor(
+            pool, encode_infer_response, *encoding)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
