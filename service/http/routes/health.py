@@ -26,9 +26,12 @@ async def readyz(request: Request, repository: RepositoryDep) -> Health:
     if not repository.loaded or request.app.state.starting:
         raise NotReady("the models are still loading")
     if repository.failures:
-        failed = "; ".join(f"{key}: {why}" for key, why in sorted(repository.failures.items()))
-        raise NotReady(f"model versions failed to load: {failed}. Fix or remove them, then "
-                       "POST /v1/repository/reload")
+        # Public: which ones, not why (paths and file contents stay in the log and in the
+        # answer of the authenticated POST /v1/repository/reload).
+        failed = ", ".join(sorted(repository.failures))
+        raise NotReady(f"not ready: {failed} failed to load (the reasons are in the service's "
+                       "log and in the answer of POST /v1/repository/reload); fix or remove "
+                       "them, then reload")
     return Health(status="ready", models=[v.key for v in repository.all_versions()])
 
 
