@@ -3,25 +3,24 @@
 Same uploads as classify (one image), plus ``class`` (label or index; default the top-1) and
 ``format`` (``json``: a grid of [0, 1] floats over the photo; ``png``: the photo with the map
 blended over it). The image goes through classify's decoding and resizing
-(:func:`service.imaging.prepare`), so the probabilities are classify's; the work runs in the
-decode pool, off the event loop. Methods and costs: :mod:`service.explain`, docs/explain.md.
+(:func:`service.imaging.prepare`), so the probabilities are classify's; decoding and drawing run in the
+decode pool, inference in the batcher with every other request's images
+(:mod:`service.explain_run`). Methods and costs: :mod:`service.explain`, docs/explain.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from service import explain, imaging
+from service import explain
 from service.errors import InvalidParameter
+from service.explain_run import explain_upload
 from service.http.deps import Serving, ServingDep
 from service.http.uploads import read_uploads
-from service.model_version import ModelVersion
 from service.pipeline import top_k
 from service.schemas import ErrorResponse, Prediction
 
@@ -81,28 +80,6 @@ class ExplainResponse(BaseModel):
                     "(32 cells along its longer side); 0 outside region")
 
 
-@dataclass(frozen=True)
-class _Done:
-    result: explain.Explanation
-    photo_size: tuple[int, int]
-    box: tuple[float, float, float, float]
-    png: bytes | None
-
-
-def _work(version: ModelVersion, data: bytes, wanted: str | None, method: str | None,
-          png: bool, max_pixels: int) -> _Done:
-    """Decode, resize, explain and (for ``png``) blend: blocking, runs in the decode pool."""
-    assert version.input is not None
-    prepared = imaging.prepare(data, version.input, max_pixels)
-    result = explain.explain_array(version, prepared.array, wanted, method)
-    if png:
-        photo = imaging.decode(data, max_pixels)
-        box = explain.region(prepared.decoded_size, photo.size, version)
-        return _Done(result, photo.size, box, explain.blend_png(photo, result.map, box))
-    size = explain.oriented_size(data)
-    return _Done(result, size, explain.region(prepared.decoded_size, size, version), None)
-
-
 async def answer(request: Request, serving: Serving, name: str, version: str | None,
                  wanted: str | None, method: str | None, fmt: str) -> Response:
     """Explain the request's one image with ``name`` (its default version, or ``version``)."""
@@ -114,9 +91,8 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
         raise InvalidParameter(f"explain takes one image per request, not {len(uploads)}; "
                                "send the others in requests of their own")
     request.state.images = 1
-    loop = asyncio.get_running_loop()
-    done = await loop.run_in_executor(serving.pool, _work, chosen, uploads[0].data, wanted,
-                                      method, fmt == "png", serving.settings.max_image_pixels)
+    done = await explain_upload(chosen, uploads[0].data, wanted, method, fmt == "png",
+                                serving.settings.max_image_pixels, serving.pool, serving.batcher)
     if done.png is not None:
         return Response(done.png, media_type="image/png")
     result, box = done.result, done.box
