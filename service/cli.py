@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.http.app import create_app
-    from service.http.connections import http_protocol, uvicorn_options
+    from service.http.connections import settings_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
@@ -114,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flush_logs()
 
     config = uvicorn.Config(create_app(settings), **uvicorn_options(
-        settings, http_protocol(settings.header_read_timeout_s)))
+        settings, settings_protocol(settings)))
     server = Server(config)
     try:
         server.run()

@@ -24,6 +24,7 @@ from model_format import (
     load_card,
     load_serving_hints,
 )
+from service import layers
 from service.errors import UnsupportedTask
 from service.imaging import InputSpec
 from service.runtime import Session, create_session, padded_batch_sizes
@@ -130,6 +131,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
     stamp = card_path.stat().st_mtime_ns
     card = load_card(card_path)
     sessions = {}
+    served = b""
     for key, filename in card.graphs.items():
         graph = path / Path(filename).name  # never leave the version directory
         if not graph.is_file():
@@ -140,6 +142,8 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         # cores with other requests' work, where spinning costs throughput. MTCNN's input shapes
         # change every run: no memory arena (it kept the largest run's memory for good;
         # docs/hardening.md).
+        if key == "model" and isinstance(card, ClassifierCard):
+            served = graph.read_bytes()  # what service/layers.py shows: never the file again
         sessions[key] = create_session(graph, settings, cpu_only=card.task == Task.FACE_DETECTION,
                                        solo_spins=card.task == "classification",
                                        arena=card.task != Task.FACE_DETECTION)
@@ -161,6 +165,8 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
     # Whole-image classifiers on the CPU: the size with the cheapest image, measured once and
     # stored in serving.json (service/batch_sizes.py). An expression model keeps max_batch_size:
     # a photo's faces go through one run.
+    if spec is not None:
+        layers.remember(loaded, served)
     hints = load_serving_hints(path)
     if hints and card.task == "classification" and spec is not None and not batch_sizes:
         loaded.batch_costs = dict(hints.cpu_batch_costs_ms)

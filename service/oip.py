@@ -42,6 +42,14 @@ DATATYPES = {  # protocol name -> numpy dtype
 }
 
 
+# The JSON of a request holding at most ``max_images`` images is at most this many bytes per
+# value (an integer of 3 digits, a comma, generous room for indentation), plus the rest: a
+# larger JSON part is refused before it is parsed (a 31 MB body of zeros once became a 750 MB
+# tensor before its batch size was checked).
+JSON_BYTES_PER_VALUE = 64
+JSON_BYTES_EXTRA = 64 * 1024
+
+
 class ProtocolError(ServiceError):
     """An inference request that does not follow the protocol or fit the model. HTTP 400."""
 
@@ -122,7 +130,8 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(problems) + more
 
 
-def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceRequestBody, bytes]:
+def _json_header(body: bytes, header_length: str | None,
+                 max_json: int | None = None) -> tuple[InferenceRequestBody, bytes]:
     if header_length is None:
         size = len(body)
     else:
@@ -134,6 +143,11 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
         if not 0 < size <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} is {size} but the body holds {len(body)} "
                                 "bytes; it must be the length of the JSON part")
+    if max_json is not None and size > max_json:
+        raise ProtocolError(f"the JSON part is {size} bytes, more than the {max_json} that the "
+                            "largest batch this model takes needs "
+                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST); send fewer images, or the "
+                            "tensor as binary data (binary_data_size)")
     try:  # pydantic's JSON parser: no recursion on deep nesting, a typed result
         header = InferenceRequestBody.model_validate_json(body[:size])
     except ValidationError as exc:
@@ -223,7 +237,9 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec
     Raises:
         ProtocolError: anything malformed, or a tensor that does not fit the model (HTTP 400).
     """
-    header, binary = _json_header(body, header_length)
+    max_json = (None if max_images is None else
+                JSON_BYTES_EXTRA + max_images * math.prod(spec.shape) * JSON_BYTES_PER_VALUE)
+    header, binary = _json_header(body, header_length, max_json)
     if len(header.inputs) != 1:
         raise ProtocolError(f"send exactly one input, {spec.name!r} ({spec.datatype}, shape "
                             f"[N, {', '.join(map(str, spec.shape))}])")

@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        read_timeout_s=settings.body_read_timeout_s,
                        max_pending_bytes=settings.max_pending_upload_bytes,
-                       retry_after_s=settings.retry_after_s)
+                       retry_after_s=settings.retry_after_s, min_rate=settings.body_min_rate)
     app.add_middleware(ApiKeyAuth, api_key=key)
     app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost
     return app

@@ -3,8 +3,8 @@
 Same uploads as classify (one image), plus ``class`` (label or index; default the top-1) and
 ``format`` (``json``: a grid of [0, 1] floats over the photo; ``png``: the photo with the map
 blended over it). The image goes through classify's decoding and resizing
-(:func:`service.imaging.prepare`), so the probabilities are classify's; decoding and drawing run in the
-decode pool, inference in the batcher with every other request's images
+(:func:`service.imaging.prepare`), so the probabilities are classify's; decoding and drawing
+run in the decode pool, inference in the batcher with every other request's images
 (:mod:`service.explain_run`). Methods and costs: :mod:`service.explain`, docs/explain.md.
 """
 

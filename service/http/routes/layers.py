@@ -57,7 +57,7 @@ class FirstLayerResponse(BaseModel):
 def _describe(version: ModelVersion, serving: Serving, data: bytes | None,
               count: int) -> FirstLayerResponse:
     """Blocking: read the graph (first time), and run the photo through its first layer."""
-    layer = layers.first_layer(version.path / "model.onnx", version.stamp, serving.settings)
+    layer = layers.first_layer(version, serving.settings)  # the graph loaded, not the file
     body = FirstLayerResponse(
         model=version.name, version=version.version, layer=layer.node,
         activation=layer.activation, shape=list(layer.weight.shape), stride=list(layer.stride),
