@@ -27,6 +27,7 @@ from service.batching import Batcher
 from service.detection import DetectionSlots
 from service.errors import ReloadIncomplete
 from service.http.errors import register_error_handlers
+from service.http.methods import HeadAsGet
 from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog
 from service.http.routes.classify import ClassifyShortcut
 from service.metrics import Metrics
@@ -182,7 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in discover_routers():
         app.include_router(router)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(ClassifyShortcut)  # added first = innermost
+    app.add_middleware(HeadAsGet)  # added first = innermost
+    app.add_middleware(ClassifyShortcut)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        read_timeout_s=settings.body_read_timeout_s,
                        max_pending_bytes=settings.max_pending_upload_bytes,

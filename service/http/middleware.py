@@ -116,11 +116,12 @@ class RequestLog:
 
 
 class ApiKeyAuth:
-    """Requires ``Authorization: Bearer <key>`` on every path but the public ones."""
+    """Requires ``Authorization: Bearer <key>`` on every path but the public ones (the scheme
+    in any case, as RFC 9110 says; the key compared in constant time)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -129,7 +130,8 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         given = (_header(scope, b"authorization") or "").encode("latin-1")
-        if hmac.compare_digest(given, self.expected):
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected):
             await self.app(scope, receive, send)
             return
         message = ("missing API key: send 'Authorization: Bearer <key>'" if not given

@@ -70,7 +70,7 @@ def test_big_json_infer_body_is_parsed_and_answered(tiny_client: TestClient) -> 
 
 
 @pytest.mark.parametrize(("method", "path", "status", "allow"), [
-    ("PUT", "/v2/health/live", 405, "GET"),
+    ("PUT", "/v2/health/live", 405, "GET, HEAD"),
     ("DELETE", "/v2/models/tiny-rgb/infer", 405, "POST"),
     ("GET", "/v2/models/tiny-rgb/infer", 405, "POST"),
     ("POST", "/v2/health/nothing", 404, None),
@@ -93,7 +93,7 @@ def test_v1_wrong_method_is_405_in_the_v1_shape(tiny_client: TestClient) -> None
     response = tiny_client.put("/v1/models")
     assert response.status_code == 405
     assert response.json()["error"] == {"code": "method_not_allowed",
-                                        "message": "method not allowed here; use GET"}
+                                        "message": "method not allowed here; use GET, HEAD"}
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
