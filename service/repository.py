@@ -68,17 +68,17 @@ def read_pin(path: Path) -> int | str | None:
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink() and not path.exists():
-        return f"{path.name} is a symlink to {path.readlink()}, which does not exist"
+        return f"is a symlink to {path.readlink()}, which does not exist"
     if not path.is_file():
-        return f"{path.name} is not a file"
+        return "is not a file"
     try:
         raw = path.read_bytes()[:64]
     except OSError as exc:
-        return f"{path.name} cannot be read ({exc.strerror or exc})"
+        return f"cannot be read ({exc.strerror or exc})"
     text = raw.decode("ascii", errors="replace").strip(" \t\r\n")
     if VERSION_RE.match(text):
         return int(text)
-    return f"{path.name} holds {raw[:20]!r}, not a version number"
+    return f"holds {raw[:20]!r}, not a version number"
 
 
 def read_defaults(root: Path, names: set[str]) -> tuple[dict[str, int], dict[str, str]]:
@@ -91,12 +91,13 @@ def read_defaults(root: Path, names: set[str]) -> tuple[dict[str, int], dict[str
     pins: dict[str, int] = {}
     bad: dict[str, str] = {}
     for name in sorted(names):
-        found = read_pin(root / name / DEFAULT_FILE)
+        path = root / name / DEFAULT_FILE
+        found = read_pin(path)
         if isinstance(found, int):
             pins[name] = found
         elif found is not None:
             bad[f"{name}/{DEFAULT_FILE}"] = (
-                f"{found}: write one (e.g. printf 1 > {DEFAULT_FILE}.tmp && mv {DEFAULT_FILE}.tmp "
+                f"{path} {found}: write one (e.g. printf 1 > {DEFAULT_FILE}.tmp && mv {DEFAULT_FILE}.tmp "
                 f"{DEFAULT_FILE}), or delete it to serve the newest version")
     return pins, bad
 
