@@ -97,8 +97,9 @@ def read_defaults(root: Path, names: set[str]) -> tuple[dict[str, int], dict[str
             pins[name] = found
         elif found is not None:
             bad[f"{name}/{DEFAULT_FILE}"] = (
-                f"{path} {found}: write one (e.g. printf 1 > {DEFAULT_FILE}.tmp && mv {DEFAULT_FILE}.tmp "
-                f"{DEFAULT_FILE}), or delete it to serve the newest version")
+                f"{path} {found}: write one (e.g. printf 1 > {DEFAULT_FILE}.tmp && "
+                f"mv {DEFAULT_FILE}.tmp {DEFAULT_FILE}), or delete it to serve the newest "
+                "version")
     return pins, bad
 
 

@@ -46,6 +46,15 @@ BAD_V2 = [
     (b"null", "Input should be an object"),
     (b'{"inputs": {}}', "inputs: Input should be a valid array"),
     (_infer(data=[[0] * 28] * 27 + [[0] * 27]), "'data' is not a regular array"),
+    # issue 26: outputs asked for again and again, a batch over the limit (checked before the
+    # tensor is built); the bigger ones are in test_hardening_bounds.py
+    (_infer(outputs=[{"name": "probabilities", "parameters": {"classification": 10}}] * 300),
+     "the request names the same output more than once"),
+    (_infer(outputs=[{"name": "probabilities"}, {"name": "logits"}]),
+     "the request asks for 2 outputs; this model has one output, 'probabilities'"),
+    (_infer(shape=[65, 28, 28, 1], data=[0] * (65 * 784)),
+     "batch of 65 images; at most 64 per request"),
+    (_infer(shape=[10**9, 28, 28, 1]), "batch of 1000000000 images; at most 64 per request"),
 ]
 
 
