@@ -18,16 +18,17 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 from PIL import Image
 
 from service.errors import CannotExplain
 from service.runtime import Session, memory_session
 from service.settings import Settings
+
+if TYPE_CHECKING:  # imported when a graph is first read: importing the repository stays light
+    import onnx
 
 logger = logging.getLogger("convserve.layers")
 
@@ -123,6 +124,8 @@ def first_layer(version: Any, settings: Settings) -> FirstLayer:
 
 def _weight(graph: onnx.GraphProto, conv: onnx.NodeProto) -> np.ndarray | None:
     """The convolution's weights: a constant, or a constant behind DequantizeLinear."""
+    from onnx import numpy_helper
+
     constants = {i.name: i for i in graph.initializer}
     name = conv.input[1]
     if name in constants:
@@ -149,6 +152,8 @@ def read_source(graph_bytes: bytes, name: str) -> LayerSource:
     Raises:
         CannotExplain: there is none (HTTP 422).
     """
+    import onnx
+
     model = onnx.load_from_string(graph_bytes)
     graph = model.graph
     for conv in (n for n in graph.node if n.op_type == "Conv"):
@@ -170,6 +175,9 @@ def read_source(graph_bytes: bytes, name: str) -> LayerSource:
 
 def _cut(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """``model`` down to the nodes ``output`` needs, with ``output`` its one output."""
+    import onnx
+    from onnx import helper
+
     producers = {out: node for node in model.graph.node for out in node.output}
     needed, wanted = set(), [output]
     while wanted:
