@@ -18,7 +18,13 @@ Attacks (the crafted inputs are functions here; the tests send the same bytes):
 - ``v2-json``: ``/v2`` infer of a 31 MB JSON body holding 10,000 28x28 images;
 - ``thin``: a 1 x 49,000,000 RGBA PNG to classify; ``square``: a 7000 x 7000 RGBA PNG;
 - ``explain``: 16 concurrent occlusion explanations of ``imagenet-efficientnet-lite0``, and
-  meanwhile one 28x28 classify of ``mnist-lenet5`` (its time is reported).
+  meanwhile one 28x28 classify of ``mnist-lenet5`` (its time is reported);
+- ``v2-one``: the ``v2-outputs`` request asking for the output once (a 3 MB answer);
+- ``drip``: an upload sending one byte every 5 s, for at most 80 s: how long the server kept it;
+- ``idle``: 1,100 connections that send nothing, then 20 ``GET /healthz`` (the server runs with
+  ``ulimit -n 1024``): how they were answered;
+- ``no-read``: 20 clients send ``v2-one`` requests and never read the answers, for 75 s: the
+  server's RSS after 10 s and after 75 s.
 
 Usage::
 
@@ -31,6 +37,8 @@ import argparse
 import io
 import json
 import os
+import resource
+import socket
 import struct
 import subprocess
 import sys
@@ -161,6 +169,9 @@ def measure(pid: int, url: str, name: str, attack: Callable[[], str]) -> None:
           f"(+{(peak - before) / 1024:.0f}), retained {after / 1024:5.0f} MiB", flush=True)
 
 
+server_pid = [0]  # the server's, for attacks that read its memory themselves
+
+
 def attacks(url: str) -> dict[str, Callable[[], str]]:
     client = httpx.Client(timeout=900)
 
@@ -201,7 +212,77 @@ def attacks(url: str) -> dict[str, Callable[[], str]]:
                 counts[code] = counts.get(code, 0) + 1
         return f"explains {counts}, classify {digit} in {waited:.2f} s"
 
+    host, port = url.removeprefix("http://").split(":")
+
+    def connect() -> socket.socket:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    def v2_one() -> str:
+        body, length = v2_outputs_body(copies=1)
+        return status(client.post(f"{url}/v2/models/imagenet-mobilenetv2/infer", content=body,
+                                  headers={"Inference-Header-Content-Length": length,
+                                           "Content-Type": "application/octet-stream"}))
+
+    def drip() -> str:
+        with connect() as sock:
+            sock.sendall(b"POST /v1/models/mnist-lenet5/classify HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+            start = time.monotonic()
+            sock.settimeout(5)
+            while time.monotonic() - start < 80:
+                try:
+                    sock.sendall(b"\x89")
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    answer = b"(reset)"
+                return f"closed after {time.monotonic() - start:.0f} s: {answer[:12]!r}"
+        return "still open after 80 s"
+
+    def idle() -> str:
+        sockets, codes = [], {}
+        try:
+            for _ in range(1100):
+                try:
+                    sockets.append(socket.create_connection((host, int(port)), timeout=10))
+                except OSError:
+                    break
+            time.sleep(1)
+            for _ in range(20):
+                try:
+                    key: object = httpx.get(f"{url}/healthz", timeout=5).status_code
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                codes[key] = codes.get(key, 0) + 1
+        finally:
+            for sock in sockets:
+                sock.close()
+        return f"{len(sockets)} open; healthz {codes}"
+
+    def no_read() -> str:
+        body, length = v2_outputs_body(copies=1)
+        head = (f"POST /v2/models/imagenet-mobilenetv2/infer HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+                f"Inference-Header-Content-Length: {length}\r\n\r\n").encode()
+        sockets = [connect() for _ in range(20)]
+        for sock in sockets:
+            sock.sendall(head + body)
+        time.sleep(10)
+        held = rss_kib(server_pid[0], "VmRSS")
+        time.sleep(65)
+        later = rss_kib(server_pid[0], "VmRSS")
+        for sock in sockets:
+            sock.close()
+        return f"RSS at 10 s {held / 1024:.0f} MiB, at 75 s {later / 1024:.0f} MiB"
+
     return {
+        "v2-one": v2_one,
+        "drip": drip,
+        "idle": idle,
+        "no-read": no_read,
         "jpeg": lambda: status(classify("mnist-lenet5", repeated_scans_jpeg())),
         "v2-outputs": v2_outputs,
         "v2-json": v2_json,
@@ -209,6 +290,12 @@ def attacks(url: str) -> dict[str, Callable[[], str]]:
         "square": lambda: status(classify("mnist-lenet5", blank_png(7000, 7000))),
         "explain": explain,
     }
+
+
+def _file_limit() -> None:
+    """The server's open files limit: 1024, as on the attacked host."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
 
 
 def main() -> None:
@@ -228,7 +315,9 @@ def main() -> None:
                "PYTHONPATH": str(args.tree)}
         server = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port), "--models",
-             str(models)], cwd=args.tree, env=env, stdout=subprocess.DEVNULL)
+             str(models)], cwd=args.tree, env=env, stdout=subprocess.DEVNULL,
+            preexec_fn=_file_limit)
+        server_pid[0] = server.pid
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
