@@ -46,8 +46,3 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
                        "resident", size)
     return done
 
-
-def trim() -> bool:
-    """Return the free memory at the top of glibc's heaps to the system (``malloc_trim(0)``)."""
-    libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
