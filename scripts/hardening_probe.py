@@ -269,7 +269,9 @@ def attacks(url: str) -> dict[str, Callable[[], str]]:
                 f"Inference-Header-Content-Length: {length}\r\n\r\n").encode()
         sockets = [connect() for _ in range(20)]
         for sock in sockets:
-            sock.sendall(head + body)
+            sock.settimeout(300)
+        with ThreadPoolExecutor(20) as pool:  # each body sent whole; no answer read
+            list(pool.map(lambda sock: sock.sendall(head + body), sockets))
         time.sleep(10)
         held = rss_kib(server_pid[0], "VmRSS")
         time.sleep(65)

@@ -67,6 +67,7 @@ def with_header_timeout(base: type[asyncio.Protocol], seconds: float, max_connec
     cap on open connections (:func:`connection_cap` of ``max_connections``) and, when
     ``send_timeout_s`` is given, a send timeout."""
     cap = connection_cap(max_connections)
+    refused = [0, float("-inf")]  # connections refused since the last log line, and its time
 
     class HeaderTimeout(base):  # type: ignore[valid-type,misc]
         _header_timer: asyncio.TimerHandle | None = None
@@ -76,9 +77,13 @@ def with_header_timeout(base: type[asyncio.Protocol], seconds: float, max_connec
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > cap:  # uvicorn's own set of this server's connections
-                logger.warning("refused a connection from %s: %d open, the most allowed "
-                               "(CONVSERVE_MAX_CONNECTIONS)", (self.client or ("-",))[0],
-                               len(self.connections) - 1)
+                now = self.loop.time()
+                if now - refused[1] >= 10:  # one line per 10 s, with a count, not one each
+                    logger.warning("refused %d connections: %d open, the most allowed "
+                                   "(CONVSERVE_MAX_CONNECTIONS)", refused[0] + 1, cap)
+                    refused[:] = [0, now]
+                else:
+                    refused[0] += 1
                 transport.write(RESPONSE_503)
                 transport.close()
                 return
