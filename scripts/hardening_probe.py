@@ -23,8 +23,8 @@ Attacks (the crafted inputs are functions here; the tests send the same bytes):
 - ``drip``: an upload sending one byte every 5 s, for at most 80 s: how long the server kept it;
 - ``idle``: 1,100 connections that send nothing, then 20 ``GET /healthz`` (the server runs with
   ``ulimit -n 1024``): how they were answered;
-- ``no-read``: 20 clients send ``v2-one`` requests and never read the answers, for 75 s: the
-  server's RSS after 10 s and after 75 s.
+- ``no-read``: 20 clients send ``v2-one`` requests and read nothing for 75 s: the server's
+  RSS after 10 s and after 75 s, and how many answers it still held for them then.
 
 Usage::
 
@@ -276,9 +276,24 @@ def attacks(url: str) -> dict[str, Callable[[], str]]:
         held = rss_kib(server_pid[0], "VmRSS")
         time.sleep(65)
         later = rss_kib(server_pid[0], "VmRSS")
+        whole = 0  # answers the server still held for their client, read to the end
         for sock in sockets:
+            sock.settimeout(5)
+            received = b""
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
+                    head, _, rest = received.partition(b"\r\n\r\n")
+                    length = [line for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")]
+                    if length and len(rest) >= int(length[0].split(b":")[1]):
+                        whole += 1
+                        break
+            except OSError:
+                pass
             sock.close()
-        return f"RSS at 10 s {held / 1024:.0f} MiB, at 75 s {later / 1024:.0f} MiB"
+        return (f"RSS {held / 1024:.0f} MiB at 10 s, {later / 1024:.0f} MiB at 75 s; "
+                f"{whole}/20 answers still held")
 
     return {
         "v2-one": v2_one,
