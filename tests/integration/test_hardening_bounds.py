@@ -54,9 +54,20 @@ def test_repeated_scans_are_refused_before_decoding(client: TestClient) -> None:
     tracemalloc.stop()
     assert response.status_code == 413, response.text
     assert response.json()["error"]["message"].startswith(
-        "the 4800x4800 JPEG holds 456 scans; decoding passes over every pixel once per scan, "
-        "and at this size at most 34 are accepted")
+        "the 4800x4800 JPEG holds more than 100 scans; decoding passes over every pixel once "
+        "per scan, and at this size at most 34 are accepted")
     assert peak < 20_000_000  # the picture (23 MB as grey) was never decoded
+
+
+def test_a_jpeg_of_endless_segments_is_refused_at_once(client: TestClient) -> None:
+    """8 million empty comment segments: reading stops after 4096 of them."""
+    data = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 8_000_000 + b"\xff\xd9"
+    response = client.post("/v1/models/tiny-grey/classify", content=data,
+                           headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["message"] == (
+        "the JPEG holds more than 4096 marker segments (cameras and encoders write tens): "
+        "re-encode it")
 
 
 def test_ordinary_progressive_jpegs_are_decoded(client: TestClient,
