@@ -10,16 +10,17 @@ does; a class activation map (one image, two runs) too.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service import explain, imaging
-from service.batching import Batcher
 from service.model_version import ModelVersion
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,8 @@ def _draw(version: ModelVersion, data: bytes, max_pixels: int, prepared: imaging
     return Explained(result, size, explain.region(prepared.decoded_size, size, version), None)
 
 
-async def explain_upload(version: ModelVersion, data: bytes, wanted: str | None,
-                         method: str | None, png: bool, max_pixels: int, pool: Executor,
-                         batcher: Batcher) -> Explained:
+async def explain_upload(engine: Engine, version: ModelVersion, data: bytes,
+                         wanted: str | None, method: str | None, png: bool) -> Explained:
     """Decode ``data``, explain class ``wanted`` (default the top-1) by ``method`` (default the
     model's), and draw it for ``png``.
 
@@ -66,17 +66,16 @@ async def explain_upload(version: ModelVersion, data: bytes, wanted: str | None,
     chosen = explain.require_method(version, method)
     if wanted:  # a class that does not exist is refused before 65 images are computed
         explain.resolve_class(wanted, version.labels, np.zeros(len(version.labels)))
-    loop = asyncio.get_running_loop()
-    occlude = chosen == "occlusion"
-    prepared, batch, boxes = await loop.run_in_executor(
-        pool, _prepare, version, data, max_pixels, occlude)
+    max_pixels = engine.settings.max_image_pixels
+    prepared, batch, boxes = await engine.in_pool(_prepare, version, data, max_pixels,
+                                                  chosen == "occlusion")
     if batch is None:
-        result = await loop.run_in_executor(
-            pool, explain.class_activation_map, version, prepared.array, wanted)
-    else:
-        rows = await batcher.submit_many(version, list(batch))
-        per_run = min(batcher.max_batch_size, version.max_batch or batcher.max_batch_size)
+        result = await engine.in_pool(explain.class_activation_map, version, prepared.array,
+                                      wanted)
+    else:  # the batcher's queue: admitted, or 503, like every other request's images
+        rows = await engine.infer(version, list(batch))
+        largest = engine.settings.max_batch_size
+        per_run = min(largest, version.max_batch or largest)
         result = explain.occlusion_from(version, prepared.array.shape, np.stack(rows), boxes,
                                         wanted, runs=math.ceil(len(rows) / per_run))
-    return await loop.run_in_executor(pool, _draw, version, data, max_pixels, prepared, result,
-                                      png)
+    return await engine.in_pool(_draw, version, data, max_pixels, prepared, result, png)

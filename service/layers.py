@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from service.errors import CannotExplain
+from service.errors import UnsupportedTask
 from service.runtime import Session, memory_session
 from service.settings import Settings
 
@@ -92,7 +92,7 @@ def remember(version: Any, graph: bytes) -> None:
     remembered as the reason."""
     try:
         found: LayerSource | str = read_source(graph, version.name)
-    except CannotExplain as exc:
+    except UnsupportedTask as exc:
         found = exc.message
     except Exception as exc:  # a graph ONNX Runtime loaded but onnx cannot take apart
         logger.warning("%s: first layer not readable: %s", version.key, exc)
@@ -106,7 +106,7 @@ def first_layer(version: Any, settings: Settings) -> FirstLayer:
     use. Blocking; thread-safe.
 
     Raises:
-        CannotExplain: the graph has no convolution with constant weights (HTTP 422).
+        UnsupportedTask: the graph has no convolution with constant weights (HTTP 422).
     """
     with _LOCK:
         built = _BUILT.get(version)
@@ -114,10 +114,11 @@ def first_layer(version: Any, settings: Settings) -> FirstLayer:
             return built
         source = _SOURCES.get(version)
         if source is None:
-            raise CannotExplain(f"{version.name}: the first layer of version {version.version} "
-                                "was not read when it loaded; reload the repository")
+            raise UnsupportedTask(f"model {version.name!r}: the first layer of version "
+                                  f"{version.version} was not read when it loaded; reload the "
+                                  "repository")
         if isinstance(source, str):
-            raise CannotExplain(source)
+            raise UnsupportedTask(source)
         built = _BUILT[version] = FirstLayer(source, memory_session(source.cut, settings))
         return built
 
@@ -150,7 +151,7 @@ def read_source(graph_bytes: bytes, name: str) -> LayerSource:
     """The first convolution with constant weights in ``graph_bytes`` and the graph cut after it.
 
     Raises:
-        CannotExplain: there is none (HTTP 422).
+        UnsupportedTask: there is none (HTTP 422).
     """
     import onnx
 
@@ -161,8 +162,8 @@ def read_source(graph_bytes: bytes, name: str) -> LayerSource:
         if weight is not None:
             break
     else:
-        raise CannotExplain(f"{name}: the graph has no convolution with constant weights to "
-                            "show")
+        raise UnsupportedTask(f"model {name!r}: the graph has no convolution with constant "
+                              "weights to show")
     consumers = [n for n in graph.node if conv.output[0] in n.input]
     follows = consumers[0] if len(consumers) == 1 and consumers[0].op_type in _ACTIVATIONS else None
     output = follows.output[0] if follows else conv.output[0]

@@ -40,6 +40,20 @@ class ScanResult:
     failed: dict[str, str] = field(default_factory=dict)  # "name/version" -> reason
 
 
+# In the pins: a model whose default_version cannot be read and that had no good pin before.
+# Requests naming no version are refused (never served by the newest, unvetted version).
+NO_DEFAULT = 0
+
+
+@dataclass
+class ScanPlan:
+    """A scan's outcome before it is published: what changed, and the set to serve."""
+
+    result: ScanResult
+    versions: dict[tuple[str, int], ModelVersion]
+    pins: dict[str, int]
+
+
 def discover(root: Path, warn: bool = True) -> dict[tuple[str, int], Path]:
     """Complete version directories under ``root`` (those with a ``model.json``); ``warn``:
     log each directory skipped for its name."""
@@ -114,36 +128,37 @@ class ModelRepository:
         self._failed_stamps: dict[tuple[str, int], int] = {}  # not retried until model.json changes
         self.loaded = False  # True once the first scan has finished
         self._scan_lock = threading.Lock()
-        self._unreadable: frozenset[str] = frozenset()  # names whose default_version is unreadable
         self._logged: dict[str, str] = {}  # problems logged by the last scan
 
-    def _keep_good_pins(self, pins: dict[str, int], bad: dict[str, str]) -> frozenset[str]:
+    def _keep_good_pins(self, pins: dict[str, int], bad: dict[str, str]) -> None:
         """Across an unreadable ``default_version`` (half written, or wrong), keep serving the
-        last good pin; names that never had one have no default: returned, and refused."""
+        last good pin; a name that never had one gets :data:`NO_DEFAULT`: refused."""
         previous = self._state[1]
-        unreadable = set()
         for key in bad:
             name, _, what = key.partition("/")
             if what != DEFAULT_FILE:
                 continue
-            if name in previous:
+            if previous.get(name, NO_DEFAULT) != NO_DEFAULT:
                 pins[name] = previous[name]
                 bad[key] += f" (still serving version {previous[name]}, the last good pin)"
             else:
-                unreadable.add(name)
-        return frozenset(unreadable)
+                pins[name] = NO_DEFAULT
 
     @property
     def _versions(self) -> dict[tuple[str, int], ModelVersion]:
         return self._state[0]
 
-    @property
-    def ready(self) -> bool:
-        """The first scan is done and every version loaded and answered its warm-up run."""
-        return self.loaded and not self.failures
-
     def scan(self) -> ScanResult:
-        """Load new or changed versions and drop vanished ones. Blocking: call from a thread."""
+        """:meth:`plan` and :meth:`publish` at once (tools and tests; the engine does the two
+        steps itself, opening and retiring lanes between them). Blocking."""
+        plan = self.plan()
+        self.publish(plan)
+        return plan.result
+
+    def plan(self) -> ScanPlan:
+        """Load new or changed versions and find vanished ones, without publishing anything:
+        requests keep seeing the current set. Blocking (loads and warms up): call from a thread.
+        """
         with self._scan_lock:
             result = ScanResult()
             found = discover(self.settings.models_dir)
@@ -177,9 +192,9 @@ class ModelRepository:
                 if note := int8_note(loaded):
                     logger.warning("%s", note)
             pins, bad = read_defaults(self.settings.models_dir, {name for name, _ in found})
-            unreadable = self._keep_good_pins(pins, bad)
+            self._keep_good_pins(pins, bad)
             for name, version in pins.items():
-                if (name, version) not in current:
+                if version != NO_DEFAULT and (name, version) not in current:
                     have = ", ".join(str(v) for n, v in sorted(current) if n == name) or "none"
                     bad[f"{name}/{DEFAULT_FILE}"] = (
                         f"the default version {version} is not loaded (versions: {have}); "
@@ -191,14 +206,17 @@ class ModelRepository:
             self._logged = dict(bad)
             result.failed.update({key: why for key, why in bad.items()
                                   if "still serving version" not in why})
-            self._state = (current, pins)  # one assignment: readers see old or new, never a mix
-            self._unreadable = unreadable
-            self.failures = result.failed
             if result.added:
                 in_use = {p for v in current.values() for p in v.providers}
                 warn_missing_providers(list(self.settings.providers), in_use)
-            self.loaded = True
-            return result
+            return ScanPlan(result, current, pins)
+
+    def publish(self, plan: ScanPlan) -> None:
+        """Make ``plan`` the served set, in one assignment: readers see old or new, never a
+        mix. Call it where removed versions are retired in the same step (the engine)."""
+        self._state = (plan.versions, plan.pins)
+        self.failures = plan.result.failed
+        self.loaded = True
 
     def names(self) -> list[str]:
         """Model names, sorted.
@@ -242,7 +260,7 @@ class ModelRepository:
         return (pins[name], True) if name in pins else (newest, False)
 
     def _refuse_unreadable(self, name: str, pins: dict[str, int]) -> None:
-        if name in self._unreadable and name not in pins:
+        if pins.get(name) == NO_DEFAULT:
             raise NotReady(f"the default version of model {name!r} cannot be read from "
                            f"models/{name}/{DEFAULT_FILE} (see the service's log): name a "
                            "version, or fix the file and reload")
@@ -270,6 +288,10 @@ class ModelRepository:
                 f"the default version {wanted} of model {name!r} is not loaded (versions: "
                 f"{have}): name a version, or fix models/{name}/{DEFAULT_FILE}")
         raise VersionNotFound(f"model {name!r} has no version {wanted!r}; versions: {have}")
+
+    def serves(self, version: ModelVersion) -> bool:
+        """Whether ``version`` (this very object, not a reloaded twin) is in the served set."""
+        return self._versions.get((version.name, version.version)) is version
 
     def all_versions(self) -> list[ModelVersion]:
         """Every loaded version, by name then newest first."""
