@@ -333,4 +333,4 @@ def test_public_readyz_keeps_paths_and_contents_for_the_log(make_client: Callabl
         assert ready.status_code == 503
         assert str(own_models) not in ready.text and "secret" not in ready.text
         assert ready.json()["error"]["message"].startswith(
-            "not ready: tiny-rgb/default_version failed to load")
+            "failed to load: tiny-rgb/default_version (the server log")
