@@ -253,10 +253,10 @@ class ModelRepository:
 
     def default_version(self, name: str) -> tuple[int, bool]:
         """The version served when none is named, and whether ``default_version`` pins it
-        (else it is the newest). Raises like :meth:`versions`."""
+        (else it is the newest); :data:`NO_DEFAULT` (0) and True when the pin cannot be read.
+        Raises like :meth:`versions`."""
         snapshot, pins = self._state
         newest = self._versions_of(name, snapshot)[0].version
-        self._refuse_unreadable(name, pins)
         return (pins[name], True) if name in pins else (newest, False)
 
     def _refuse_unreadable(self, name: str, pins: dict[str, int]) -> None:
