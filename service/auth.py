@@ -26,7 +26,10 @@ def check_api_key(given: str | None, expected: str | None) -> None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            headers=CHALLENGE)
     scheme, _, token = given.strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("utf-8", "surrogateescape"), expected.encode()):
+    try:  # HTTP headers arrive as latin-1 text: back to the bytes the client sent
+        sent = token.strip().encode("latin-1")
+    except UnicodeEncodeError:
+        sent = token.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected.encode()):
         raise Unauthorized("wrong API key: check the key in 'Authorization: Bearer <key>'",
                            headers=CHALLENGE)

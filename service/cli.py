@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service import tracing
     from service.grpc.server import serve_grpc
     from service.http.app import create_app
-    from service.http.connections import http_protocol, uvicorn_options
+    from service.http.connections import settings_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
@@ -100,6 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
                   ("models_dir", args.models),
                   ("allow_empty", args.allow_empty), ("workers", args.workers))
                  if value is not None}
+    from service.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before anything large is allocated (service/memory.py)
     settings = load_settings(**overrides)
     check_models(settings)
     check_port(settings.host, settings.port)
@@ -122,8 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     serve_grpc(app)  # in the app's lifespan, over its engine
-    config = uvicorn.Config(app, **uvicorn_options(
-        settings, http_protocol(settings.header_read_timeout_s)))
+    config = uvicorn.Config(app, **uvicorn_options(settings, settings_protocol(settings)))
     server = Server(config)
     try:
         server.run()

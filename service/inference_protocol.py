@@ -196,7 +196,7 @@ def _numbers(entry: RequestInput, payload: list[Any] | np.ndarray, dtype: np.dty
 
 
 def _tensor(entry: RequestInput, payload: Payload, spec: TensorSpec,
-            max_images: int) -> np.ndarray:
+            max_images: int | None) -> np.ndarray:
     name, datatype, shape = entry.name, entry.datatype, entry.shape
     expected = f"[N, {', '.join(map(str, spec.shape))}]"
     if datatype != spec.datatype:
@@ -205,7 +205,7 @@ def _tensor(entry: RequestInput, payload: Payload, spec: TensorSpec,
     if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape or shape[0] < 1:
         raise ProtocolError(f"input {name!r} has shape {shape}; this model takes {expected} "
                             "(batch first, N >= 1)")
-    if shape[0] > max_images:  # before any byte is read
+    if max_images is not None and shape[0] > max_images:  # before any byte is read
         raise ProtocolError(f"batch of {shape[0]} images; at most {max_images} per request "
                             "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
     dtype = np.dtype(DATATYPES[spec.datatype])
@@ -232,6 +232,12 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
              num_classes: int) -> list[RequestedOutput]:
     if header.outputs is None:
         return [RequestedOutput(output_name, binary_default)]
+    if len(header.outputs) > 1:  # each answered in full: N copies would be N times the answer
+        names = [entry.name for entry in header.outputs]
+        what = ("names the same output more than once" if len(set(names)) < len(names)
+                else f"asks for {len(names)} outputs")
+        raise ProtocolError(f"the request {what}; this model has one output, {output_name!r}: "
+                            "ask for it once (or leave 'outputs' out)")
     outputs = []
     for entry in header.outputs:
         if entry.name != output_name:
@@ -245,11 +251,12 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
 
 
 def read_request(header: InferenceRequestBody, payloads: list[Payload], spec: TensorSpec,
-                 output_name: str, num_classes: int, max_images: int) -> InferRequest:
+                 output_name: str, num_classes: int,
+                 max_images: int | None = None) -> InferRequest:
     """Check a request against a model with one input ``spec`` and one output; build the tensor.
 
-    ``payloads`` holds each input's data, in the order of ``header.inputs``. The batch size is
-    checked against ``max_images`` before any data is read.
+    ``payloads`` holds each input's data, in the order of ``header.inputs``. The outputs, then
+    the batch size (at most ``max_images``) are checked before any data is read.
 
     Raises:
         ProtocolError: anything that does not fit the model or the limits (HTTP 400).
@@ -261,10 +268,10 @@ def read_request(header: InferenceRequestBody, payloads: list[Payload], spec: Te
     if entry.name != spec.name:
         raise ProtocolError(f"unknown input {entry.name!r}; this model's input is "
                             f"{spec.name!r}")
-    tensor = _tensor(entry, payloads[0], spec, max_images)
     binary_default = bool(header.parameters and header.parameters.binary_data_output)
-    return InferRequest(id=header.id, tensor=tensor,
-                        outputs=_outputs(header, output_name, binary_default, num_classes))
+    outputs = _outputs(header, output_name, binary_default, num_classes)
+    tensor = _tensor(entry, payloads[0], spec, max_images)
+    return InferRequest(id=header.id, tensor=tensor, outputs=outputs)
 
 
 def classification_strings(rows: np.ndarray, labels: list[str], k: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from model_format import (
     load_card,
     load_serving_hints,
 )
+from service import layers
 from service.errors import UnsupportedTask
 from service.imaging import InputSpec
 from service.runtime import Session, create_session, padded_batch_sizes
@@ -159,6 +160,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
     stamp = card_path.stat().st_mtime_ns
     card = load_card(card_path)
     sessions = {}
+    served = b""
     for key, filename in card.graphs.items():
         graph = path / Path(filename).name  # never leave the version directory
         if not graph.is_file():
@@ -169,6 +171,8 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         # cores with other requests' work, where spinning costs throughput. MTCNN's input shapes
         # change every run: no memory arena (it kept the largest run's memory for good;
         # docs/hardening.md).
+        if key == "model" and isinstance(card, ClassifierCard):
+            served = graph.read_bytes()  # what service/layers.py shows: never the file again
         sessions[key] = create_session(graph, settings, cpu_only=card.task == Task.FACE_DETECTION,
                                        solo_spins=card.task == "classification",
                                        arena=card.task != Task.FACE_DETECTION)
@@ -187,6 +191,8 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         stamp=stamp, input_name=card.input.name,
         output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
         batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
+    if spec is not None:
+        layers.remember(loaded, served)
     # Whole-image classifiers on the CPU: the size with the cheapest image, measured once and
     # stored in serving.json (service/batch_sizes.py). An expression model keeps max_batch_size:
     # a photo's faces go through one run.

@@ -12,6 +12,7 @@ data after the JSON header. ``service/http/routes/v2.py`` serves them. Errors ar
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,9 +33,16 @@ __all__ = ["HEADER_LENGTH", "ProtocolError", "TensorSpec", "encode_infer_respons
            "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# The JSON of a request holding at most ``max_images`` images is at most this many bytes per
+# value (an integer of 3 digits, a comma, generous room for indentation), plus the rest: a
+# larger JSON part is refused before it is parsed (a 31 MB body of zeros once became a 750 MB
+# tensor before its batch size was checked).
+JSON_BYTES_PER_VALUE = 64
+JSON_BYTES_EXTRA = 64 * 1024
 
 
-def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceRequestBody, bytes]:
+def _json_header(body: bytes, header_length: str | None,
+                 max_json: int | None = None) -> tuple[InferenceRequestBody, bytes]:
     if header_length is None:
         size = len(body)
     else:
@@ -46,6 +54,11 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
         if not 0 < size <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} is {size} but the body holds {len(body)} "
                                 "bytes; it must be the length of the JSON part")
+    if max_json is not None and size > max_json:
+        raise ProtocolError(f"the JSON part is {size} bytes, more than the {max_json} that the "
+                            "largest batch this model takes needs "
+                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST); send fewer images, or the "
+                            "tensor as binary data (binary_data_size)")
     try:  # pydantic's JSON parser: no recursion on deep nesting, a typed result
         header = InferenceRequestBody.model_validate_json(body[:size])
     except ValidationError as exc:
@@ -60,15 +73,19 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
 
 def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec,
                         output_name: str, num_classes: int,
-                        max_images: int = 1 << 62) -> InferRequest:
+                        max_images: int | None = None) -> InferRequest:
     """Read an HTTP inference request for a model with one input ``spec`` and one output.
 
-    Blocking (a large JSON body takes a while): the route runs big ones off the event loop.
+    A JSON part larger than ``max_images`` images of numbers can be is refused before it is
+    parsed. Blocking (a large JSON body takes a while): the route runs big ones off the event
+    loop.
 
     Raises:
         ProtocolError: anything malformed, or a tensor that does not fit the model (HTTP 400).
     """
-    header, binary = _json_header(body, header_length)
+    max_json = (None if max_images is None else
+                JSON_BYTES_EXTRA + max_images * math.prod(spec.shape) * JSON_BYTES_PER_VALUE)
+    header, binary = _json_header(body, header_length, max_json)
     payloads: list[Payload] = []
     for entry in header.inputs:
         size = entry.parameters.binary_data_size if entry.parameters is not None else None

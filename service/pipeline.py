@@ -19,7 +19,7 @@ from service.errors import (
     ImageTooLarge,
     ServiceError,
 )
-from service.imaging import InputSpec, Prepared, pixel_count, prepare
+from service.imaging import InputSpec, Prepared, jpeg_layout, pixel_count, prepare
 from service.metrics import ModelMetrics
 from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
@@ -27,6 +27,9 @@ from service.schemas import ImageResult, Prediction
 # Single JPEG uploads up to this size are decoded on the event loop, on machines of 1-2 cores
 # only: with more cores the pool's parallel decoding is worth the hand-offs (not measured here).
 INLINE_JPEG_BYTES = 128 * 1024 if (os.cpu_count() or 1) <= 2 else 0
+# ...and only baseline ones (one scan) of at most this many pixels: a progressive JPEG passes
+# over the picture once per scan, and a tiny file can describe a huge grey picture.
+INLINE_JPEG_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,18 @@ def image_name(position: int, upload: Upload) -> str:
 
 
 def _decode_inline(data: bytes) -> bool:
-    """Whether to decode on the event loop rather than in the pool: one small JPEG, 1-2 cores.
+    """Whether to decode on the event loop rather than in the pool: one small baseline JPEG of
+    at most :data:`INLINE_JPEG_PIXELS`, 1-2 cores.
 
-    Its cost is bounded (entropy decoding follows the byte count; draft mode scales big pictures
-    down while decoding), and skipping the two thread hand-offs (and a fourth busy thread on the
-    cores) raised requests/s at 32 clients on 2 cores (docs/service-architecture.md). Everything
-    else, whose decoding time the byte count does not bound (PNG...), goes to the pool.
+    Its cost is bounded (one scan: entropy decoding follows the byte count, and the pixels are
+    few), and skipping the two thread hand-offs (and a fourth busy thread on the cores) raised
+    requests/s at 32 clients on 2 cores (docs/service-architecture.md). Everything else, whose
+    decoding time the byte count does not bound (progressive JPEGs, PNG...), goes to the pool.
     """
-    return len(data) <= INLINE_JPEG_BYTES and data[:3] == b"\xff\xd8\xff"
+    if len(data) > INLINE_JPEG_BYTES or data[:3] != b"\xff\xd8\xff":
+        return False
+    layout = jpeg_layout(data)
+    return not layout.progressive and layout.scans == 1 and 0 < layout.pixels <= INLINE_JPEG_PIXELS
 
 
 def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int) -> None:

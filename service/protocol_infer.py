@@ -22,6 +22,8 @@ from service.metrics import ModelMetrics
 from service.model_version import ModelVersion
 
 T = TypeVar("T")
+INLINE_ENCODE_VALUES = 16 * 1024  # output values (images x classes) built on the event loop;
+# larger answers are built in the decode pool
 
 
 class InferenceEngine(Protocol):
@@ -55,8 +57,12 @@ async def infer(engine: InferenceEngine, version: ModelVersion,
         tracing.set_attributes(images=len(request.tensor))
         rows = await engine.infer(version, list(request.tensor))  # queue, inference spans
         answering = time.perf_counter()
+        stacked = np.stack(rows)
         with tracing.step("encode"):
-            outputs = answer_tensors(request, np.stack(rows), version.labels)
+            if stacked.size <= INLINE_ENCODE_VALUES:
+                outputs = answer_tensors(request, stacked, version.labels)
+            else:
+                outputs = await engine.in_pool(answer_tensors, request, stacked, version.labels)
         if metrics is not None:
             metrics.output.observe(time.perf_counter() - answering)
         ok = True

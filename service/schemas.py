@@ -71,7 +71,9 @@ class VersionInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     default_version: int = Field(description="the version used when none is named: the one "
-                                             "models/<name>/default_version pins, else the newest")
+                                             "models/<name>/default_version pins, else the newest;"
+                                             " 0 when that file cannot be read (requests naming "
+                                             "no version are refused until it is fixed)")
     pinned: bool = Field(description="true: models/<name>/default_version chose the default; "
                                      "false: it is the newest version")
     versions: list[VersionInfo] = Field(description="newest first")

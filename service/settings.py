@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     # else 408 and close (slowloris)
     body_read_timeout_s: float = Field(30.0, gt=0)  # longest silence while a body is unfinished
     # -> 408 and close
+    body_min_rate: float = Field(1024.0, ge=0)  # bytes/s a body must average once it has had
+    # body_read_timeout_s: a body dripped a byte at a time -> 408 and close; 0 = no minimum
+    max_connections: int = Field(0, ge=0)  # open connections per process at most; one more is
+    # answered 503 + Retry-After and closed (not reset by a full file table); 0 = from the open
+    # files limit (ulimit -n), less 10% and 64 for models, logs and threads
+    send_timeout_s: float = Field(60.0, gt=0)  # a client that reads nothing of its answer for
+    # this long (the server's send buffer full) is disconnected, and the answer freed
     max_pending_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)  # bytes all unfinished
     # request bodies may hold together; an upload past it -> 503 + Retry-After
 

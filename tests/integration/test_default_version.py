@@ -2,11 +2,15 @@
 
 Without the file the newest version answers (a new export goes live at the next reload); with it
 a new version is served only when asked for by number, until the file names it. A pin that names
-no loaded version, or holds no number, keeps ``/readyz`` at 503 and says how to fix it.
+no loaded version, or holds no number, keeps ``/readyz`` at 503 and says how to fix it (in the
+log and the reload's answer: the public probe names it only), and never lets the newest version
+answer in its place; a pin that was good keeps serving across a half-written one.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +66,7 @@ def test_pin_read_at_start_up(make_client: Callable[..., Any], models: Path,
 
 @pytest.mark.parametrize(("content", "message"), [
     ("7", "the default version 7 is not loaded (versions: 1, 2)"),
-    ("latest", "holds 'latest', not a version number"),
+    ("latest", "holds b'latest', not a version number"),
 ])
 def test_a_bad_pin_is_not_ready_and_says_why(make_client: Callable[..., Any], models: Path,
                                              photo: Callable[[str], bytes], content: str,
@@ -74,7 +78,7 @@ def test_a_bad_pin_is_not_ready_and_says_why(make_client: Callable[..., Any], mo
         ready = client.get("/readyz")  # public: names what failed, why is in the log
         said = ready.json()["error"]["message"]
         assert ready.status_code == 503 and "tiny-rgb/default_version" in said
-        assert message not in said and str(models) not in said
+        assert message not in said and str(models) not in said and content not in said
         # The other models still answer; a pinned-but-missing default is never replaced by
         # an unvetted newest version.
         assert client.post("/v1/models/tiny-grey/classify",
@@ -85,7 +89,77 @@ def test_a_bad_pin_is_not_ready_and_says_why(make_client: Callable[..., Any], mo
             assert "the default version 7 of model 'tiny-rgb' is not loaded" in \
                 answer.json()["error"]["message"]
         else:
-            assert answer.json()["version"] == 2
+            assert answer.status_code == 503, answer.text
+            assert "the default version of model 'tiny-rgb' cannot be read" in \
+                answer.json()["error"]["message"]
+
+
+def _dangling(pin: Path) -> None:
+    pin.symlink_to(pin.parent / "nowhere")
+
+
+# What a reader sees in the middle of `echo 1 > default_version`, and other near misses.
+UNREADABLE_PINS: list[tuple[str, Callable[[Path], Any]]] = [
+    ("bom", lambda pin: pin.write_bytes(b"\xef\xbb\xbf1\n")),
+    ("leading-zero", lambda pin: pin.write_text("01\n")),
+    ("v-prefix", lambda pin: pin.write_text("v1\n")),
+    ("empty", lambda pin: pin.write_text("")),
+    ("directory", lambda pin: pin.mkdir()),
+    ("dangling-symlink", _dangling),
+]
+
+
+@pytest.mark.parametrize("make_pin", [m for _, m in UNREADABLE_PINS],
+                         ids=[i for i, _ in UNREADABLE_PINS])
+def test_an_unreadable_pin_never_serves_the_newest(
+        make_client: Callable[..., Any], models: Path, photo: Callable[[str], bytes],
+        make_pin: Callable[[Path], Any]) -> None:
+    make_pin(models / "tiny-rgb" / "default_version")
+    data = photo("chelsea")
+    with make_client(models, ready=False) as client:
+        assert "tiny-rgb/default_version" in client.post("/v1/repository/reload").json()["failed"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert "tiny-rgb/default_version" in ready.json()["error"]["message"]
+        answer = client.post(CLASSIFY, files={"file": ("c", data)})
+        assert answer.status_code == 503, answer.text
+        assert "default version of model 'tiny-rgb' cannot be read" in answer.text
+        assert _listed(client) == (0, True)  # the listing still answers: no default
+        named = client.post("/v1/models/tiny-rgb/versions/2/classify", files={"file": ("c", data)})
+        assert named.status_code == 200 and named.json()["version"] == 2
+
+
+def test_a_half_written_pin_keeps_the_last_good_default(
+        make_client: Callable[..., Any], models: Path, photo: Callable[[str], bytes],
+        caplog: pytest.LogCaptureFixture) -> None:
+    pin = models / "tiny-rgb" / "default_version"
+    pin.write_text("1\n")
+    data = photo("chelsea")
+    with make_client(models) as client:
+        assert _served(client, data) == 1
+        pin.write_text("")  # the moment between the shell's truncation and its write
+        with caplog.at_level(logging.ERROR, logger="convserve.repository"):
+            for _ in range(3):
+                failed = client.post("/v1/repository/reload").json()["failed"]
+        assert failed == {}  # still served: not a failure, but logged, once
+        logged = [r.getMessage() for r in caplog.records if "default_version" in r.getMessage()]
+        assert len(logged) == 1 and "still serving version 1" in logged[0], logged
+        assert client.get("/readyz").status_code == 200
+        assert _served(client, data) == 1 and _listed(client) == (1, True)
+        pin.write_text("2\n")
+        client.post("/v1/repository/reload")
+        assert _served(client, data) == 2
+
+
+def test_write_pin_replaces_the_file_atomically(models: Path) -> None:
+    from model_format.layout import write_pin
+
+    pin = models / "tiny-rgb" / "default_version"
+    pin.write_text("1\n")
+    before = os.stat(pin).st_ino
+    assert write_pin(models / "tiny-rgb", 2) == pin
+    assert pin.read_text() == "2\n" and os.stat(pin).st_ino != before  # renamed, not rewritten
+    assert sorted(p.name for p in pin.parent.iterdir() if not p.is_dir()) == ["default_version"]
 
 
 def test_v1_and_v2_describe_and_answer_with_the_same_default(

@@ -39,7 +39,7 @@ HTTP_EXTENSIONS = ["binary_tensor_data", *EXTENSIONS]  # binary data: HTTP's own
 # Errors take the protocol's shape on every /v2 path: service.http.errors.to_response picks it.
 router = APIRouter(prefix="/v2", tags=["open inference protocol"],
                    responses=errors(*V2_ERRORS, protocol=True))
-# Larger JSON bodies are parsed in the decode pool, off the event loop.
+# Larger JSON bodies are parsed, and larger answers encoded, in the decode pool, off the loop.
 INLINE_PARSE_BYTES = 64 * 1024
 
 
@@ -129,8 +129,11 @@ async def infer(name: str, request: Request, engine: EngineDep,
     parsed, outputs = await protocol_infer.infer(engine, chosen, read,
                                                  offload=len(body) > INLINE_PARSE_BYTES)
     request.state.images = parsed.tensor.shape[0]
-    content, header_length = encode_infer_response(chosen.name, chosen.version, parsed.id,
-                                                   outputs)
+    encoding = (chosen.name, chosen.version, parsed.id, outputs)
+    if sum(tensor.values.size for tensor in outputs) <= protocol_infer.INLINE_ENCODE_VALUES:
+        content, header_length = encode_infer_response(*encoding)
+    else:
+        content, header_length = await engine.in_pool(encode_infer_response, *encoding)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
