@@ -134,6 +134,9 @@ CASES = [
     ("unknown output", _request(outputs=[
         pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")]), INVALID,
      "unknown output 'logits'; this model has one output, 'probabilities'"),
+    ("the output twice", _request(outputs=[
+        pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")] * 2), INVALID,
+     "the request names the same output more than once; this model has one output"),
     ("classification as a string", _with_parameter("output", "classification",
                                                    string_param="3"), INVALID,
      "outputs.0.parameters.classification: Input should be a valid integer"),
