@@ -22,12 +22,12 @@ from model_format import (
     DetectorCard,
     Task,
     load_card,
-    load_serving_hints,
 )
 from service.errors import UnsupportedTask
 from service.imaging import InputSpec
 from service.runtime import Session, create_session, padded_batch_sizes
 from service.settings import Settings
+from service.tuning import Batching, batching_in_force
 
 
 @dataclass(eq=False)
@@ -49,6 +49,7 @@ class ModelVersion:
     max_batch: int | None = None  # classifiers: max_batch_size, or on a CPU the batch size with
     # the cheapest image as serving.json says (service/batch_sizes.py)
     batch_costs: dict[int, float] = field(default_factory=dict)  # serving.json: ms per image
+    batching: Batching | None = None  # classifiers: the figures in force and their source
 
     @property
     def key(self) -> str:
@@ -158,13 +159,16 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         stamp=stamp, input_name=card.input.name,
         output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
         batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
-    # Whole-image classifiers on the CPU: the size with the cheapest image, measured once and
-    # stored in serving.json (service/batch_sizes.py). An expression model keeps max_batch_size:
-    # a photo's faces go through one run.
-    hints = load_serving_hints(path)
-    if hints and card.task == "classification" and spec is not None and not batch_sizes:
-        loaded.batch_costs = dict(hints.cpu_batch_costs_ms)
-        loaded.max_batch = min(settings.max_batch_size, hints.cpu_max_batch_size)
+    # Whole-image classifiers: the size with the cheapest image and the lone run's threads, as
+    # this host's tuning cache, else serving.json, says (service/tuning.py). An expression model
+    # keeps max_batch_size: a photo's faces go through one run.
+    if card.task == "classification" and spec is not None:
+        loaded.batching = batching_in_force(name, version, path, sessions["model"], settings)
+        loaded.batch_costs = dict(loaded.batching.batch_costs_ms)
+        loaded.max_batch = loaded.batching.max_batch_size
+        if loaded.batching.latency_threads:
+            sessions["model"] = sessions["model"].with_solo_threads(
+                loaded.batching.latency_threads, settings, spins=True)
     if settings.warmup:
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - start
