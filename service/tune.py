@@ -34,7 +34,7 @@ from pathlib import Path
 from service.batch_sizes import measure
 from service.model_version import ModelVersion
 from service.repository import ModelRepository
-from service.runtime import thread_session
+from service.runtime import Session, thread_session
 from service.settings import Settings, load_settings
 from service.tuning import (
     CPU,
@@ -64,53 +64,72 @@ def thread_options(cores: int) -> list[int]:
     return sorted({*(1 << i for i in range(cores.bit_length()) if 1 << i < cores), cores})
 
 
-def lone_latency_ms(version: ModelVersion, settings: Settings, threads: int,
-                    seconds: float) -> float:
-    """Median ms of a batch-1 run alone on a session of ``threads`` threads."""
-    session = thread_session(version.session.path, settings, threads, spins=True)
+ROUNDS = 5  # each option's time is split into this many turns, the options taking turns
+
+
+def lone_latency_ms(version: ModelVersion, settings: Settings, options: list[int],
+                    seconds: float) -> dict[int, float]:
+    """Median ms of a batch-1 run alone on a session of each of ``options`` threads, the
+    options taking turns (a host whose load drifts shifts them all alike)."""
+    sessions = {t: thread_session(version.session.path, settings, t, spins=True)
+                for t in options}
     feed = {version.input_name: version.zeros(1)}
-    for _ in range(3):
-        session.run(feed, [version.output_name], alone=False)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 10 or (time.perf_counter() < deadline and len(times) < 2000):
-        start = time.perf_counter()
-        session.run(feed, [version.output_name], alone=False)
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 4)
-
-
-def images_per_s(version: ModelVersion, settings: Settings, instances: int, batch: int,
-                 seconds: float) -> float:
-    """Images/s with ``instances`` threads each running batches of ``batch`` on one session of
-    cores / instances threads, as the batcher's lane runs them."""
-    threads = max(1, settings.worker_cores // instances)
-    session = thread_session(version.session.path, settings, threads, spins=False)
-    feed = {version.input_name: version.zeros(batch)}
-    session.run(feed, [version.output_name], alone=False)
-    counts = [0] * instances
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    def loop(slot: int) -> None:
-        while time.perf_counter() < deadline:
+    times: dict[int, list[float]] = {t: [] for t in options}
+    for session in sessions.values():
+        for _ in range(3):
             session.run(feed, [version.output_name], alone=False)
-            counts[slot] += batch
+    for _ in range(ROUNDS):
+        for threads, session in sessions.items():
+            deadline, runs = time.perf_counter() + seconds / ROUNDS, 0
+            while runs < 2 or (time.perf_counter() < deadline and runs < 400):
+                start = time.perf_counter()
+                session.run(feed, [version.output_name], alone=False)
+                times[threads].append((time.perf_counter() - start) * 1000)
+                runs += 1
+    return {t: round(statistics.median(times[t]), 4) for t in options}
 
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return round(sum(counts) / (time.perf_counter() - start), 1)
+
+def images_per_s(version: ModelVersion, settings: Settings, options: list[int], batch: int,
+                 seconds: float) -> dict[int, float]:
+    """Images/s with N threads each running batches of ``batch`` on one session of
+    cores / N threads, as the batcher's lane runs them, for each N of ``options`` (taking
+    turns, as above)."""
+    sessions = {n: thread_session(version.session.path, settings,
+                                  max(1, settings.worker_cores // n), spins=False)
+                for n in options}
+    feed = {version.input_name: version.zeros(batch)}
+    images = dict.fromkeys(options, 0)
+    elapsed = dict.fromkeys(options, 0.0)
+    for session in sessions.values():
+        session.run(feed, [version.output_name], alone=False)
+    for _ in range(ROUNDS):
+        for instances, session in sessions.items():
+            counts = [0] * instances
+            start = time.perf_counter()
+            deadline = start + seconds / ROUNDS
+
+            def loop(slot: int, session: Session = session, deadline: float = deadline,
+                     counts: list[int] = counts) -> None:
+                while time.perf_counter() < deadline:
+                    session.run(feed, [version.output_name], alone=False)
+                    counts[slot] += batch
+
+            workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            elapsed[instances] += time.perf_counter() - start
+            images[instances] += sum(counts)
+    return {n: round(images[n] / elapsed[n], 1) for n in options}
 
 
 def measure_threads(version: ModelVersion, settings: Settings, batch: int,
                     seconds: float) -> ThreadLayout:
     """The thread layouts of :mod:`service.tune`'s docstring, ``seconds`` per option."""
     options = thread_options(settings.worker_cores)
-    latency = {t: lone_latency_ms(version, settings, t, seconds) for t in options}
-    rates = {n: images_per_s(version, settings, n, batch, seconds) for n in options}
+    latency = lone_latency_ms(version, settings, options, seconds)
+    rates = images_per_s(version, settings, options, batch, seconds)
     return ThreadLayout(
         latency_ms_by_threads=latency, latency_threads=min(latency, key=lambda t: latency[t]),
         images_per_s_by_instances=rates,
