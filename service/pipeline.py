@@ -24,9 +24,13 @@ from service.metrics import Metrics
 from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
 
-# Single JPEG uploads up to this size are decoded on the event loop, on machines of 1-2 cores
-# only: with more cores the pool's parallel decoding is worth the hand-offs (not measured here).
-INLINE_JPEG_BYTES = 128 * 1024 if (os.cpu_count() or 1) <= 2 else 0
+# Single JPEG uploads up to this size, and single PNGs of up to this many pixels (read from
+# the header), are decoded on the event loop, on machines of 1-2 cores only: with more cores the
+# pool's parallel decoding is worth the hand-offs (not measured here).
+_FEW_CORES = (os.cpu_count() or 1) <= 2
+INLINE_JPEG_BYTES = 128 * 1024 if _FEW_CORES else 0
+INLINE_PNG_PIXELS = 128 * 128 if _FEW_CORES else 0
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,21 @@ def image_name(position: int, upload: Upload) -> str:
 
 
 def _decode_inline(data: bytes) -> bool:
-    """Whether to decode on the event loop rather than in the pool: one small JPEG, 1-2 cores.
+    """Whether to decode on the event loop rather than in the pool: one small JPEG or one PNG
+    of few pixels, 1-2 cores.
 
-    Its cost is bounded (entropy decoding follows the byte count; draft mode scales big pictures
-    down while decoding), and skipping the two thread hand-offs (and a fourth busy thread on the
-    cores) raised requests/s at 32 clients on 2 cores (docs/service-architecture.md). Everything
-    else, whose decoding time the byte count does not bound (PNG...), goes to the pool.
+    Its cost is bounded (JPEG: entropy decoding follows the byte count, draft mode scales big
+    pictures down while decoding; PNG: inflating follows the pixel count its header gives), and
+    skipping the two thread hand-offs (and a fourth busy thread on the cores) raised
+    requests/s at 32 clients on 2 cores (docs/service-architecture.md,
+    docs/performance-profile.md). Everything else goes to the pool.
     """
-    return len(data) <= INLINE_JPEG_BYTES and data[:3] == b"\xff\xd8\xff"
+    if data[:3] == b"\xff\xd8\xff":
+        return len(data) <= INLINE_JPEG_BYTES
+    if data[:8] == _PNG and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = int.from_bytes(data[16:20]), int.from_bytes(data[20:24])
+        return width * height <= INLINE_PNG_PIXELS
+    return False
 
 
 def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int) -> None:
