@@ -55,13 +55,23 @@ def start(tree: Path, models: Path, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"the service from {tree} did not start")
 
 
-def drive(port: int, model: str, image: Path, clients: int, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(port: int, pid: int, model: str, image: Path, clients: int, seconds: float) -> dict:
+    """One client run; adds the server's CPU microseconds per request (warm-up included)."""
+    cpu = cpu_seconds(pid)
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_service.py"), "--client", "--port",
          str(port), "--model", model, "--jpeg", str(image), "--concurrency", str(clients),
          "--seconds", str(seconds), "--warmup", "0.5"], capture_output=True, text=True,
         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cpu_us"] = (cpu_seconds(pid) - cpu) * 1e6 / max(1, result["total"])
+    return result
 
 
 def main() -> None:
@@ -85,16 +95,16 @@ def main() -> None:
             os.symlink(ROOT / "models" / model, models / model)
             image = work / "image"
             image.write_bytes(image_for(model))
-            ports = {"baseline": free_port()}
+            ports = {"baseline": free_port(), "this tree": free_port()}
             servers.append(start(base, models, ports["baseline"]))
-            ports["this tree"] = free_port()
             servers.append(start(ROOT, models, ports["this tree"]))
+            pids = {"baseline": servers[-2].pid, "this tree": servers[-1].pid}
             for clients in map(int, args.clients.split(",")):
                 results: dict[str, list[dict]] = {"baseline": [], "this tree": []}
                 for turn in range(args.rounds):
                     order = ["baseline", "this tree"][:: 1 if turn % 2 == 0 else -1]
                     for side in order:
-                        results[side].append(drive(ports[side], model, image, clients,
+                        results[side].append(drive(ports[side], pids[side], model, image, clients,
                                                    args.seconds))
                 report(model, clients, results)
             for server in servers:
@@ -113,14 +123,17 @@ def report(model: str, clients: int, results: dict[str, list[dict]]) -> None:
     base, new = results["baseline"], results["this tree"]
     median = statistics.median
     ratios = [n["per_s"] / b["per_s"] for b, n in zip(base, new, strict=True)]
-    line = {side: (f"{median(r['per_s'] for r in rows):7.0f}/s p50 "
+    cpu = [n["cpu_us"] / b["cpu_us"] for b, n in zip(base, new, strict=True)]
+    line = {side: (f"{median(r['per_s'] for r in rows):7.0f}/s "
+                   f"{median(r['cpu_us'] for r in rows):5.0f} us CPU/req p50 "
                    f"{median(r['p50_ms'] for r in rows):6.2f} ms p99 "
                    f"{median(r['p99_ms'] for r in rows):6.2f} ms")
             for side, rows in results.items()}
     print(f"{model}, {clients} client(s): baseline {line['baseline']} | this tree "
           f"{line['this tree']} | requests/s ratio per round "
           f"{', '.join(f'{r:.2f}' for r in ratios)} (median {median(ratios):.2f}); "
-          f"p50 difference median "
+          f"server CPU per request ratio {', '.join(f'{r:.2f}' for r in cpu)} (median "
+          f"{median(cpu):.2f}); p50 difference median "
           f"{median(n['p50_ms'] - b['p50_ms'] for b, n in zip(base, new, strict=True)):+.3f} ms",
           flush=True)
 
