@@ -10,7 +10,7 @@ The baseline is a git revision, checked out into a temporary worktree (``--basel
 Usage::
 
     python scripts/bench_ab.py [--baseline main] [--models mnist-lenet5] [--clients 1,32]
-        [--seconds 5] [--rounds 4]
+        [--seconds 5] [--rounds 4] [--env NAME=VALUE] [--baseline-env NAME=VALUE]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from bench_request_overhead import image_for  # noqa: E402
 from service_process import free_port  # noqa: E402
 
 
-def start(tree: Path, models: Path, port: int) -> subprocess.Popen[bytes]:
-    """``python -m service serve`` from ``tree`` (its own code first on the path), ready."""
+def start(tree: Path, models: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    """``python -m service serve`` from ``tree`` (its own code first on the path), ready;
+    ``extra``: ``NAME=VALUE`` settings for this side only."""
     env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_LOG_LEVEL": "warning",
-           "PYTHONPATH": str(tree)}
+           "PYTHONPATH": str(tree), **dict(item.split("=", 1) for item in extra)}
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--models", str(models)], cwd=tree, env=env, stdout=subprocess.DEVNULL,
@@ -81,6 +82,10 @@ def main() -> None:
     parser.add_argument("--clients", default="1,32")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for this tree's server only (repeatable)")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the baseline's server only (repeatable)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="convserve-ab-"))
     base = work / "baseline"
@@ -96,8 +101,8 @@ def main() -> None:
             image = work / "image"
             image.write_bytes(image_for(model))
             ports = {"baseline": free_port(), "this tree": free_port()}
-            servers.append(start(base, models, ports["baseline"]))
-            servers.append(start(ROOT, models, ports["this tree"]))
+            servers.append(start(base, models, ports["baseline"], args.baseline_env))
+            servers.append(start(ROOT, models, ports["this tree"], args.env))
             pids = {"baseline": servers[-2].pid, "this tree": servers[-1].pid}
             for clients in map(int, args.clients.split(",")):
                 results: dict[str, list[dict]] = {"baseline": [], "this tree": []}
