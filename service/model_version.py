@@ -206,5 +206,7 @@ def describe_batching(version: ModelVersion) -> str:
         return f"; batches padded to {', '.join(map(str, version.batch_sizes))}"
     if version.batch_costs:
         costs = ", ".join(f"{size}: {ms:.2f}" for size, ms in version.batch_costs.items())
-        return f"; batches of up to {version.max_batch} (ms per image by batch size: {costs})"
+        source = f", {version.batching.source}" if version.batching else ""
+        return (f"; batches of up to {version.max_batch} (ms per image by batch size: {costs}"
+                f"{source})")
     return ""

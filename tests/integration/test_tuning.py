@@ -146,3 +146,18 @@ def test_models_endpoint_shows_the_figures_in_force_and_their_source(
         answer = client.post(f"/v1/models/{LENET}/classify",
                              files={"file": ("digit.png", digit, "image/png")})
         assert answer.status_code == 200, answer.text
+
+
+def test_convserve_tune_command(models: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    argv = ["tune", "--models", str(models), "--tuning-dir", str(tmp_path / "t"),
+            "--seconds", "0.02"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith(f"{LENET}/1: measured; batch cap ") and str(tmp_path / "t") in first
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"{LENET}/1: cached; ")
+    assert main([*argv, "--only", "no-such-model"]) == 1
+    assert "no classifier named 'no-such-model'" in capsys.readouterr().err
