@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.batch_sizes import measure
+from service.errors import SettingsError
 from service.model_version import ModelVersion
 from service.repository import ModelRepository
 from service.runtime import Session, thread_session
@@ -155,7 +156,12 @@ def tune_version(version: ModelVersion, settings: Settings, *, force: bool = Fal
         measured={"command": COMMAND_LINE, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
                   "machine": key.device if key.provider == CPU else f"{key.device}, "
                   f"{cpu_name()}", "rounds": 5, "seconds_per_thread_option": seconds})
-    write_cached(path, figures)
+    try:
+        write_cached(path, figures)
+    except OSError as exc:
+        raise SettingsError(f"cannot write the tuning cache {path}: {exc.strerror or exc}; set "
+                            "CONVSERVE_TUNING_DIR (or --tuning-dir) to a writable directory"
+                            ) from None
     return Outcome(version.key, figures, path, measured=True)
 
 

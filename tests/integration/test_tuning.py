@@ -161,3 +161,8 @@ def test_convserve_tune_command(models: Path, tmp_path: Path,
     assert capsys.readouterr().out.startswith(f"{LENET}/1: cached; ")
     assert main([*argv, "--only", "no-such-model"]) == 1
     assert "no classifier named 'no-such-model'" in capsys.readouterr().err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    assert main(["tune", "--models", str(models), "--tuning-dir", str(blocked / "tuning"),
+                 "--seconds", "0.02"]) == 2
+    assert "cannot write the tuning cache" in capsys.readouterr().err
