@@ -151,7 +151,15 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
             raise FileNotFoundError(f"{head} is missing (named in {card_path}, explain.file)")
         sessions["explain"] = create_session(head, settings)
     spec = InputSpec.from_card(card.input) if isinstance(card, ClassifierCard) else None
+    # Whole-image classifiers: the size with the cheapest image and the lone run's threads, as
+    # this host's tuning cache, else serving.json, says (service/tuning.py); on a GPU the cache
+    # also bounds the padded sizes. An expression model keeps max_batch_size: a photo's faces go
+    # through one run.
+    batching = (batching_in_force(name, version, path, sessions["model"], settings)
+                if card.task == "classification" and spec is not None else None)
     batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
+    if batch_sizes and batching is not None and batching.source == "host cache":
+        batch_sizes = padded_batch_sizes(batching.max_batch_size)
     if batch_sizes:
         sessions["model"] = sessions["model"].with_batch_sessions(batch_sizes, settings)
     loaded = ModelVersion(
@@ -159,11 +167,8 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         stamp=stamp, input_name=card.input.name,
         output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
         batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
-    # Whole-image classifiers: the size with the cheapest image and the lone run's threads, as
-    # this host's tuning cache, else serving.json, says (service/tuning.py). An expression model
-    # keeps max_batch_size: a photo's faces go through one run.
-    if card.task == "classification" and spec is not None:
-        loaded.batching = batching_in_force(name, version, path, sessions["model"], settings)
+    if batching is not None:
+        loaded.batching = batching
         loaded.batch_costs = dict(loaded.batching.batch_costs_ms)
         loaded.max_batch = loaded.batching.max_batch_size
         if loaded.batching.latency_threads:
