@@ -148,9 +148,13 @@ def test_models_endpoint_shows_the_figures_in_force_and_their_source(
         assert answer.status_code == 200, answer.text
 
 
-def test_convserve_tune_command(models: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_convserve_tune_command(models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     from service.cli import main
+
+    # The CPU, as everywhere here (the default list would also settle, once per process,
+    # whether CUDA is left out: other tests check that decision).
+    monkeypatch.setenv("CONVSERVE_PROVIDERS", "CPU")
 
     argv = ["tune", "--models", str(models), "--tuning-dir", str(tmp_path / "t"),
             "--seconds", "0.02"]
