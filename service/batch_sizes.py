@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             (version.path / SERVING_FILE).write_text(hints.model_dump_json(indent=1) + "\n")
     return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":
