@@ -20,6 +20,7 @@ file that does not parse is ignored with a warning, never fatal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -122,6 +123,14 @@ def gpu_name(proc: Path = Path("/proc/driver/nvidia/gpus")) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex); remembered per path, size and mtime within the process (a
+    reload reads an unchanged graph once: ~75 ms for EfficientNet-Lite0's 18.6 MB)."""
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
