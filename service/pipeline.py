@@ -89,7 +89,8 @@ def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int)
 async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor,
                           max_pixels: int, metrics: ModelMetrics | None = None,
                           max_request_pixels: int | None = None) -> list[np.ndarray]:
-    """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG or PNG inline).
+    """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG or PNG
+    inline).
 
     With several uploads, their pixels together are checked against ``max_request_pixels``
     first, from their headers.
