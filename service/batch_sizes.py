@@ -11,7 +11,9 @@ which prints each classifier's cost per image at 1, 2, 4, ... ``CONVSERVE_MAX_BA
 with ``--write``, stores the cheapest size in ``models/<name>/<version>/serving.json``
 (:class:`model_format.ServingHints`). The repository reads that file at load: a
 classifier without one is batched up to ``CONVSERVE_MAX_BATCH_SIZE``. docs/service-architecture.md
-gives the figures measured for the shipped models.
+gives the figures measured for the shipped models. ``convserve tune`` (service/tune.py) measures
+the same on the serving host and caches it outside ``models/``, where it wins over serving.json
+(docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -105,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             (version.path / SERVING_FILE).write_text(hints.model_dump_json(indent=1) + "\n")
     return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":

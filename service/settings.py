@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
     # (a classifier's lone runs spin within the run regardless: runtime.create_session)
+    tuning_dir: Path = Path("~/.cache/convserve/tuning")  # figures `convserve tune` measured
+    # on this host, read at load (service/tuning.py); must be writable by `convserve tune` only
     cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
     # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
     # all, which makes each session's first run at a size slower (docs/service-architecture.md)
