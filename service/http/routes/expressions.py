@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -23,16 +22,14 @@ from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from model_format import ClassifierCard, DetectorCard
-from service import imaging
 from service.annotate import FORMATS, Label, annotate, encode
-from service.detection import DetectionSlots, FaceDetector, detect_bounded
+from service.detection import DetectionSlots, FaceDetector
 from service.errors import InvalidParameter, NotReady
+from service.face_analysis import CropSpec, analyse
 from service.face_detectors import detector_for
-from service.faces import DEFAULT_MARGIN, DetectorConfig, Face, face_crop
+from service.faces import DetectorConfig, Face
 from service.http.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
 from service.http.uploads import read_uploads
-from service.imaging import InputSpec
 from service.model_version import ModelVersion
 from service.schemas import ErrorResponse
 
@@ -75,66 +72,6 @@ _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
         "file": {"type": "string", "format": "binary"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }}, "responses": {"200": {"content": {"image/png": {}, "image/jpeg": {}}}}}
-
-
-@dataclass
-class Analysis:
-    """What the thread-pool half of a request produced."""
-
-    photo: Image.Image
-    faces: list[Face]
-    crops: list[np.ndarray]
-    decode_s: float
-    detect_s: float
-    crop_s: float
-
-
-def model_input(crop: Image.Image, spec: InputSpec) -> np.ndarray:
-    """A face crop as the expression model's ``[H, W, C]`` uint8 input."""
-    crop = crop.convert("L" if spec.channels == 1 else "RGB")
-    if crop.size != (spec.width, spec.height):
-        crop = crop.resize((spec.width, spec.height), imaging.RESAMPLE[spec.interpolation])
-    array = np.asarray(crop)
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How the expression model wants its faces cut: ``model.json``'s ``face_crop``."""
-
-    margin: float = DEFAULT_MARGIN  # on each side, as a fraction of the box side
-    align: bool = True  # turn the face so that the eyes are level
-
-    @classmethod
-    def from_card(cls, card: ClassifierCard | DetectorCard) -> CropSpec:
-        crop = card.face_crop if isinstance(card, ClassifierCard) else None
-        if crop is None:
-            return cls()
-        return cls(margin=DEFAULT_MARGIN if crop.margin is None else crop.margin,
-                   align=crop.align)
-
-
-def analyse(data: bytes, max_pixels: int, detector: FaceDetector | None, config: DetectorConfig,
-            spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
-    """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
-    detection pool)."""
-    start = time.perf_counter()
-    photo = imaging.decode(data, max_pixels)
-    decoded = time.perf_counter()
-    if detector is None:
-        width, height = photo.size
-        faces = [Face(box=(0.0, 0.0, float(width), float(height)), score=float("nan"),
-                      landmarks=np.zeros((5, 2)))]
-    else:
-        faces = detect_bounded(detector, photo, config, max_side)[:max_faces]
-        faces.sort(key=lambda face: (face.box[0], face.box[1]))
-    detected = time.perf_counter()
-    crops = [photo] if detector is None else [
-        face_crop(photo, face, (spec.width, spec.height), margin=crop.margin, align=crop.align)
-        for face in faces]
-    arrays = [model_input(crop, spec) for crop in crops]
-    return Analysis(photo, faces, arrays, decoded - start, detected - decoded,
-                    time.perf_counter() - detected)
 
 
 def _classifier(version: ModelVersion) -> ModelVersion:
