@@ -38,6 +38,7 @@ class FaceDetector(Protocol):
 
     smallest_face: int  # px in the working copy: smaller faces are not found
     sharp_face: int  # px in the working copy: larger faces gain nothing from more pixels
+    longest_side: int  # px: the working copy's longest side at most, whatever max_side says
 
     def detect(self, image: np.ndarray, config: DetectorConfig | None = None) -> list[Face]:
         """Faces in an ``[H, W, 3]`` uint8 RGB image, best score first."""
@@ -53,6 +54,7 @@ def working_scale(size: tuple[int, int], min_face_size: int, max_side: int,
 def detect_bounded(detector: FaceDetector | MTCNN, photo: Image.Image, config: DetectorConfig,
                    max_side: int) -> list[Face]:
     """Faces in ``photo`` (RGB), found on a bounded copy, in the photo's pixel coordinates."""
+    max_side = min(max_side, detector.longest_side)
     scale = working_scale(photo.size, config.min_face_size, max_side, detector.sharp_face)
     if scale >= 1.0:
         return detector.detect(np.asarray(photo), config)

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 EXPRESSION_TASK = "expression"
-DEFAULT_DETECTOR = "face-mtcnn"
+DEFAULT_DETECTOR = "face-retinaface"
 READY_TIMEOUT_S = 300.0
 
 

@@ -10,7 +10,9 @@ then a landmark flag and the face score.
 :class:`RetinaFace` pads the image on the right and bottom (with zeros, as the package's own
 ``predict`` does), runs the graph, maps the fractions back to pixels and keeps faces scoring at
 least ``threshold``. Its smallest anchor is 16 px at stride 8, so faces under ~12 px are missed;
-:func:`service.detection.detect_bounded` chooses the working copy's size.
+:func:`service.detection.detect_bounded` chooses the working copy's size, at most
+:data:`LONGEST_SIDE` px long: faces much larger than its largest anchors (512 px) come apart into
+false small faces.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from service.faces import DetectorConfig, Face
 STRIDE = 32  # both sides of the graph's input are multiples of this
 SMALLEST_FACE = 12  # px: below this (its smallest anchor is 16 px) faces are not found
 SHARP_FACE = 64  # px: faces larger than this in the working copy gain nothing from more pixels
+# px: the working copy's longest side at most. Its largest anchors are 512 px: faces much larger
+# than that are split into false small faces (measured on 3x upscaled close-ups, docs/faces.md).
+LONGEST_SIDE = 1024
 DEFAULT_THRESHOLD = 0.95  # face score kept (upstream default; docs/faces.md)
 
 RetinaGraph = Callable[[np.ndarray], np.ndarray]  # [1, H, W, 3] float32 -> [N, 16]
@@ -39,6 +44,7 @@ class RetinaFace:
 
     smallest_face = SMALLEST_FACE
     sharp_face = SHARP_FACE
+    longest_side = LONGEST_SIDE
 
     def __init__(self, graph: RetinaGraph, threshold: float = DEFAULT_THRESHOLD) -> None:
         self.graph = graph

@@ -87,8 +87,9 @@ class LatestFrame:
         self._ready.set()
 
     def close(self) -> None:
-        """No more frames: :meth:`take` answers None once the waiting one is taken."""
+        """No more frames: the waiting one is let go, :meth:`take` answers None."""
         self.closed = True
+        self.frame = None
         self._ready.set()
 
     async def take(self) -> tuple[int, bytes, float] | None:
@@ -120,6 +121,7 @@ class Stream:
     processed: int = 0
     busy: int = 0  # frames dropped because every detection slot was taken
     last_start: float = 0.0
+    counted_drops: int = 0  # of frames.dropped, those already in the metrics
 
     async def next_answer(self) -> dict[str, Any] | None:
         """Process the latest frame (paced to ``max_fps``) and answer it; None at the end.
@@ -132,6 +134,9 @@ class Stream:
             if wait > 0:
                 await asyncio.sleep(wait)
             taken = await self.frames.take()
+            self.metrics.stream_frames.labels("dropped").inc(
+                self.frames.dropped - self.counted_drops)
+            self.counted_drops = self.frames.dropped
             if taken is None:
                 return None
             number, data, received = taken
@@ -141,6 +146,7 @@ class Stream:
             except Overloaded:  # the detection slots are full: this frame is dropped
                 self.busy += 1
                 self.frames.dropped += 1
+                self.counted_drops += 1
                 self.metrics.stream_frames.labels("dropped").inc()
 
     async def _answer(self, number: int, data: bytes, received: float) -> dict[str, Any]:

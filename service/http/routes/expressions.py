@@ -34,7 +34,7 @@ from service.model_version import ModelVersion
 from service.schemas import ErrorResponse
 
 DEFAULT_MODEL = "fer-minixception"
-DEFAULT_DETECTOR = "face-mtcnn"
+DEFAULT_DETECTOR = "face-retinaface"
 EXPRESSION_TASK = "expression"
 
 router = APIRouter(prefix="/v1", tags=["expressions"], responses={
