@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import jpeg, video_frames
 from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
 from service.http.routes.stream import Close, _open, _serve
-from tests.conftest import jpeg, video_frames
 
 URL = "/v1/expressions/stream"
 MODELS = ("fer-minixception", "face-retinaface", "face-mtcnn")
