@@ -46,7 +46,7 @@ class StreamLimits:
     idle_timeout_s: float = 30.0  # no frame for this long closes the stream (1001)
     send_timeout_s: float = 10.0  # an answer the client does not take in this long closes it
     max_streams: int = 4  # open streams at most; more are closed at once (1013)
-    detect_side: int = 640  # faces are detected on a copy no longer than this
+    detect_side: int = 320  # faces are detected on a copy no longer than this
     max_faces: int = 20  # faces per frame at most (best first)
 
 
