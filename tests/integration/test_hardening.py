@@ -139,7 +139,8 @@ def test_gif_bomb_is_detected_on_a_bounded_copy(faces_client: TestClient,
         return detect(self, image, config)
 
     monkeypatch.setattr(MTCNN, "detect", spy)
-    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())})
+    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())},
+                                 params={"detector": "face-mtcnn"})
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 7000, "height": 7000}
     assert response.json()["faces"] == []
