@@ -98,3 +98,33 @@ def test_rebuilding_the_expression_model_keeps_occlusion_as_its_default(tmp_path
     assert explain["method"] == shipped["explain"]["method"] == "occlusion"
     assert explain["reason"] == shipped["explain"]["reason"]
     assert (rebuilt / explain["file"]).is_file()  # the maps stay available (method=cam)
+
+
+@pytest.mark.slow
+def test_rebuilding_retinaface_gives_the_shipped_graph_s_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ship --only face-retinaface`` converts the wheel's TensorFlow graph again (tf2onnx,
+    in ``$CONVSERVE_CONVERT_PYTHON``; it checks ONNX Runtime against TensorFlow itself). tf2onnx
+    names some nodes at random, so the bytes differ: the answers on real photos must not."""
+    import os
+
+    from conftest import require_tool
+    from training.ship_retinaface import PARITY_PHOTOS, padded
+
+    python = require_tool(os.environ.get("CONVSERVE_CONVERT_PYTHON", "convserve-convert-python"),
+                          "set CONVSERVE_CONVERT_PYTHON to a Python with "
+                          "pip install '.[faces-convert]' (tensorflow-cpu, tf2onnx)")
+    monkeypatch.setenv("CONVSERVE_CONVERT_PYTHON", python)
+    assert main(["ship", "--only", "face-retinaface", "--models-dir", str(tmp_path)]) == 0
+    rebuilt = tmp_path / "face-retinaface" / "1" / "model.onnx"
+    shipped = REPO / "models" / "face-retinaface" / "1" / "model.onnx"
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (rebuilt, shipped)]
+    from PIL import Image
+
+    from training.assets import fetch
+
+    for name in PARITY_PHOTOS:
+        batch = padded(Image.open(fetch(name)))
+        ours, theirs = (s.run(None, {"x:0": batch})[0] for s in sessions)
+        np.testing.assert_array_equal(ours, theirs)
