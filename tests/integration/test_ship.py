@@ -109,6 +109,7 @@ def test_rebuilding_retinaface_gives_the_shipped_graph_s_answers(
     import os
 
     from conftest import require_tool
+
     from training.ship_retinaface import PARITY_PHOTOS, padded
 
     python = require_tool(os.environ.get("CONVSERVE_CONVERT_PYTHON", "convserve-convert-python"),
