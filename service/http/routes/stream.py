@@ -4,7 +4,6 @@ The adapter over :mod:`service.streams`: it checks the API key, takes a stream s
 binary frames into the stream's :class:`~service.streams.LatestFrame` (a newer frame replaces a
 waiting one, counted as dropped), sends each answer, and closes with a code that says why:
 
-* 1000: the client closed, or the service is stopping;
 * 1001: no frame for ``CONVSERVE_STREAM_IDLE_TIMEOUT_S``;
 * 1003: a text message (frames are binary JPEG or PNG bytes);
 * 1007: a frame that is not a JPEG or PNG image;
