@@ -35,6 +35,8 @@ from service.detection import DetectionSlots
 from service.errors import (
     ImageTooLarge,
     InvalidImage,
+    InvalidParameter,
+    NotReady,
     ServiceError,
     UnsupportedMediaType,
 )
@@ -197,8 +199,6 @@ async def expression_stream(websocket: WebSocket, model: str = DEFAULT_MODEL,
 def _open(state: Any, model: str, detector: str, min_face_size: int,
           settings: Settings) -> Stream:
     """The stream's models and limits (raises ServiceError: an unknown model, not ready)."""
-    from service.errors import InvalidParameter, NotReady
-
     detection: DetectionSlots | None = state.detection
     batcher = state.batcher
     if detection is None or batcher is None:
