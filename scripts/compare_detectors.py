@@ -9,11 +9,13 @@ Boxes come back in the photo's pixels. A detection matches a labelled face at Io
 (greedy, best score first); one that matches nothing and no ``ignore`` box is a false face.
 
 Time: the median of ``--rounds`` detections of ``multi-face`` (five faces) resized to 640x480
-and to 1600x1067, one thread each, on whatever else the machine is running.
+and to 1600x1067, directly (no working copy), the detectors interleaved round by round, on
+whatever else the machine is running.
 
 Usage::
 
     python scripts/compare_detectors.py [--detectors face-mtcnn,face-retinaface] [--rounds 5]
+        [--time-only]
 """
 
 from __future__ import annotations
@@ -99,20 +101,25 @@ def accuracy(detector: FaceDetector, labels: dict, settings: Settings) -> dict:
     return rows
 
 
-def timing(detector: FaceDetector, rounds: int) -> dict[str, float]:
-    """Median ms per detection of the five-face photo at 640x480 and 1600x1067."""
+def timing(detectors: dict[str, FaceDetector], rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms per detection of the five-face photo at 640x480 and 1600x1067, the detectors
+    interleaved round by round (this machine's load drifts; interleaving shares the drift)."""
     photo = Image.open(fetch("multi-face")).convert("RGB")
-    result = {}
-    for label, size in (("640x480", (640, 480)), ("1600x1067", (1600, 1067))):
-        image = np.asarray(photo.resize(size, Image.Resampling.BICUBIC))
-        detector.detect(image)  # warm-up
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            detector.detect(image)
-            times.append(time.perf_counter() - start)
-        result[label] = statistics.median(times) * 1000
-    return result
+    sizes = {"640x480": (640, 480), "1600x1067": (1600, 1067)}
+    images = {label: np.asarray(photo.resize(size, Image.Resampling.BICUBIC))
+              for label, size in sizes.items()}
+    times: dict[str, dict[str, list[float]]] = {
+        name: {label: [] for label in sizes} for name in detectors}
+    for detector in detectors.values():  # warm-up
+        detector.detect(images["640x480"])
+    for _ in range(rounds):
+        for label, image in images.items():
+            for name, detector in detectors.items():
+                start = time.perf_counter()
+                detector.detect(image)
+                times[name][label].append(time.perf_counter() - start)
+    return {name: {label: statistics.median(values) * 1000 for label, values in row.items()}
+            for name, row in times.items()}
 
 
 def main() -> None:
@@ -120,22 +127,22 @@ def main() -> None:
     parser.add_argument("--detectors", default="face-mtcnn,face-retinaface")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--time-only", action="store_true", help="skip the labelled photos")
     args = parser.parse_args()
     labels = json.loads(LABELS.read_text())["photos"]
     settings = Settings(intra_op_threads=1)
-    print("| detector | scale | recall | false faces | mean IoU | missed in | false in |")
-    print("|---|---|---|---|---|---|---|")
-    times = {}
-    for name in args.detectors.split(","):
-        detector = load(name, args.models, settings)
-        for scale, row in accuracy(detector, labels, settings).items():
-            mean_iou = statistics.mean(row["ious"]) if row["ious"] else float("nan")
-            print(f"| {name} | {scale}x | {row['matched']}/{row['faces']} | {row['false']} | "
-                  f"{mean_iou:.3f} | {', '.join(row['misses']) or '-'} | "
-                  f"{', '.join(row['falses']) or '-'} |", flush=True)
-        times[name] = timing(detector, args.rounds)
+    detectors = {name: load(name, args.models, settings) for name in args.detectors.split(",")}
+    if not args.time_only:
+        print("| detector | scale | recall | false faces | mean IoU | missed in | false in |")
+        print("|---|---|---|---|---|---|---|")
+        for name, detector in detectors.items():
+            for scale, row in accuracy(detector, labels, settings).items():
+                mean_iou = statistics.mean(row["ious"]) if row["ious"] else float("nan")
+                print(f"| {name} | {scale}x | {row['matched']}/{row['faces']} | {row['false']} "
+                      f"| {mean_iou:.3f} | {', '.join(row['misses']) or '-'} | "
+                      f"{', '.join(row['falses']) or '-'} |", flush=True)
     print("\n| detector | ms at 640x480 | ms at 1600x1067 |\n|---|---|---|")
-    for name, row in times.items():
+    for name, row in timing(detectors, args.rounds).items():
         print(f"| {name} | {row['640x480']:.0f} | {row['1600x1067']:.0f} |")
 
 
