@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 from service.http.routes.stream import Close, _open, _serve
 
 URL = "/v1/expressions/stream"
-MODELS = ("fer-minixception", "face-retinaface", "face-mtcnn")
+MODELS = ("fer-minixception", "face-retinaface", "face-mtcnn", "face-blazeface")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def closed(ws: Any) -> tuple[dict, int]:
     return error, disconnect.value.code
 
 
-@pytest.mark.parametrize("detector", ["face-retinaface", "face-mtcnn"])
+@pytest.mark.parametrize("detector", ["face-retinaface", "face-mtcnn", "face-blazeface"])
 def test_one_face_keeps_its_id_with_smoothed_and_raw_expressions(client: TestClient,
                                                                 detector: str) -> None:
     answers = []
