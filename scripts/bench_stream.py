@@ -11,7 +11,8 @@ Printed per row: frames per second per stream and in all, and the client's p50/p
 
 Usage::
 
-    python scripts/bench_stream.py [--seconds 10] [--detectors face-retinaface,face-mtcnn]
+    python scripts/bench_stream.py [--seconds 10] [--streams 1,4]
+        [--detectors face-blazeface,face-retinaface,face-mtcnn]
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def run(url: str, frames: list[bytes], streams: int, seconds: float, faces
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--detectors", default="face-retinaface,face-mtcnn")
+    parser.add_argument("--detectors", default="face-blazeface,face-retinaface,face-mtcnn")
     parser.add_argument("--streams", default="1,4")
     args = parser.parse_args()
     data = scenes()

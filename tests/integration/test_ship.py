@@ -101,31 +101,33 @@ def test_rebuilding_the_expression_model_keeps_occlusion_as_its_default(tmp_path
 
 
 @pytest.mark.slow
-def test_rebuilding_retinaface_gives_the_shipped_graph_s_answers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ship --only face-retinaface`` converts the wheel's TensorFlow graph again (tf2onnx,
-    in ``$CONVSERVE_CONVERT_PYTHON``; it checks ONNX Runtime against TensorFlow itself). tf2onnx
-    names some nodes at random, so the bytes differ: the answers on real photos must not."""
+@pytest.mark.parametrize("name", ["face-retinaface", "face-blazeface"])
+def test_rebuilding_a_converted_detector_gives_the_shipped_graph_s_answers(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ship --only face-retinaface`` / ``face-blazeface`` convert the wheels' TensorFlow and
+    TFLite graphs again (tf2onnx, in ``$CONVSERVE_CONVERT_PYTHON``; each checks ONNX Runtime
+    against TensorFlow itself). tf2onnx names some nodes at random, so the bytes differ: the
+    answers on real photos must not."""
     import os
 
     from conftest import require_tool
+    from PIL import Image
 
+    from training.assets import fetch
+    from training.ship_blazeface import square
     from training.ship_retinaface import PARITY_PHOTOS, padded
 
     python = require_tool(os.environ.get("CONVSERVE_CONVERT_PYTHON", "convserve-convert-python"),
                           "set CONVSERVE_CONVERT_PYTHON to a Python with "
                           "pip install '.[faces-convert]' (tensorflow-cpu, tf2onnx)")
     monkeypatch.setenv("CONVSERVE_CONVERT_PYTHON", python)
-    assert main(["ship", "--only", "face-retinaface", "--models-dir", str(tmp_path)]) == 0
-    rebuilt = tmp_path / "face-retinaface" / "1" / "model.onnx"
-    shipped = REPO / "models" / "face-retinaface" / "1" / "model.onnx"
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                for p in (rebuilt, shipped)]
-    from PIL import Image
-
-    from training.assets import fetch
-
-    for name in PARITY_PHOTOS:
-        batch = padded(Image.open(fetch(name)))
-        ours, theirs = (s.run(None, {"x:0": batch})[0] for s in sessions)
-        np.testing.assert_array_equal(ours, theirs)
+    assert main(["ship", "--only", name, "--models-dir", str(tmp_path)]) == 0
+    sessions = [ort.InferenceSession(str(root / name / "1" / "model.onnx"),
+                                     providers=["CPUExecutionProvider"])
+                for root in (tmp_path, REPO / "models")]
+    prepare, feed = (padded, "x:0") if name == "face-retinaface" else (square, "input")
+    for photo in PARITY_PHOTOS:
+        batch = prepare(Image.open(fetch(photo)))
+        ours, theirs = (s.run(None, {feed: batch}) for s in sessions)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
