@@ -4,7 +4,7 @@ A stream receives frames (JPEG or PNG bytes) faster or slower than it can proces
 :class:`LatestFrame` holds at most one frame waiting: a newer frame replaces it and the older
 one is counted as dropped, so a fast sender (or a flood) costs one frame of memory, never a
 queue. :class:`Stream` takes the latest frame, at most ``max_fps`` a second, runs it through the
-same steps as ``POST /v1/expressions`` (:func:`service.face_analysis.analyse` in the detection
+same steps as ``POST /v1/expressions`` (:func:`service.expressions.analyse` in the detection
 slots, then the expression model through the batcher), follows the faces with a
 :class:`service.tracking.Tracker` and answers a JSON-ready dict: frame number, counters, faces
 with track ids, smoothed and raw probabilities, and timings.
@@ -27,7 +27,7 @@ import numpy as np
 
 from service.detection import DetectionSlots, FaceDetector
 from service.errors import Overloaded
-from service.face_analysis import Analysis, CropSpec, analyse
+from service.expressions import Analysis, CropSpec, analyse
 from service.faces import DetectorConfig
 from service.imaging import InputSpec
 from service.metrics import Metrics

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
-from service.http.routes.stream import Close, _open, _serve
+from service.http.routes.stream import Close, _serve, open_stream
 
 URL = "/v1/expressions/stream"
 MODELS = ("fer-minixception", "face-retinaface", "face-mtcnn", "face-blazeface")
@@ -156,9 +156,9 @@ def test_one_stream_too_many_closes_with_1013_and_a_closed_one_frees_its_slot(
         assert code == 1013
         assert "CONVSERVE_MAX_STREAMS" in error["error"]["message"]
     deadline = time.monotonic() + 10
-    while client.app.state.streams.active and time.monotonic() < deadline:
+    while client.app.state.engine.streams.active and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.app.state.streams.active == 0
+    assert client.app.state.engine.streams.active == 0
     assert "convserve_streams_active 0.0" in client.get("/metrics").text
     with client.websocket_connect(URL) as again:  # the slot is free again
         again.send_bytes(frames(1)[0])
@@ -218,8 +218,7 @@ def test_a_client_that_never_reads_is_closed_with_1008(client: TestClient) -> No
             await asyncio.sleep(3600)
 
     socket = NeverReads()
-    stream = _open(client.app.state, "fer-minixception", "face-retinaface", 20,
-                   client.app.state.settings)
+    stream = open_stream(client.app.state.engine, "fer-minixception", "face-retinaface", 20)
     close = client.portal.call(_serve, socket, stream)  # type: ignore[union-attr]
     assert isinstance(close, Close) and close.code == 1008
     assert "did not read its answers" in close.message

@@ -31,21 +31,19 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from service.detection import DetectionSlots
+from model_format import Capability
+from service.engine import Engine
 from service.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidParameter,
-    NotReady,
     ServiceError,
     UnsupportedMediaType,
 )
-from service.face_analysis import CropSpec
-from service.face_detectors import detector_for
+from service.expressions import DEFAULT_DETECTOR, DEFAULT_MODEL, CropSpec, detector_of
 from service.faces import DetectorConfig
-from service.http.routes.expressions import DEFAULT_DETECTOR, DEFAULT_MODEL, _classifier
 from service.settings import Settings
-from service.streams import Stream, StreamLimits, StreamSlots
+from service.streams import Stream, StreamLimits
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["expressions"])
@@ -170,53 +168,46 @@ async def _serve(websocket: WebSocket, stream: Stream) -> Close | None:
 async def expression_stream(websocket: WebSocket, model: str = DEFAULT_MODEL,
                             detector: str = DEFAULT_DETECTOR, min_face_size: int = 20) -> None:
     """Frames in (binary JPEG/PNG), one JSON answer per processed frame out."""
-    state = websocket.app.state
-    settings: Settings = state.settings
+    engine: Engine = websocket.app.state.engine
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    problem = _key_problem(websocket, settings)
+    problem = _key_problem(websocket, engine.settings)
     if problem is not None:
         await _close(websocket, Close(1008, problem, "unauthorized"))
         return
-    slots: StreamSlots = state.streams
+    slots = engine.streams
     if not slots.acquire():
         await _close(websocket, Close(1013, f"{slots.limit} streams are open, the most allowed "
                                       "(CONVSERVE_MAX_STREAMS): retry later", "too_many_streams"))
         return
-    state.metrics.streams_active.inc()
+    engine.metrics.streams_active.inc()
     try:
-        stream = _open(state, model, detector, min_face_size, settings)
+        stream = open_stream(engine, model, detector, min_face_size)
         close = await _serve(websocket, stream)
     except ServiceError as error:
         close = _close_for(error)
     finally:
         slots.release()
-        state.metrics.streams_active.dec()
+        engine.metrics.streams_active.dec()
     if close is not None:
         await _close(websocket, close)
 
 
-def _open(state: Any, model: str, detector: str, min_face_size: int,
-          settings: Settings) -> Stream:
-    """The stream's models and limits (raises ServiceError: an unknown model, not ready)."""
-    detection: DetectionSlots | None = state.detection
-    batcher = state.batcher
-    if detection is None or batcher is None:
-        raise NotReady("the service is starting or stopping; retry in a moment")
-    classifier = _classifier(state.repository.get(model))
-    finder = state.repository.get(detector)
-    try:
-        faces = detector_for(finder)
-    except ValueError as error:
-        raise InvalidParameter(f"detector={error}") from None
+def open_stream(engine: Engine, model: str, detector: str, min_face_size: int) -> Stream:
+    """The stream's models and limits (raises ServiceError: an unknown model, one that cannot
+    do this, the engine not serving)."""
+    engine.check_serving()
     if not 10 <= min_face_size <= 10000:
         raise InvalidParameter(f"min_face_size={min_face_size} must be 10 to 10000 px")
+    classifier = engine.get(model, None, Capability.EXPRESSIONS)
+    finder = detector_of(engine.get(detector, None, Capability.DETECT_FACES))
     assert classifier.input is not None
 
     async def classify(crops: list[Any]) -> list[Any]:
-        return await batcher.submit_many(classifier, crops)
+        return await engine.infer(classifier, crops)
 
-    return Stream(detector=faces, spec=classifier.input, crop=CropSpec.from_card(classifier.card),
-                  labels=list(classifier.labels), classify=classify, detection=detection,
-                  metrics=state.metrics, limits=limits_from(settings),
+    return Stream(detector=finder, spec=classifier.input,
+                  crop=CropSpec.from_card(classifier.card), labels=list(classifier.labels),
+                  classify=classify, detection=engine.detection_slots(), metrics=engine.metrics,
+                  limits=limits_from(engine.settings),
                   config=DetectorConfig(min_face_size=min_face_size))
