@@ -109,6 +109,7 @@ def test_repeated_reloads_with_requests_in_flight_keep_threads_flat(models: Path
             image = np.zeros((32, 32, 3), np.uint8)
             baseline = len(_threads())
             card = models / "tiny-rgb" / "2" / "model.json"
+            retired = []
             for _ in range(6):
                 held = engine.get("tiny-rgb")
                 card.write_text(card.read_text())  # a new stamp: the version is replaced
@@ -116,6 +117,10 @@ def test_repeated_reloads_with_requests_in_flight_keep_threads_flat(models: Path
                 with pytest.raises(NotReady):
                     await engine.infer(held, [image])
                 assert len(await engine.infer(engine.get("tiny-rgb"), [image])) == 1
+                retired.append(weakref.ref(held))
+                del held
+            gc.collect()
+            assert [ref() for ref in retired] == [None] * 6  # sessions and all: memory is back
             assert len(_threads()) == baseline
             assert len(_lane_threads("tiny-rgb/2")) == engine.settings.instances
         finally:
