@@ -12,18 +12,17 @@ real photos.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard, parse_card, write_card
+from model_format import DetectorCard, parse_card
 from service.blazeface import DEFAULT_THRESHOLD, NMS_IOU, SIZE
 from training.assets import ASSETS, fetch, sha256_of
-from training.export import ExportError, git_commit
+from training.export import ExportError
+from training.publish import check_target, provenance, publish
 from training.ship_retinaface import OPSET, PARITY_PHOTOS, _run, convert_python
 
 logger = logging.getLogger(__name__)
@@ -97,11 +96,10 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
                                       "onnxruntime_vs_tflite_max_abs_diff": parity,
                                       "tolerance": TOLERANCE}},
         "metrics": {},
-        "provenance": {"source_weights": [{"package": asset.package, "file": asset.member,
-                                           "sha256": asset.sha256, "licence": asset.licence}],
-                       "config": None, "git_commit": git_commit(),
-                       "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "exporter": f"tf2onnx (opset {OPSET}) via training.ship_blazeface"},
+        "provenance": provenance(
+            f"tf2onnx (opset {OPSET}) via training.ship_blazeface", config=None,
+            source_weights=[{"package": asset.package, "file": asset.member,
+                             "sha256": asset.sha256, "licence": asset.licence}]),
         "onnx_sha256": digest,
     }, f"{NAME} model.json")
     assert isinstance(parsed, DetectorCard)
@@ -110,10 +108,7 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
 
 def ship_blazeface(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:
     """Convert, check and write ``models/face-blazeface/<version>/`` (``model.json`` last)."""
-    out = Path(models_dir) / NAME / str(version)
-    if (out / "model.json").exists() and not overwrite:
-        raise ExportError(f"{out} already holds a model; export a new version or pass "
-                          "--overwrite")
+    out = check_target(models_dir, NAME, version, overwrite)
     tflite = fetch(ASSET)
     with tempfile.TemporaryDirectory(prefix="convserve-blazeface-") as name:
         scratch = Path(name)
@@ -122,9 +117,5 @@ def ship_blazeface(models_dir: Path, version: int = 1, overwrite: bool = False) 
               "--opset", str(OPSET), "--output", str(graph)], "tf2onnx")
         parity = check_parity(tflite, graph, scratch)
         logger.info("%s: ONNX Runtime vs TensorFlow Lite max |diff| %.2e", NAME, parity)
-        written = card(version, sha256_of(graph), parity)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.json").unlink(missing_ok=True)
-        shutil.copyfile(graph, out / "model.onnx")
-    write_card(written, out)
+        publish(scratch, ["model.onnx"], card(version, sha256_of(graph), parity), out)
     return out

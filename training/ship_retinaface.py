@@ -16,20 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard, parse_card, write_card
+from model_format import DetectorCard, parse_card
 from service.retinaface import DEFAULT_THRESHOLD, SMALLEST_FACE, STRIDE
 from training.assets import ASSETS, fetch, sha256_of
-from training.export import ExportError, git_commit
+from training.export import ExportError
+from training.publish import check_target, provenance, publish
 
 logger = logging.getLogger(__name__)
 NAME = "face-retinaface"
@@ -121,11 +120,10 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
                                       "onnxruntime_vs_tensorflow_max_abs_diff": parity,
                                       "tolerance": TOLERANCE}},
         "metrics": {},
-        "provenance": {"source_weights": [{"package": asset.package, "file": asset.member,
-                                           "sha256": asset.sha256, "licence": asset.licence}],
-                       "config": None, "git_commit": git_commit(),
-                       "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "exporter": f"tf2onnx (opset {OPSET}) via training.ship_retinaface"},
+        "provenance": provenance(
+            f"tf2onnx (opset {OPSET}) via training.ship_retinaface", config=None,
+            source_weights=[{"package": asset.package, "file": asset.member,
+                             "sha256": asset.sha256, "licence": asset.licence}]),
         "onnx_sha256": digest,
     }, f"{NAME} model.json")
     assert isinstance(parsed, DetectorCard)
@@ -134,10 +132,7 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
 
 def ship_retinaface(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:
     """Convert, check and write ``models/face-retinaface/<version>/`` (``model.json`` last)."""
-    out = Path(models_dir) / NAME / str(version)
-    if (out / "model.json").exists() and not overwrite:
-        raise ExportError(f"{out} already holds a model; export a new version or pass "
-                          "--overwrite")
+    out = check_target(models_dir, NAME, version, overwrite)
     frozen = fetch(ASSET)
     with tempfile.TemporaryDirectory(prefix="convserve-retinaface-") as name:
         scratch = Path(name)
@@ -147,10 +142,6 @@ def ship_retinaface(models_dir: Path, version: int = 1, overwrite: bool = False)
               "--output", str(graph)], "tf2onnx")
         parity = check_parity(frozen, graph, scratch)
         logger.info("%s: ONNX Runtime vs TensorFlow max |diff| %.2e", NAME, parity)
-        written = card(version, sha256_of(graph), parity)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.json").unlink(missing_ok=True)  # incomplete until rewritten
-        shutil.copyfile(graph, out / "model.onnx")
-    write_card(written, out)
+        publish(scratch, ["model.onnx"], card(version, sha256_of(graph), parity), out)
     logger.info("wrote %s (%s)", out, json.dumps({"parity": parity}))
     return out
