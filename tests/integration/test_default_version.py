@@ -86,3 +86,39 @@ def test_a_bad_pin_is_not_ready_and_says_why(make_client: Callable[..., Any], mo
                 answer.json()["error"]["message"]
         else:
             assert answer.json()["version"] == 2
+
+
+def test_v1_and_v2_describe_and_answer_with_the_same_default(
+        make_client: Callable[..., Any], models: Path) -> None:
+    """With version 1 pinned and a 64x64 version 3 loaded, /v2 metadata and config describe
+    version 1 (the one /v2 infer and every /v1 route use), so inferring with the shape the
+    metadata gives works; config's max_batch_size is the version's own cap, as /v1/models says."""
+    from conftest import export_tiny_classifier
+
+    export_tiny_classifier(models, "tiny-rgb", 3, size=64, seed=3)
+    (models / "tiny-rgb" / "default_version").write_text("1\n")
+    with make_client(models) as client:
+        meta = client.get("/v2/models/tiny-rgb").json()
+        shape = meta["inputs"][0]["shape"]
+        assert shape == [-1, 32, 32, 3] and meta["versions"] == ["3", "2", "1"]
+        pixels = [0] * (32 * 32 * 3)
+        answer = client.post("/v2/models/tiny-rgb/infer", json={"inputs": [{
+            "name": "image", "datatype": "UINT8", "shape": [1, *shape[1:]], "data": pixels}]})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        listed = client.get("/v1/models/tiny-rgb").json()
+        assert listed["default_version"] == 1
+        config = client.get("/v2/models/tiny-rgb/config").json()
+        own = next(v for v in listed["versions"] if v["version"] == 1)["max_batch_size"]
+        assert config["max_batch_size"] == own
+        assert client.get("/v2/models/tiny-rgb/versions/3").json()["inputs"][0]["shape"] == [
+            -1, 64, 64, 3]
+
+
+def test_v2_config_reports_the_version_cap_from_serving_json(
+        make_client: Callable[..., Any], shipped_model: Callable[[str], Path],
+        tmp_path: Path) -> None:
+    (tmp_path / "imagenet-mobilenetv2").symlink_to(shipped_model("imagenet-mobilenetv2"))
+    with make_client(tmp_path) as client:
+        own = client.get("/v1/models/imagenet-mobilenetv2").json()["versions"][0]
+        config = client.get("/v2/models/imagenet-mobilenetv2/config").json()
+        assert config["max_batch_size"] == own["max_batch_size"] < 4  # serving.json's, not 4
