@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from model_format import SERVING_FILE, ServingHints
+from model_format import SERVING_FILE, ServingHints, Task
 from service.model_version import ModelVersion
 from service.repository import ModelRepository
 from service.runtime import padded_batch_sizes
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, reason in failed.items():
         sys.stderr.write(f"{key} did not load: {reason}\n")
     for version in repository.all_versions():
-        if (args.only and version.name != args.only) or version.task != "classification":
+        if (args.only and version.name != args.only) or version.task != Task.CLASSIFICATION:
             continue
         hints = measure(version, args.max_batch_size)
         sys.stdout.write(f"{version.key}: {json.dumps(hints.cpu_batch_costs_ms)} ms per "

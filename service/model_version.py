@@ -175,7 +175,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         if key == "model" and isinstance(card, ClassifierCard):
             served = graph.read_bytes()  # what service/layers.py shows: never the file again
         sessions[key] = create_session(graph, settings, cpu_only=card.task == Task.FACE_DETECTION,
-                                       solo_spins=card.task == "classification",
+                                       solo_spins=card.task == Task.CLASSIFICATION,
                                        arena=card.task != Task.FACE_DETECTION)
     explain = card.explain if isinstance(card, ClassifierCard) else None
     if explain is not None and explain.file:
@@ -189,7 +189,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
     # also bounds the padded sizes. An expression model keeps max_batch_size: a photo's faces go
     # through one run.
     batching = (batching_in_force(name, version, path, sessions["model"], settings)
-                if card.task == "classification" and spec is not None else None)
+                if card.task == Task.CLASSIFICATION and spec is not None else None)
     batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
     if batch_sizes and batching is not None and batching.source == "host cache":
         batch_sizes = padded_batch_sizes(batching.max_batch_size)
