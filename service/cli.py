@@ -150,6 +150,16 @@ def _load_commands() -> None:
 
     add_command("predict", help_text, add_arguments, run_predict)
 
+    from service.tune import COMMAND as TUNE
+
+    help_text, add_arguments, run_tune = TUNE
+
+    def tune(args: argparse.Namespace) -> int:
+        configure_logging("warning")
+        return run_tune(args)
+
+    add_command("tune", help_text, add_arguments, tune)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""

@@ -74,6 +74,10 @@ class Engine:
         self.batcher: Batcher | None = None
         self.pool: ThreadPoolExecutor | None = None  # decoding
         self.detection: DetectionSlots | None = None
+        # Open expression streams (service/streams.py imports this module's users: imported here)
+        from service.streams import StreamSlots
+
+        self.streams = StreamSlots(settings.max_streams)
         self.starting = True  # until the first load has finished and its lanes are warm
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []

@@ -5,7 +5,8 @@ against the version's queue limit (503 + ``Retry-After`` when it is full) and ta
 with classification's images instead of running beside the batcher in the decode pool, where
 16 concurrent explanations made a 15 ms classify wait 23.6 s (docs/hardening.md). Decoding,
 building the occluded copies and drawing the PNG run in the decode pool, as classify's decoding
-does; a class activation map (one image, two runs) too.
+does. A class activation map (one image) is queued as one image too, and made in its turn in the
+version's inference thread.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ async def explain_upload(engine: Engine, version: ModelVersion, data: bytes,
     max_pixels = engine.settings.max_image_pixels
     prepared, batch, boxes = await engine.in_pool(_prepare, version, data, max_pixels,
                                                   chosen == "occlusion")
-    if batch is None:
-        result = await engine.in_pool(explain.class_activation_map, version, prepared.array,
-                                      wanted)
+    if batch is None:  # queued like a classify image; the map is made in its turn, in the
+        # version's inference thread (its own two runs: the row batched with it is not used)
+        def cam(_row: np.ndarray) -> explain.Explanation:
+            return explain.class_activation_map(version, prepared.array, wanted)
+
+        (result,) = await engine.infer(version, [prepared.array], cam)
     else:  # the batcher's queue: admitted, or 503, like every other request's images
         rows = await engine.infer(version, list(batch))
         largest = engine.settings.max_batch_size

@@ -170,6 +170,15 @@ class Metrics:
         self.last_inference = Gauge("convserve_last_inference_timestamp_seconds",
                                     "When the latest run of the version ended (Unix time)",
                                     MODEL, registry=reg, multiprocess_mode="max")
+        # Expression streams (service/streams.py)
+        self.stream_frames = Counter("convserve_stream_frames", "Stream frames by outcome: "
+                                     "processed, dropped (a newer frame replaced it), failed",
+                                     ("outcome",), registry=reg)
+        self.stream_frame_duration = Histogram(
+            "convserve_stream_frame_duration_seconds", "Stream frame latency, received to "
+            "answered", buckets=LATENCY_BUCKETS, registry=reg)
+        self.streams_active = Gauge("convserve_streams_active", "Open expression streams",
+                                    registry=reg, multiprocess_mode="livesum")
 
     def model(self, name: str, version: int | str) -> ModelMetrics:
         """The per-version children of the model metrics, cached."""

@@ -130,7 +130,7 @@ def test_openapi_declares_what_v2_answers(tiny_client: TestClient) -> None:
 def faces_client(make_client: Callable, shipped_model: Callable[[str], Path],
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("faces")
-    for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
+    for name in ("fer-minixception", "face-mtcnn", "face-retinaface", "mnist-lenet5"):
         shutil.copytree(shipped_model(name), root / name)
     with make_client(root, max_queue_size=2, detection_max_side=1000) as client:
         yield client
@@ -148,7 +148,8 @@ def test_gif_bomb_is_detected_on_a_bounded_copy(faces_client: TestClient,
         return detect(self, image, config)
 
     monkeypatch.setattr(MTCNN, "detect", spy)
-    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())})
+    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())},
+                                 params={"detector": "face-mtcnn"})
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 7000, "height": 7000}
     assert response.json()["faces"] == []
@@ -205,7 +206,7 @@ def test_detection_neither_starves_classify_nor_queues_without_bound(
 
     from service import expressions
 
-    for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
+    for name in ("fer-minixception", "face-mtcnn", "face-retinaface", "mnist-lenet5"):
         (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)
     started, release = threading.Event(), threading.Event()
     analyse = expressions.analyse

@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import sys
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -334,3 +335,43 @@ def test_public_readyz_keeps_paths_and_contents_for_the_log(make_client: Callabl
         assert str(own_models) not in ready.text and "secret" not in ready.text
         assert ready.json()["error"]["message"].startswith(
             "failed to load: tiny-rgb/default_version (the server log")
+
+
+def test_a_class_activation_map_waits_in_the_queue_too(
+        make_client: Callable[..., Any], shipped_model: Callable[[str], Path], tmp_path: Path,
+        photo: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CAM explanation is one image in the version's queue: with the queue full it is refused
+    at once (503 + Retry-After) instead of running beside the batcher; once it drains, it runs."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.model_version import ModelVersion
+
+    (tmp_path / "fer-minixception").symlink_to(shipped_model("fer-minixception"))
+    held, release = threading.Event(), threading.Event()
+    infer = ModelVersion.infer
+
+    def slow(self: ModelVersion, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
+        held.set()
+        release.wait(30)
+        return infer(self, batch, alone)
+
+    face = {"file": ("face.jpg", photo("face-happy"))}
+    path = "/v1/models/fer-minixception"
+    with make_client(tmp_path, max_queue_size=1, instances=1) as client:
+        monkeypatch.setattr(ModelVersion, "infer", slow)
+        with ThreadPoolExecutor(2) as background:
+            running = background.submit(client.post, f"{path}/classify", files=face)
+            assert held.wait(30)
+            queued = background.submit(client.post, f"{path}/classify", files=face)
+            deadline = time.monotonic() + 30
+            while client.get("/metrics").text.count(
+                    'convserve_queue_depth{model="fer-minixception",version="1"} 1.0') == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            refused = client.post(f"{path}/explain", params={"method": "cam"}, files=face)
+            release.set()
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert running.result(60).status_code == queued.result(60).status_code == 200
+        answer = client.post(f"{path}/explain", params={"method": "cam"}, files=face)
+        assert answer.status_code == 200 and answer.json()["method"] == "cam"

@@ -26,7 +26,8 @@ EXPRESSIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"
 @pytest.fixture(scope="module")
 def models(shipped_repository: Callable[..., Path]) -> Path:
     """The shipped classifier, expression model and face detector."""
-    return shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn")
+    return shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn",
+                              "face-retinaface")
 
 
 @pytest.fixture(scope="module")
