@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -72,8 +73,9 @@ class Raw:
     declared: int | None = None  # HTTP's parameters.binary_data_size, when given
 
 
-# One input's data: raw bytes, numbers (a nested JSON list or a flat array), or nothing sent.
-Payload = Raw | list[Any] | np.ndarray | None
+# One input's data: raw bytes, numbers (a nested JSON list, or a flat sequence such as protobuf's
+# typed contents, read only once the shape and batch size are checked), or nothing sent.
+Payload = Raw | list[Any] | Sequence[Any] | np.ndarray | None
 
 
 @dataclass
@@ -175,9 +177,12 @@ def tensor_spec(version: ModelVersion) -> TensorSpec:
     return TensorSpec(version.input_name, "UINT8", (spec.height, spec.width, spec.channels))
 
 
-def _numbers(entry: RequestInput, payload: list[Any] | np.ndarray, dtype: np.dtype,
+def _numbers(entry: RequestInput, payload: Sequence[Any] | np.ndarray, dtype: np.dtype,
              count: int) -> np.ndarray:
     name, shape, datatype = entry.name, entry.shape, entry.datatype
+    if not isinstance(payload, list | np.ndarray) and len(payload) != count:  # flat: no copy
+        raise ProtocolError(f"input {name!r}: the contents hold {len(payload)} values, shape "
+                            f"{shape} needs {count}")
     try:
         array = np.asarray(payload)
     except (ValueError, TypeError, OverflowError) as exc:

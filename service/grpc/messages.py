@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import ValidationError
@@ -66,7 +65,7 @@ def _payload(index: int, tensor: Any, raw: list[bytes]) -> Payload:
     if filled != [field]:
         raise ProtocolError(f"input {tensor.name!r}: {tensor.datatype} elements go in "
                             f"contents.{field}, not {', '.join(filled)}")
-    return np.asarray(getattr(tensor.contents, field))
+    return getattr(tensor.contents, field)  # read once the shape is checked
 
 
 def read_infer_request(request: pb.ModelInferRequest, spec: TensorSpec, output_name: str,

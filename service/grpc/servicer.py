@@ -49,6 +49,8 @@ access_log = logging.getLogger("convserve.access")
 logger = logging.getLogger("convserve.errors")
 
 SERVICE = "inference.GRPCInferenceService"
+INLINE_TYPED_BYTES = 64 * 1024  # larger typed contents are read in the decode pool (raw bytes
+# need no conversion: always inline)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
@@ -199,5 +201,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         read = functools.partial(read_infer_request, request, tensor_spec(version),
                                  version.output_name, len(version.labels),
                                  engine.settings.max_images_per_request)
-        parsed, outputs = await protocol_infer.infer(engine, version, read)
+        typed = any(tensor.HasField("contents") for tensor in request.inputs)
+        offload = typed and request.ByteSize() > INLINE_TYPED_BYTES  # numbers to convert
+        parsed, outputs = await protocol_infer.infer(engine, version, read, offload=offload)
         return infer_response(version.name, version.version, parsed, outputs)

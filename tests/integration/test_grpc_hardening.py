@@ -122,7 +122,9 @@ CASES = [
      "UINT8 elements go in contents.uint_contents, not fp32_contents"),
     ("typed contents", _typed("uint_contents"), grpc.StatusCode.OK, ""),
     ("too few contents", _typed("uint_contents", 783), INVALID,
-     "'data' holds 783 values"),
+     "input 'image': the contents hold 783 values, shape [1, 28, 28, 1] needs 784"),
+    ("too many contents", _typed("uint_contents", 200_000), INVALID,  # read in the pool
+     "the contents hold 200000 values"),
     ("no data", pb.ModelInferRequest(model_name="mnist-lenet5", inputs=[
         pb.ModelInferRequest.InferInputTensor(name="image", datatype="UINT8",
                                               shape=(1, 28, 28, 1))]), INVALID,
