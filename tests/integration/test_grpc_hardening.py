@@ -256,3 +256,15 @@ def test_sigterm_finishes_accepted_calls(shipped_repository: Callable[..., Path]
             call.join(30)
         assert results == [(grpc.StatusCode.OK, "")] * 3
         process.wait(30)
+
+
+def test_typed_contents_answer_as_raw_bytes(stub: service_pb2_grpc.GRPCInferenceServiceStub
+                                            ) -> None:
+    pixels = np.random.default_rng(23).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    raw = stub.ModelInfer(_request((2, 28, 28, 1), raw=pixels.tobytes()), metadata=AUTH)
+    typed = pb.ModelInferRequest(model_name="mnist-lenet5")
+    tensor = typed.inputs.add(name="image", datatype="UINT8", shape=(2, 28, 28, 1))
+    tensor.contents.uint_contents.extend(pixels.ravel().tolist())
+    answer = stub.ModelInfer(typed, metadata=AUTH)
+    assert answer.raw_output_contents == raw.raw_output_contents
+    assert list(answer.outputs[0].shape) == [2, 10]
