@@ -93,3 +93,21 @@ class DetectionSlots:
     def shutdown(self) -> None:
         """Finish running detections and stop the threads."""
         self.pool.shutdown(wait=True)
+
+
+class StreamSlots:
+    """The count of open streams, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> bool:
+        """Take a slot; False when all are taken."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1

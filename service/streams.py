@@ -9,7 +9,7 @@ slots, then the expression model through the batcher), follows the faces with a
 :class:`service.tracking.Tracker` and answers a JSON-ready dict: frame number, counters, faces
 with track ids, smoothed and raw probabilities, and timings.
 
-:class:`StreamSlots` bounds the number of open streams. The protocol adapter
+:class:`service.detection.StreamSlots` bounds the number of open streams. The protocol adapter
 (``service/http/routes/stream.py``) owns the socket: it reads frames into the
 :class:`LatestFrame`, sends the answers, enforces the idle and send timeouts and maps errors to
 close codes; when it returns, the stream's slot, frame and tracks are gone with it.
@@ -48,24 +48,6 @@ class StreamLimits:
     max_streams: int = 4  # open streams at most; more are closed at once (1013)
     detect_side: int = 320  # faces are detected on a copy no longer than this
     max_faces: int = 20  # faces per frame at most (best first)
-
-
-class StreamSlots:
-    """The count of open streams, bounded."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def acquire(self) -> bool:
-        """Take a slot; False when all are taken."""
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active -= 1
 
 
 class LatestFrame:
