@@ -28,6 +28,7 @@ from service.detection import DetectionSlots
 from service.errors import ReloadIncomplete
 from service.http.errors import register_error_handlers
 from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog
+from service.http.openapi_auth import document_bearer_auth
 from service.http.routes.classify import ClassifyShortcut
 from service.metrics import Metrics
 from service.repository import ModelRepository, ScanResult
@@ -188,5 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_pending_bytes=settings.max_pending_upload_bytes,
                        retry_after_s=settings.retry_after_s)
     app.add_middleware(ApiKeyAuth, api_key=key)
+    if key:
+        document_bearer_auth(app)  # Swagger UI's Authorize button
     app.add_middleware(RequestLog, metrics=app.state.metrics)  # added last = outermost
     return app
