@@ -24,6 +24,7 @@ from service.errors import (
     NotReady,
     VersionNotFound,
 )
+from service.model_selection import choose
 from service.model_version import ModelVersion, describe_batching, int8_note, load_version
 from service.runtime import warn_missing_providers
 from service.settings import Settings
@@ -108,7 +109,8 @@ class ModelRepository:
         """Load new or changed versions and drop vanished ones. Blocking: call from a thread."""
         with self._scan_lock:
             result = ScanResult()
-            found = discover(self.settings.models_dir)
+            found, unmatched = choose(discover(self.settings.models_dir),
+                                      self.settings.models, self.settings.models_dir)
             current = dict(self._versions)
             for gone in [k for k in current if k not in found]:
                 result.removed.append(current.pop(gone))
@@ -149,6 +151,7 @@ class ModelRepository:
             for key, why in bad.items():
                 logger.error("%s: %s", key, why)
             result.failed.update(bad)
+            result.failed.update(unmatched)
             self._state = (current, pins)  # one assignment: readers see old or new, never a mix
             self.failures = result.failed
             if result.added:

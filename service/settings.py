@@ -54,6 +54,8 @@ class Settings(BaseSettings):
 
     # Model repository
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
+    models: Annotated[list[str], NoDecode] = []  # which models to load: names or patterns,
+    # '-' leaves out ("*,-*-int8": all but int8); empty = every one (service/model_selection.py)
     reload_interval_s: float = Field(0.0, ge=0)  # poll models_dir every N s; 0 = only on POST
     reload_wait_s: float = Field(120.0, gt=0)  # with workers > 1, how long POST reload waits
     # for every other worker to load what it loaded before answering 503
@@ -104,11 +106,18 @@ class Settings(BaseSettings):
     # most this; boxes are mapped back to the photo (faces under 12 px in the copy are missed)
     detect_workers: int = Field(0, ge=0)  # detection threads (apart from the decode pool);
     # 0 = half the CPU cores, at least 1
-    max_pending_detections: int = Field(4, ge=1)  # detections running or waiting for a thread;
-    # more -> 503 + Retry-After
+    max_pending_detections: int = Field(32, ge=1)  # detections running or waiting for a thread
+    # (waiting ones hold only their upload's bytes); more -> 503 + Retry-After
 
     # Security
     api_key: SecretStr | None = None  # when set, Bearer auth on all but health and metrics
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_patterns(cls, value: Any) -> Any:
+        from service.model_selection import parse
+
+        return parse(value) if isinstance(value, str | list) else value
 
     @field_validator("providers", mode="before")
     @classmethod

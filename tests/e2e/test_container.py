@@ -54,6 +54,7 @@ from container_build import (
     stop,
 )
 
+from service.model_selection import chosen
 from service.settings import Settings
 from training.assets import fetch
 
@@ -220,6 +221,10 @@ def test_compose_default_runs_the_service_on_a_gpu(stages: dict[str, Stage]) -> 
     assert service["environment"]["CONVSERVE_MODELS_DIR"] == "/app/models"
     assert service["environment"]["CONVSERVE_PROVIDERS"] == "CUDA,CPU"
     assert float(service["environment"]["CONVSERVE_RELOAD_INTERVAL_S"]) > 0  # picks up models
+    # int8 helps on CPUs only (docs/int8.md): the GPU service leaves those models out.
+    choice = Settings(models=service["environment"]["CONVSERVE_MODELS"]).models
+    shipped = {path.name for path in (REPO / "models").iterdir() if path.is_dir()}
+    assert chosen(shipped, choice) == {name for name in shipped if not name.endswith("-int8")}
     _settings_env_ok(service)
 
 
@@ -231,6 +236,7 @@ def test_compose_cpu_profile_needs_no_gpu(stages: dict[str, Stage]) -> None:
     assert service["build"]["args"] == {"EXTRA": "serve-cpu"}  # the small image
     assert service["image"] == "convserve:serve-cpu"
     assert service["environment"]["CONVSERVE_PROVIDERS"] == "CPU"
+    assert service["environment"]["CONVSERVE_MODELS"] == ""  # every model, int8 included
     assert f"{REPO / 'models'}:/app/models:ro" in service["volumes"]
     assert service["healthcheck"]["test"] == _healthcheck(stages)
     _settings_env_ok(service)
