@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -125,8 +126,11 @@ def sniff(data: bytes) -> str:
 def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image has too many pixels: {exc}") from None
+    except Image.DecompressionBombError as exc:  # past twice Pillow's own limit: our words
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "more pixels than Pillow opens"
+        raise ImageTooLarge(f"the image is {size}, more than the limit of {max_pixels}; scale "
+                            "it down before sending") from None
     except Exception as exc:
         raise InvalidImage(f"the {fmt} header cannot be read ({exc}); the file is corrupt "
                            "or truncated") from None
