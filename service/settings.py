@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"  # interface uvicorn binds to; 0.0.0.0 in a container
     port: int = Field(8000, ge=1, le=65535)  # TCP port
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: every line one JSON object, uvicorn's
+    # too (for log collectors); text: time, level, logger, message, for a terminal
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
     workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
     # loop, decode pool, batcher and sessions (service/workers.py); 1 suits a small CPU host

@@ -48,7 +48,8 @@ def create_worker_app() -> FastAPI:
     set, logs written from a thread, the shared :class:`WorkerSync`."""
 
     settings = load_settings()
-    flush_logs = configure_logging(settings.log_level, background=True, process=True)
+    flush_logs = configure_logging(settings.log_level, background=True, process=True,
+                                   json_lines=settings.log_format == "json")
     app = create_app(settings)
     app.state.sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
     inner = app.router.lifespan_context
