@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.advice import classify_notes
 from service.errors import ServiceError
 from service.http.deps import Serving, ServingDep, get_serving
 from service.http.errors import to_response
@@ -55,9 +56,10 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
                                    serving.settings.max_request_pixels)
     results = await classify(chosen, arrays, uploads, serving.batcher, top_k)
     body = ClassifyResponse.model_construct(model=chosen.name, version=chosen.version,
-                                            results=results)
-    # Serialised once here: FastAPI would validate the finished model again.
-    return Response(body.model_dump_json(), media_type="application/json")
+                                            results=results, notes=classify_notes(chosen))
+    # Serialised once here: FastAPI would validate the finished model again. Notes only when
+    # there are some (the one field with a default).
+    return Response(body.model_dump_json(exclude_defaults=True), media_type="application/json")
 
 
 @router.post("/{name}/classify", response_model=ClassifyResponse, openapi_extra=_BODY,
