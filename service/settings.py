@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
     workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
     # loop, decode pool, batcher and sessions (service/workers.py); 1 suits a small CPU host
-    # (docs/workers: the README's figures by worker count)
+    # (docs/performance.md: figures by worker count)
 
     # Model repository
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
