@@ -79,9 +79,10 @@ async def cost_per_request(shortcut: bool, model: str, requests: int, stub: bool
     startup = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}, lifespan.get,
             ignore))
-    while not app.state.repository.ready:
+    engine = app.state.engine
+    while not engine.readiness().ready:
         await asyncio.sleep(0.05)
-    version = app.state.repository.get(model)
+    version = engine.get(model)
     jpeg = image_for(model)
     real_prepare = service.pipeline.prepare
     if stub:

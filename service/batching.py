@@ -16,6 +16,12 @@ its cores (ONNX Runtime's threads wait for each other at the end of every parall
 When a lane's queue holds ``max_queue_size`` inputs, ``submit`` raises
 :class:`~service.errors.Overloaded` (HTTP 503 with ``Retry-After``) instead of queueing more.
 :meth:`Batcher.close` stops new work and drains every queue: requests already accepted finish.
+
+A lane lives exactly as long as its version is served: :meth:`Batcher.open` creates it (the
+engine, before publishing the version), :meth:`Batcher.retire` ends it (the engine, in the step
+that unpublishes the version), and nothing else does. A submit for a version without a lane (a
+request that took the version before a reload removed it) is refused with a retryable 503; it
+never brings the lane or its threads back.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ class _Lane:
         self.version = version
         self.loop = asyncio.get_running_loop()
         self.metrics = batcher.metrics.model(version.name, str(version.version)) \
-            if batcher.metrics else None
+            if batcher.metrics else None  # ended by the engine once the version is retired
         self.max_batch = min(batcher.max_batch_size, version.max_batch or batcher.max_batch_size)
         self.items: collections.deque[_Item] = collections.deque()
         self.changed = threading.Condition()  # guards the five below
@@ -244,15 +250,26 @@ class Batcher:
         self._closing = False
 
     def _lane(self, version: Batchable) -> _Lane:
+        """``version``'s open lane.
+
+        Raises:
+            NotReady: it has none: not opened, or retired by a reload (retryable 503).
+        """
         lane = self._lanes.get(id(version))
         if lane is None or lane.version is not version or lane.stopping:
-            lane = self._lanes[id(version)] = _Lane(self, version)
+            raise NotReady(f"model {version.key} is no longer served (a reload removed or "
+                           "replaced it while this request waited); retry")
         return lane
 
     async def open(self, version: Batchable) -> None:
-        """Start ``version``'s inference threads now (not at its first request) and wait until
-        each has run ``version.warm_up_thread()``."""
-        await asyncio.to_thread(self._lane(version).wait_warm)
+        """Create ``version``'s lane and start its inference threads, then wait until each has
+        run ``version.warm_up_thread()``. Opening an open version does nothing."""
+        if self._closing:
+            raise NotReady("the service is shutting down; retry on another replica")
+        lane = self._lanes.get(id(version))
+        if lane is None or lane.version is not version or lane.stopping:
+            lane = self._lanes[id(version)] = _Lane(self, version)
+        await asyncio.to_thread(lane.wait_warm)
 
     @overload
     async def submit(self, version: Batchable, array: np.ndarray) -> np.ndarray: ...
@@ -315,11 +332,19 @@ class Batcher:
         lane = self._lanes.get(id(version))
         return lane.pending if lane is not None and lane.version is version else 0
 
-    async def retire(self, version: Batchable) -> None:
-        """Finish what is queued for ``version`` (removed by a reload), then drop its lane."""
-        lane = self._lanes.pop(id(version), None)
-        if lane is not None and lane.version is version:
-            await lane.stop()
+    def retire(self, version: Batchable) -> asyncio.Future[None]:
+        """Close ``version``'s lane now (a new submit is refused from this call on) and return
+        what to await for its queue to drain and its threads and metric series to end."""
+        lane = self._lanes.get(id(version))
+        if lane is None or lane.version is not version:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        del self._lanes[id(version)]
+        with lane.changed:
+            lane.stopping = True
+            lane.changed.notify_all()
+        return asyncio.ensure_future(lane.stop())
 
     async def close(self) -> None:
         """Refuse new inputs, finish every queued one, stop the threads."""

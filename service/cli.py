@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import socket
 import sys
 from collections.abc import Callable
@@ -147,14 +148,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What every convserve command imports from the serving extras (pyproject.toml's serve-common
+# and the onnxruntime of serve/serve-cpu); a bare `pip install .` has none of them.
+SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "httpx",
+                 "prometheus_client", "onnxruntime", "onnx")
+SERVE_INSTALL = ("pip install '.[serve]' (NVIDIA GPU or CPU: onnxruntime-gpu, CUDA as wheels) or "
+                 "pip install '.[serve-cpu]' (CPU only: plain onnxruntime)")
+
+
+def _serving_missing(error: ModuleNotFoundError | None = None) -> int:
+    name = error.name if error is not None else next(
+        m for m in SERVE_MODULES if importlib.util.find_spec(m) is None)
+    print(f"convserve: serving needs the 'serve' or 'serve-cpu' extra, which is not installed "
+          f"here (no module {name!r}); install it with: {SERVE_INSTALL}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``convserve`` and ``python -m service``."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``convserve`` and ``python -m service``.
+
+    Without the serving extras it says which to install, in one line, and exits 2 (before
+    parsing: even ``--help`` needs them), as ``convserve-train`` does without torch."""
+    if any(importlib.util.find_spec(m) is None for m in SERVE_MODULES):
+        return _serving_missing()
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command][2](args)
     except SettingsError as exc:
         print(f"convserve: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # found above, yet part of it missing
+        if (error.name or "").split(".")[0] not in SERVE_MODULES:
+            raise
+        return _serving_missing(error)
 
 
 if __name__ == "__main__":

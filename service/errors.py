@@ -40,9 +40,11 @@ class InvalidImage(ServiceError):
 
 
 class UnsupportedTask(ServiceError):
-    """The model cannot answer this endpoint (e.g. classify on a face detector). HTTP 400."""
+    """The model cannot do what the endpoint asks (classify on a face detector, expressions with
+    a digit classifier, explain on a model whose card says none...): the one answer for all of
+    them, everywhere. HTTP 422."""
 
-    status_code = 400
+    status_code = 422
     code = "unsupported_task"
 
 
@@ -93,14 +95,6 @@ class InvalidParameter(ServiceError):
 
     status_code = 422
     code = "invalid_parameter"
-
-
-class CannotExplain(ServiceError):
-    """The model can neither show class activation maps nor be occluded (a face detector, or
-    ``explain.method`` none in its model.json). HTTP 422."""
-
-    status_code = 422
-    code = "cannot_explain"
 
 
 class NotReady(ServiceError):

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from model_format import ClassifierCard
-from service.errors import CannotExplain, InvalidParameter
+from model_format import Capability, ClassifierCard
+from service.errors import InvalidParameter
 from service.imaging import crop_box
 from service.model_version import ModelVersion
 
@@ -77,15 +77,11 @@ def require_method(version: ModelVersion, requested: str | None = None) -> str:
     """The method to use: ``requested``, or the model's default.
 
     Raises:
-        CannotExplain: the model does neither method (HTTP 422).
+        UnsupportedTask: the model does neither method (HTTP 422).
         InvalidParameter: it cannot do the ``requested`` one (HTTP 422).
     """
+    version.require(Capability.EXPLAIN)
     available = methods_of(version)
-    if not available:
-        why = ("it is a " + version.task + " model, not an image classifier"
-               if version.input is None else "its model.json says explain.method none")
-        raise CannotExplain(f"model {version.name!r} cannot explain its answers: {why}; "
-                            "GET /v1/models shows each model's explain methods")
     if requested is None:
         return available[0]
     if requested not in available:
@@ -196,7 +192,7 @@ def explain_array(version: ModelVersion, array: np.ndarray, wanted: str | None,
     ``method`` (default: the model's).
 
     Raises:
-        CannotExplain: the model does neither method (HTTP 422).
+        UnsupportedTask: the model does neither method (HTTP 422).
         InvalidParameter: ``wanted`` is no class of the model, or it cannot do ``method``.
     """
     if require_method(version, method) == "cam":

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from service.errors import CannotExplain
+from service.errors import UnsupportedTask
 from service.runtime import Session, memory_session
 from service.settings import Settings
 
@@ -55,7 +55,7 @@ def first_layer(path: Path, stamp: int, settings: Settings) -> FirstLayer:
     replaced model is read again). Blocking (reads the file the first time); thread-safe.
 
     Raises:
-        CannotExplain: the graph has no convolution with constant weights (HTTP 422).
+        UnsupportedTask: the graph has no convolution with constant weights (HTTP 422).
     """
     key = (str(path), stamp)
     with _LOCK:
@@ -74,8 +74,8 @@ def _read(path: Path, settings: Settings) -> FirstLayer:
     constants = {i.name: i for i in graph.initializer}
     conv = next((n for n in graph.node if n.op_type == "Conv" and n.input[1] in constants), None)
     if conv is None:
-        raise CannotExplain(f"{path.parent.parent.name}: the graph has no convolution with "
-                            "constant weights to show")
+        raise UnsupportedTask(f"model {path.parent.parent.name!r}: the graph has no convolution "
+                              "with constant weights to show")
     consumers = [n for n in graph.node if conv.output[0] in n.input]
     follows = consumers[0] if len(consumers) == 1 and consumers[0].op_type in _ACTIVATIONS else None
     output = follows.output[0] if follows else conv.output[0]

@@ -124,9 +124,27 @@ class Metrics:
         self.model_info.labels(name, str(version), task, provider).set(1)
         self.model_ready.labels(name, str(version)).set(1)
 
-    def model_unloaded(self, name: str, version: int) -> None:
-        """A version was removed by a reload."""
-        self.model_ready.labels(name, str(version)).set(0)
+    def model_unloaded(self, name: str, version: int, task: str, provider: str) -> None:
+        """A version was removed by a reload: its info, load time and ready series end (set to
+        0 first: with ``--workers N`` the value stays in this worker's file, where 0 is right)."""
+        labels = (name, str(version))
+        for gauge, extra in ((self.model_ready, ()), (self.model_info, (task, provider)),
+                             (self.load_time, ())):
+            gauge.labels(*labels, *extra).set(0)
+            gauge.remove(*labels, *extra)
+
+    def forget(self, name: str, version: int | str) -> None:
+        """End a version's per-request series (its lane has closed: nothing observes them)."""
+        key = (name, str(version))
+        if self._children.pop(key, None) is None:
+            return
+        for metric in (self.decode, self.preprocess, self.queue, self.inference,
+                       self.batch_size, self.inference_count, self.exec_count, self.queue_depth,
+                       self.rejected):
+            try:
+                metric.remove(*key)
+            except KeyError:
+                pass
 
     def render(self) -> bytes:
         """The text exposition format: this app's metrics, or every worker's summed."""

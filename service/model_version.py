@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from model_format import (
+    CAPABILITIES,
     CARD_FILE,
-    CLASSIFIER_TASKS,
+    Capability,
     ClassifierCard,
     DetectorCard,
     Task,
@@ -105,14 +106,42 @@ class ModelVersion:
         for size in self.batch_sizes:
             self.infer(self.zeros(size), False)
 
-    def require_classifier(self) -> None:
-        """Raises UnsupportedTask unless this version classifies whole images."""
-        if self.task not in CLASSIFIER_TASKS or self.input is None:
-            raise UnsupportedTask(
-                f"model {self.name!r} is a {self.task} model and cannot classify images; "
-                "use a classification model (GET /v1/models lists them)"
-                + ("; faces go to POST /v1/expressions"
-                   if self.task == Task.FACE_DETECTION else ""))
+    @functools.cached_property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this version can be asked to do: its task's capabilities, less what its card
+        rules out (a classifier whose ``explain.method`` is ``none`` is not explained)."""
+        found = set(CAPABILITIES[Task(self.task)])
+        if self.input is None:
+            found -= {Capability.CLASSIFY, Capability.EXPRESSIONS, Capability.EXPLAIN,
+                      Capability.FIRST_LAYER}
+        card = self.card
+        if isinstance(card, ClassifierCard) and card.explain and card.explain.method == "none":
+            found.discard(Capability.EXPLAIN)
+        return frozenset(found)
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: Capability) -> None:
+        """Raises UnsupportedTask (422, the same everywhere) unless this version can do
+        ``capability``; the message says what the model is and where to go instead."""
+        if self.can(capability):
+            return
+        raise UnsupportedTask(f"model {self.name!r} ({self.task}) {_CANNOT[capability]}")
+
+
+_CANNOT = {
+    Capability.CLASSIFY: "cannot classify images: use a classification or expression model "
+                         "(GET /v1/models lists each model's task); faces go to "
+                         "POST /v1/expressions",
+    Capability.EXPRESSIONS: "is not an expression model: use model=fer-minixception or another "
+                            "model whose task is 'expression' (GET /v1/models)",
+    Capability.DETECT_FACES: "is not a face detector: use detector=face-mtcnn or another model "
+                             "whose task is 'face-detection' (GET /v1/models)",
+    Capability.EXPLAIN: "cannot explain its answers (a face detector, or explain.method none in "
+                        "its model.json); GET /v1/models shows each model's explain methods",
+    Capability.FIRST_LAYER: "has no first convolution to show: only classifiers have one",
+}
 
 
 def gpu_batch_sizes(sessions: dict[str, Session], settings: Settings) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from service.errors import (
     ServiceError,
 )
 from service.imaging import InputSpec, Prepared, pixel_count, prepare
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
 
@@ -76,8 +76,7 @@ def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int)
 
 
 async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor,
-                          max_pixels: int, metrics: Metrics | None = None,
-                          labels: tuple[str, str] | None = None,
+                          max_pixels: int, metrics: ModelMetrics | None = None,
                           max_request_pixels: int | None = None) -> list[np.ndarray]:
     """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG inline).
 
@@ -108,10 +107,9 @@ async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor
         if isinstance(outcome, BaseException):
             raise outcome
         assert isinstance(outcome, Prepared)
-        if metrics is not None and labels is not None:
-            children = metrics.model(*labels)
-            children.decode.observe(outcome.decode_s)
-            children.preprocess.observe(outcome.preprocess_s)
+        if metrics is not None:
+            metrics.decode.observe(outcome.decode_s)
+            metrics.preprocess.observe(outcome.preprocess_s)
         arrays.append(outcome.array)
     return arrays
 

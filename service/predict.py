@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-EXPRESSION_TASK = "expression"
-DEFAULT_DETECTOR = "face-mtcnn"
+from model_format import Task
+
 READY_TIMEOUT_S = 300.0
 
 
@@ -82,11 +82,12 @@ async def local_client(models_dir: Path, name: str) -> AsyncIterator[httpx.Async
 
     Requests go straight to the ASGI app (``httpx.ASGITransport``), and its lifespan runs here,
     so the models load and the batcher drains as under uvicorn."""
+    from service.expressions import DEFAULT_DETECTOR
     from service.http.app import create_app
     from service.settings import load_settings
 
     needed = [name]
-    if _local_task(models_dir, name) == EXPRESSION_TASK:
+    if _local_task(models_dir, name) == Task.EXPRESSION:
         needed.append(DEFAULT_DETECTOR)
     with tempfile.TemporaryDirectory(prefix="convserve-predict-") as tmp:
         for model in needed:  # only these load: a symlink per model directory
@@ -153,15 +154,18 @@ async def predict_file(client: httpx.AsyncClient, path: Path, name: str, version
     except OSError as exc:
         raise PredictError(f"{path}: {exc.strerror or exc}") from None
     files = {"file": (path.name, data, "application/octet-stream")}
-    if task == EXPRESSION_TASK:
-        response = await client.post("/v1/expressions", files=files, params={"model": name})
+    if task == Task.EXPRESSION:
+        params: dict[str, str | int] = {"model": name}
+        if version:
+            params["version"] = version
+        response = await client.post("/v1/expressions", files=files, params=params)
     else:
         route = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/classify"
         response = await client.post(route, files=files, params={"top_k": top_k})
     if response.status_code != 200:
         raise PredictError(f"{path}: {_message(response)}")
     answer = response.json()
-    if task != EXPRESSION_TASK:
+    if task != Task.EXPRESSION:
         answer = {"model": answer["model"], "version": answer["version"],
                   "predictions": answer["results"][0]["predictions"]}
     return {"path": str(path), **answer}
@@ -171,7 +175,8 @@ def format_result(result: dict[str, Any]) -> str:
     """One file's answer as text."""
     if "faces" in result:
         faces = result["faces"]
-        lines = [f"{result['path']}  ({result['model']}): {len(faces)} face(s)"]
+        lines = [f"{result['path']}  ({result['model']} v{result['version']}): "
+                 f"{len(faces)} face(s)"]
         for face in faces:
             box = face["box"]
             ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])

@@ -41,6 +41,15 @@ class ScanResult:
     failed: dict[str, str] = field(default_factory=dict)  # "name/version" -> reason
 
 
+@dataclass
+class ScanPlan:
+    """A scan's outcome before it is published: what changed, and the set to serve."""
+
+    result: ScanResult
+    versions: dict[tuple[str, int], ModelVersion]
+    pins: dict[str, int]
+
+
 def discover(root: Path, warn: bool = True) -> dict[tuple[str, int], Path]:
     """Complete version directories under ``root`` (those with a ``model.json``); ``warn``:
     log each directory skipped for its name."""
@@ -100,13 +109,17 @@ class ModelRepository:
     def _versions(self) -> dict[tuple[str, int], ModelVersion]:
         return self._state[0]
 
-    @property
-    def ready(self) -> bool:
-        """The first scan is done and every version loaded and answered its warm-up run."""
-        return self.loaded and not self.failures
-
     def scan(self) -> ScanResult:
-        """Load new or changed versions and drop vanished ones. Blocking: call from a thread."""
+        """:meth:`plan` and :meth:`publish` at once (tools and tests; the engine does the two
+        steps itself, opening and retiring lanes between them). Blocking."""
+        plan = self.plan()
+        self.publish(plan)
+        return plan.result
+
+    def plan(self) -> ScanPlan:
+        """Load new or changed versions and find vanished ones, without publishing anything:
+        requests keep seeing the current set. Blocking (loads and warms up): call from a thread.
+        """
         with self._scan_lock:
             result = ScanResult()
             found, unmatched = choose(discover(self.settings.models_dir),
@@ -152,13 +165,17 @@ class ModelRepository:
                 logger.error("%s: %s", key, why)
             result.failed.update(bad)
             result.failed.update(unmatched)
-            self._state = (current, pins)  # one assignment: readers see old or new, never a mix
-            self.failures = result.failed
             if result.added:
                 in_use = {p for v in current.values() for p in v.providers}
                 warn_missing_providers(list(self.settings.providers), in_use)
-            self.loaded = True
-            return result
+            return ScanPlan(result, current, pins)
+
+    def publish(self, plan: ScanPlan) -> None:
+        """Make ``plan`` the served set, in one assignment: readers see old or new, never a
+        mix. Call it where removed versions are retired in the same step (the engine)."""
+        self._state = (plan.versions, plan.pins)
+        self.failures = plan.result.failed
+        self.loaded = True
 
     def names(self) -> list[str]:
         """Model names, sorted.
@@ -221,6 +238,10 @@ class ModelRepository:
                 f"the default version {wanted} of model {name!r} is not loaded (versions: "
                 f"{have}): name a version, or fix models/{name}/{DEFAULT_FILE}")
         raise VersionNotFound(f"model {name!r} has no version {wanted!r}; versions: {have}")
+
+    def serves(self, version: ModelVersion) -> bool:
+        """Whether ``version`` (this very object, not a reloaded twin) is in the served set."""
+        return self._versions.get((version.name, version.version)) is version
 
     def all_versions(self) -> list[ModelVersion]:
         """Every loaded version, by name then newest first."""

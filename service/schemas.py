@@ -1,8 +1,12 @@
-"""Pydantic response models, split by role: health, model descriptions, classification."""
+"""The answers' types, split by role: errors, health, model descriptions, classification,
+expressions, explanations.
+
+The engine and every protocol adapter share them (pydantic only, no web framework); the HTTP
+routes declare them as their response models."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +22,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ProtocolErrorResponse(BaseModel):
+    """The Open Inference Protocol's error answer (``/v2``)."""
+
+    error: str = Field(description="what went wrong and how to fix it")
+
+
 class Health(BaseModel):
     status: str = Field(description="'alive' or 'ready'")
     models: list[str] = Field(default_factory=list,
@@ -30,6 +40,9 @@ class VersionInfo(BaseModel):
     name: str
     version: int
     task: str
+    capabilities: list[str] = Field(description="what it can be asked: classify, expressions, "
+                                    "detect-faces, explain, first-layer (docs/service-"
+                                    "architecture.md)")
     labels: list[str]
     num_classes: int
     input: dict[str, Any] = Field(description="model.json's input spec (size, channels, resize)")
@@ -93,3 +106,88 @@ class ReloadResponse(BaseModel):
     removed: list[str] = Field(description="name/version dropped (directory gone or replaced)")
     failed: dict[str, str] = Field(description="name/version -> why it did not load")
     models: list[str] = Field(description="every name/version now served")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+# Expressions (POST /v1/expressions)
+
+class Box(BaseModel):
+    x: int = Field(description="left edge, pixels from the left of the (EXIF-oriented) photo")
+    y: int = Field(description="top edge, pixels from the top")
+    width: int
+    height: int
+
+
+class FaceResult(BaseModel):
+    box: Box
+    detection_score: float | None = Field(description="face probability (null with detect=false)")
+    expression: str = Field(description="the most probable expression")
+    probabilities: dict[str, float] = Field(description="every expression's probability")
+
+
+class ExpressionsResponse(BaseModel):
+    model: str = Field(description="the expression model")
+    version: int = Field(description="its version that answered")
+    detector: str | None = Field(description="the face detector (null with detect=false)")
+    detector_version: int | None = Field(description="its version that answered")
+    image: ImageSize = Field(description="the photo's size after EXIF orientation")
+    faces: list[FaceResult] = Field(description="left to right")
+
+
+# Explanations (POST /v1/models/{name}/explain, /first-layer)
+
+class Cost(BaseModel):
+    runs: int = Field(description="ONNX Runtime runs this answer took")
+    images: int = Field(description="images those runs computed (occlusion: 1 + 64 patches)")
+
+
+class Region(BaseModel):
+    x: float = Field(description="left edge of the part of the photo the model saw, pixels")
+    y: float
+    width: float
+    height: float
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    method: Literal["cam", "occlusion"] = Field(
+        description="cam: class activation map from the graph; occlusion: grey patch sliding")
+    explained: Prediction = Field(description="the class the map is for")
+    predictions: list[Prediction] = Field(description="the image's top 5, as classify answers")
+    cost: Cost
+    image: ImageSize = Field(description="the photo as displayed (EXIF orientation applied)")
+    region: Region = Field(description="the part of the photo the model saw (its centre crop)")
+    peak: Point = Field(description="the map's hottest place, in photo pixels")
+    grid: list[list[float]] = Field(
+        description="rows of [0, 1] values, top to bottom, each cell an equal part of the photo "
+                    "(32 cells along its longer side); 0 outside region")
+
+
+class FeatureMap(BaseModel):
+    index: int = Field(description="the filter that made it")
+    mean: float = Field(description="its mean activation")
+    image: str = Field(description="grey PNG data URL, white strongest")
+
+
+class FirstLayerResponse(BaseModel):
+    model: str
+    version: int
+    layer: str = Field(description="the convolution's node name in the graph")
+    activation: str | None = Field(description="the activation after it, whose output the maps are")
+    shape: list[int] = Field(description="[filters, channels, height, width]")
+    stride: list[int]
+    filters: list[list[list[list[float]]]] = Field(
+        description="each filter [height][width][channels], [0, 1]: 0.5 is zero weight")
+    feature_maps: list[FeatureMap] = Field(default_factory=list,
+                                           description="POST only: the strongest, strongest first")
+    map_size: list[int] | None = Field(default=None, description="[height, width] of each map")

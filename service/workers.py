@@ -31,6 +31,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from service.engine import Engine
 from service.http.app import create_app
 from service.http.connections import WORKER_PROTOCOL, uvicorn_options
 from service.logs import configure_logging
@@ -50,8 +51,8 @@ def create_worker_app() -> FastAPI:
     settings = load_settings()
     flush_logs = configure_logging(settings.log_level, background=True, process=True,
                                    json_lines=settings.log_format == "json")
-    app = create_app(settings)
-    app.state.sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
+    sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
+    app = create_app(engine=Engine(settings, sync=sync))
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

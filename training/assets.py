@@ -21,9 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class AssetError(RuntimeError):
-    """An asset could not be fetched, or its sha256 does not match the pinned value."""
+from training.errors import AssetError
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,10 +63,10 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: float | int) -> float | int:
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for attribute in node.attribute:
         if attribute.name == name:
-            return helper.get_attribute_value(attribute)  # type: ignore[no-any-return]
+            return helper.get_attribute_value(attribute)
     return default
 
 
@@ -74,7 +75,7 @@ def _is_spatial_mean(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
         return True
     if node.op_type != "ReduceMean":
         return False
-    axes = list(_attribute(node, "axes", []) or [])  # type: ignore[call-overload]
+    axes = [int(axis) for axis in _attribute(node, "axes", []) or []]
     if not axes and len(node.input) > 1:
         initializers = {i.name: i for i in graph.initializer}
         if node.input[1] in initializers:

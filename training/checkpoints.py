@@ -19,6 +19,7 @@ from training.config import TrainConfig, from_dict
 from training.data.pipeline import eval_preset
 from training.data.preprocessing import Preprocessing
 from training.data.presets import EvalPreset
+from training.errors import MissingData
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -54,7 +55,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first (python -m training "
+        raise MissingData(f"no checkpoint at {path}; train first (python -m training "
                                 "train --config ...) or pass the run's output directory")
     return torch.load(path, map_location=device, weights_only=False)
 
@@ -70,6 +71,8 @@ class Trained:
     labels: list[str]  # class names, in output order
     metrics: dict[str, Any] | None  # test metrics measured at the end of training (or None)
     epoch: int  # epochs completed
+    trained_config: dict[str, Any]  # the config as trained (finetune.pretrained kept)
+    seconds: float  # training time, summed over the epochs
 
 
 def load_trained(path: str | Path) -> Trained:
@@ -82,4 +85,6 @@ def load_trained(path: str | Path) -> Trained:
     model.eval()
     return Trained(model=model, preprocessing=Preprocessing.from_state(state["preprocessing"]),
                    eval_preset=eval_preset(config), config=config, labels=list(state["labels"]),
-                   metrics=state.get("test_metrics"), epoch=state["epoch"])
+                   metrics=state.get("test_metrics"), epoch=state["epoch"],
+                   trained_config=state["config"],
+                   seconds=sum(row.get("seconds", 0.0) for row in state.get("history", [])))

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from training.errors import ConfigError, UserError  # no third-party import: see main()
+
 DESCRIPTION = """\
 Train, fine-tune, evaluate and export convserve CNNs, and rebuild the shipped models.
 
@@ -41,9 +43,6 @@ config keys (see training/config.py for a comment on each):
   export.{name,version,task,labels}
   seed, workers, output_dir, device, checkpoint_every
 """
-
-DEFAULT_FILE = "default_version"  # models/<name>/default_version (read by service/repository.py)
-FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": {"pretrained": True, "backbone_lr_scale": 0.1}}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +129,7 @@ def _train(args: argparse.Namespace, defaults: dict[str, Any] | None) -> int:
         config = from_dict(base)
     else:
         if not args.config:
-            raise SystemExit("give --config (a YAML file or a name under training/configs/)")
+            raise ConfigError("give --config (a YAML file or a name under training/configs/)")
         config = load_config(args.config, args.overrides, defaults)
     metrics = fit(config, resume=args.resume, init_from=args.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -159,20 +158,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import ExportError
+    from model_format import DEFAULT_FILE
     from training.export_run import export_checkpoint
 
-    try:
-        if args.quantize:
-            from training.quantize import quantize_export
+    if args.quantize:
+        from training.quantize import quantize_export
 
-            result = quantize_export(args.checkpoint, name=args.name, version=args.version,
-                                     models_dir=args.models_dir, overwrite=args.overwrite)
-        else:
-            result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
-                                       models_dir=args.models_dir, overwrite=args.overwrite)
-    except ExportError as error:  # the Python API's advice, as this command's flag
-        raise type(error)(str(error).replace("overwrite=True", "--overwrite")) from None
+        result = quantize_export(args.checkpoint, name=args.name, version=args.version,
+                                 models_dir=args.models_dir, overwrite=args.overwrite)
+    else:
+        result = export_checkpoint(args.checkpoint, name=args.name, version=args.version,
+                                   models_dir=args.models_dir, overwrite=args.overwrite)
     print(result)
     pin = result.parent / DEFAULT_FILE
     if args.make_default:
@@ -209,8 +205,6 @@ def _main(argv: list[str] | None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=args.log_level.upper() if rank == 0 else "WARNING",
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
-    from training.config import ConfigError
-
     try:
         if args.command in ("train", "finetune"):
             from training.config import FINETUNE_DEFAULTS
@@ -228,8 +222,8 @@ def _main(argv: list[str] | None) -> int:
 
         print("\n".join(list_models()))
         return 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UserError as error:  # training/errors.py; anything else is a bug: its traceback
+        print(f"error: {error.for_cli()}", file=sys.stderr)
         return 2
 
 

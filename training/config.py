@@ -20,13 +20,10 @@ from typing import Any
 import yaml
 
 from model_format import INTERPOLATIONS, RESIZE_METHODS
+from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message says which key and how to fix it."""
 
 
 @dataclass
@@ -164,7 +161,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys under "
                               f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{prefix}{key}.")
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)

@@ -164,8 +164,10 @@ def run(environ: dict[str, str], models: Path = MODELS, runs: Path = RUNS) -> in
     try:
         uid, _ = become_models_owner(models, runs, cache)
         config = load_config(config_name, overrides)
-        target = choose_target(models, environ.get("TRAIN_NAME") or config.export.name,
-                               environ.get("TRAIN_VERSION"))
+        name = environ.get("TRAIN_NAME") or config.export.name
+        if not name:
+            raise ContainerError(f"{config_name} names no export.name: set TRAIN_NAME")
+        target = choose_target(models, name, environ.get("TRAIN_VERSION"))
     except (ContainerError, ConfigError, FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

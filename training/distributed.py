@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from training.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ def setup(device: str = "auto") -> DistInfo:
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or auto")
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or auto")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))

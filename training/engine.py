@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training import distributed
+from training.errors import ConfigError
+from training.models.base import ConvNet
 from training.optim import group_lrs
 
 FROZEN = "convserve_frozen"  # attribute set on the backbone's normalisation layers while frozen
@@ -32,6 +34,9 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> int:
     Returns:
         The number of parameters whose ``requires_grad`` is now ``trainable``.
     """
+    if not isinstance(model, ConvNet):
+        raise ConfigError(f"{type(model).__name__} has no backbone/head split (ConvNet), so its "
+                          "backbone cannot be frozen: set finetune.freeze_backbone_epochs=0")
     head = {id(p) for p in model.head_parameters()}
     count = 0
     for parameter in model.parameters():

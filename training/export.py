@@ -21,13 +21,10 @@ the export starts) last and atomically.
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +33,11 @@ import torch
 import torch.nn as nn
 from pydantic import ValidationError
 
-from model_format import ClassifierCard, Explain, describe, write_card
+from model_format import ClassifierCard, Explain, describe
 from training.assets import sha256_of
 from training.cam import add_explain, prefer
+from training.errors import ExportError
+from training.publish import check_target, provenance, publish
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +46,6 @@ TOLERANCE = 1e-4
 EXPORTER = "convserve.training.export"
 # model.onnx may exceed the weights' bytes by this fraction plus this many bytes (graph, shapes).
 SIZE_SLACK = (0.05, 256 * 1024)
-
-
-class ExportError(RuntimeError):
-    """The model failed an export check; nothing was written. The message says what failed."""
 
 
 class ExportWrapper(nn.Module):
@@ -109,15 +104,6 @@ class ExportSpec:
         card(self, onnx_sha256="0" * 64, export_check=None)
 
 
-def git_commit() -> str | None:
-    """The repository's HEAD commit (None outside a git checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _trace(wrapper: ExportWrapper, sample: torch.Tensor, path: Path, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,6 +115,32 @@ def _trace(wrapper: ExportWrapper, sample: torch.Tensor, path: Path, opset: int)
                           do_constant_folding=True, dynamo=False)
 
 
+def check_signature(path: Path, input_name: str, size: tuple[int, int, int],
+                    outputs: list[str]) -> None:
+    """The graph's contract with the service: one input ``input_name``, uint8
+    ``[batch, H, W, C]`` with a dynamic batch, and float32 ``outputs`` (others may follow).
+
+    Raises:
+        ExportError: naming what the graph has instead.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if len(graph.input) != 1:
+        raise ExportError(f"graph inputs are {[i.name for i in graph.input]}, expected one")
+    (image,) = graph.input
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    expected = list(size)
+    if (image.name != input_name or image.type.tensor_type.elem_type != onnx.TensorProto.UINT8
+            or dims[1:] != expected or not isinstance(dims[0], str)):
+        raise ExportError(f"graph input is {image.name} {dims}, expected {input_name} uint8 "
+                          f"[batch, {', '.join(map(str, expected))}] with a dynamic batch")
+    found = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+    for name in outputs:
+        if found.get(name) != onnx.TensorProto.FLOAT:
+            raise ExportError(f"graph outputs are {sorted(found)}, expected float32 {name}")
+
+
 def _check_graph(path: Path, spec: ExportSpec, weight_bytes: int) -> None:
     import onnx
 
@@ -136,16 +148,8 @@ def _check_graph(path: Path, spec: ExportSpec, weight_bytes: int) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:  # noqa: BLE001 - checker raises several types
         raise ExportError(f"onnx.checker rejected the graph: {error}") from None
-    graph = onnx.load(str(path), load_external_data=False).graph
-    (image,), (probs,) = graph.input, graph.output
-    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
-    expected = [spec.height, spec.width, spec.channels]
-    if (image.name != "image" or image.type.tensor_type.elem_type != onnx.TensorProto.UINT8
-            or dims[1:] != expected or not isinstance(dims[0], str)):
-        raise ExportError(f"graph input is {image.name} {dims}, expected image uint8 "
-                          f"[batch, {', '.join(map(str, expected))}] with a dynamic batch")
-    if probs.name != "probabilities" or probs.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ExportError(f"graph output is {probs.name}, expected float32 probabilities")
+    check_signature(path, "image", (spec.height, spec.width, spec.channels),
+                    ["probabilities"])
     size, limit = path.stat().st_size, weight_bytes * (1 + SIZE_SLACK[0]) + SIZE_SLACK[1]
     if size > limit:
         raise ExportError(f"model.onnx is {size} bytes but the weights are {weight_bytes}: "
@@ -219,10 +223,7 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
                           f"{spec.channels}], got {images.shape}")
     if len(images) < 2:
         raise ExportError("give at least two real images for the parity check")
-    target = Path(models_dir) / spec.name / str(spec.version)
-    if (target / "model.json").exists() and not overwrite:
-        raise ExportError(f"{target} already holds a model; export a new version or pass "
-                          "overwrite=True")
+    target = check_target(models_dir, spec.name, spec.version, overwrite)
     wrapper = ExportWrapper(model, preprocess).cpu().eval()
     with torch.inference_mode():
         classes = wrapper(torch.from_numpy(images[:1])).shape[1]
@@ -240,7 +241,9 @@ def export_model(model: nn.Module, spec: ExportSpec, images: np.ndarray, *,
         meta = card(spec, sha256_of(onnx_path), {
             "opset": opset, "onnxruntime_vs_pytorch_max_abs_diff": worst,
             "images": len(images), "tolerance": tolerance}, explain)
-        _publish(onnx_path, meta, target)
+        files = ["model.onnx"] + ([explain.file] if explain is not None and explain.file
+                                  else [])
+        publish(Path(scratch), files, meta, target)
     return target
 
 
@@ -259,13 +262,9 @@ def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None
         "output": {"name": "probabilities", "dtype": "float32"},
         "preprocessing": spec.preprocessing,
         "metrics": spec.metrics,
-        "provenance": {
-            "source_weights": spec.source_weights, "config": spec.config,
-            "git_commit": git_commit(),
-            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "exporter": EXPORTER,
-            **({"export_check": export_check} if export_check else {}),
-        },
+        "provenance": provenance(
+            EXPORTER, source_weights=spec.source_weights, config=spec.config,
+            **({"export_check": export_check} if export_check else {})),
         **spec.extra,
         "onnx_sha256": onnx_sha256,
         **({"explain": explain.model_dump(exclude_none=True)} if explain else {}),
@@ -274,19 +273,6 @@ def card(spec: ExportSpec, onnx_sha256: str, export_check: dict[str, Any] | None
         return ClassifierCard.model_validate(document)
     except ValidationError as error:
         raise ExportError(f"model.json of {spec.name!r}: {describe(error)}") from None
-
-
-def _publish(onnx_path: Path, meta: ClassifierCard, target: Path) -> None:
-    """model.onnx first, then model.json atomically (a reader never sees half a model)."""
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "model.json").unlink(missing_ok=True)
-    partial = target / "model.onnx.tmp"
-    shutil.copyfile(onnx_path, partial)
-    partial.replace(target / "model.onnx")
-    if meta.explain is not None and meta.explain.file:
-        shutil.copyfile(onnx_path.parent / meta.explain.file, target / meta.explain.file)
-    write_card(meta, target)
-    logger.info("wrote %s", target)
 
 
 def photo_batch(names: Sequence[str], preset: Any) -> np.ndarray:

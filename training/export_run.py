@@ -60,13 +60,10 @@ def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
         ExportError: a check failed or the name is missing; nothing is written.
     """
     from training import pretrained
-    from training.checkpoints import load_checkpoint, load_trained
+    from training.checkpoints import load_trained
     from training.data.pipeline import DATASET_NAMES
 
-    trained = load_trained(checkpoint)
-    state = load_checkpoint(checkpoint)
-    resolved = state["config"]  # as trained (finetune.pretrained kept)
-    seconds = sum(row.get("seconds", 0.0) for row in state.get("history", []))
+    trained = load_trained(checkpoint)  # the checkpoint is read once
     config = trained.config
     name = name or config.export.name
     if not name:
@@ -84,12 +81,13 @@ def export_checkpoint(checkpoint: str | Path, *, name: str | None = None,
             "split": config.data.test_split, "images": measured["images"],
             "top1": measured["top1"], "top5": measured.get("top5")}
     sources = (pretrained.provenance(config.model.name)
-               if resolved["finetune"]["pretrained"] else [])
+               if trained.trained_config["finetune"]["pretrained"] else [])
     spec = ExportSpec(
         name=name, version=version or config.export.version, labels=trained.labels,
         height=preset.height, width=preset.width, channels=preset.channels,
         resize=preset.to_json(), preprocessing=trained.preprocessing.to_json(),
-        task=config.export.task, metrics=metrics, source_weights=sources, config=resolved,
-        extra={"training": {"epochs": trained.epoch, "seconds": round(seconds, 1)}})
+        task=config.export.task, metrics=metrics, source_weights=sources,
+        config=trained.trained_config,
+        extra={"training": {"epochs": trained.epoch, "seconds": round(trained.seconds, 1)}})
     return export_model(trained.model, spec, images, preprocess=trained.preprocessing.module(),
                         models_dir=models_dir, overwrite=overwrite)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from training.assets import ASSETS, fetch
-from training.export import ExportError
+from training.errors import ExportError
 
 logger = logging.getLogger(__name__)
 

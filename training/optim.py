@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from training.config import TrainConfig
+from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str,
     if schedule == "step":
         return gamma ** (step // (step_epochs * steps_per_epoch))
     if schedule != "cosine":
-        raise ValueError(f"unknown schedule {schedule!r}; use step or cosine")
+        raise ConfigError(f"unknown schedule {schedule!r}; use step or cosine")
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from training.assets import ASSETS, AssetError, fetch
+from training.errors import UnknownName
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _source(model: str) -> PretrainedSource:
     try:
         return SOURCES[model]
     except KeyError:
-        raise KeyError(f"no pretrained weights for {model!r}; available: "
+        raise UnknownName(f"no pretrained weights for {model!r}; available: "
                        f"{', '.join(sorted(SOURCES))}") from None
 
 

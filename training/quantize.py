@@ -37,9 +37,19 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from model_format import CARD_FILE, ClassifierCard, Quantization, load_card
+from model_format import (
+    CARD_FILE,
+    Calibration,
+    ClassifierCard,
+    FloatSource,
+    ModelFormatError,
+    Quantization,
+    load_card,
+)
 from training.assets import sha256_of
-from training.export import EXPORTER, ExportError, _publish, git_commit
+from training.errors import ExportError, QuantizeError
+from training.export import EXPORTER, check_signature
+from training.publish import check_target, provenance, publish
 from training.quantize_data import ImageSet, calibration_set
 
 logger = logging.getLogger(__name__)
@@ -49,10 +59,6 @@ MAX_TOP1_DROP = 0.01  # one point of top-1 on the test split (docs/int8.md says 
 MIN_TOP1_AGREEMENT = 0.9  # share of confident natural photos keeping the float top-1 (docs/int8.md)
 BATCH = 32  # images per calibration run
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-class QuantizeError(ExportError):
-    """The int8 model failed a check or lost too much accuracy; nothing was written."""
 
 
 def float_nodes(model: onnx.ModelProto, card: ClassifierCard) -> list[str]:
@@ -103,21 +109,15 @@ def quantize_graph(source: Path, target: Path, card: ClassifierCard, images: np.
 
 
 def _check_contract(path: Path, card: ClassifierCard) -> None:
-    """The int8 graph's inputs and outputs are the float model's."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    """The int8 graph's inputs and outputs are the float model's (the exporter's check)."""
     onnx.checker.check_model(str(path))
-    (image,) = graph.input
-    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
-    want = [card.input.height, card.input.width, card.input.channels]
-    if (image.name != card.input.name or dims[1:] != want
-            or image.type.tensor_type.elem_type != onnx.TensorProto.UINT8):
-        raise QuantizeError(f"int8 graph input is {image.name} {dims}, expected uint8 {want}")
-    outputs = {o.name: o.type.tensor_type.elem_type for o in graph.output}
-    wanted = [card.output.name] + ([card.explain.output] if card.explain and card.explain.output
-                                   else [])
-    for name in wanted:
-        if outputs.get(name) != onnx.TensorProto.FLOAT:
-            raise QuantizeError(f"int8 graph lost the float32 output {name!r}: {outputs}")
+    outputs = [card.output.name] + ([card.explain.output] if card.explain and card.explain.output
+                                    else [])
+    try:
+        check_signature(path, card.input.name,
+                        (card.input.height, card.input.width, card.input.channels), outputs)
+    except ExportError as error:
+        raise QuantizeError(f"the int8 graph breaks its float model's contract: {error}") from None
 
 
 def _check_explain(scratch: Path, source_dir: Path, card: ClassifierCard,
@@ -144,20 +144,13 @@ def _card(card: ClassifierCard, name: str, version: int, sha: str, quantization:
     document = card.model_dump(mode="json", exclude_unset=True)
     for stale in ("sanity", "metrics", "quantization"):  # they describe the float graph
         document.pop(stale, None)
-    provenance = document.setdefault("provenance", {})
-    provenance.pop("export_check", None)
-    provenance.update({"git_commit": git_commit(), "exporter": EXPORTER + " --quantize int8",
-                       "created": _now()})
+    kept = {key: value for key, value in document.pop("provenance", {}).items()
+            if key not in ("export_check", "git_commit", "created", "exporter")}
     document.update({"name": name, "version": version, "onnx_sha256": sha,
+                     "provenance": provenance(EXPORTER + " --quantize int8", **kept),
                      "metrics": {"measured": measured} if measured else {},
                      "quantization": quantization.model_dump(mode="json", exclude_none=True)})
     return ClassifierCard.model_validate(document)
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models",
@@ -189,17 +182,17 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
     from training.quantize_eval import compare
 
     source_dir = Path(source_dir)
-    card = load_card(source_dir / CARD_FILE)
+    try:
+        card = load_card(source_dir / CARD_FILE)
+    except (ModelFormatError, FileNotFoundError) as error:
+        raise QuantizeError(f"{source_dir} holds no float model to quantize: {error}") from None
     if not isinstance(card, ClassifierCard):
         raise QuantizeError(f"{source_dir} is a {card.task} model; only classifiers quantize")
     if card.quantization is not None:
         raise QuantizeError(f"{source_dir} is already int8; quantize its float model "
                             f"{card.quantization.source.name}")
     name = name or card.name + SUFFIX
-    target = Path(models_dir) / name / str(version)
-    if (target / CARD_FILE).exists() and not overwrite:
-        raise QuantizeError(f"{target} already holds a model; pick another version or pass "
-                            "overwrite=True")
+    target = check_target(models_dir, name, version, overwrite)
     calibration = calibration or calibration_set(card)
     with tempfile.TemporaryDirectory(prefix="convserve-int8-") as scratch_name:
         scratch = Path(scratch_name)
@@ -212,15 +205,16 @@ def quantize_version(source_dir: str | Path, *, models_dir: str | Path = "models
         quantization = Quantization(
             activations="uint8", weights="int8", per_channel=True, reduce_range=reduce_range,
             float_nodes=keep, tool=f"onnxruntime.quantization {ort_version}",
-            source={"name": card.name, "version": card.version,
-                    "onnx_sha256": sha256_of(source_dir / "model.onnx")},
-            calibration={**calibration.about, "method": method},
+            source=FloatSource(name=card.name, version=card.version,
+                               onnx_sha256=sha256_of(source_dir / "model.onnx")),
+            calibration=Calibration.model_validate({**calibration.about, "method": method}),
             accuracy=result.accuracy, agreement=result.agreement,
             max_top1_drop=max_top1_drop if result.accuracy else None,
             min_top1_agreement=None if result.accuracy else min_top1_agreement)
         _refuse_if_worse(name, quantization)
         meta = _card(card, name, version, sha256_of(int8_path), quantization, result.measured)
-        _publish(int8_path, meta, target)
+        publish(scratch, ["model.onnx"] + ([card.explain.file] if card.explain is not None
+                                           and card.explain.file else []), meta, target)
     logger.info("%s: %s", target, json.dumps(quantization.model_dump(
         mode="json", include={"accuracy", "agreement"}, exclude_none=True)))
     return target

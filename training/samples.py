@@ -60,14 +60,14 @@ def _same(path: Path) -> bytes:
 def _mnist_digit(_: Path) -> bytes:
     from training.data.mnist import load_mnist
 
-    images, _ = load_mnist("test")
+    images, _labels = load_mnist("test")
     return _encode(Image.fromarray(images[0, 0].numpy()), "PNG")
 
 
 def _fashion_item(_: Path) -> bytes:
     from training.data.mnist import load_fashion_mnist
 
-    images, _ = load_fashion_mnist("test")
+    images, _labels = load_fashion_mnist("test")
     return _encode(Image.fromarray(images[0, 0].numpy()), "PNG")
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from model_format import CARD_FILE, load_card
 from training.assets import sha256_of
-from training.export import ExportError
+from training.errors import ExportError, UserError
+from training.publish import check_target
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,8 @@ def _trained(config_name: str, finetune: bool = False) -> Build:
         from training.trainer import fit
 
         config = load_config(config_name, None, FINETUNE_DEFAULTS if finetune else None)
-        target = Path(models_dir) / str(config.export.name) / str(version) / CARD_FILE
-        if target.exists() and not overwrite:  # before hours of training, not after
-            raise ExportError(f"{target.parent} already holds a model; export a new version "
-                              "or pass --overwrite")
+        check_target(models_dir, str(config.export.name), version,  # before hours of
+                     overwrite)  # training, not after
         fit(config)
         return export_checkpoint(config.output_dir, name=config.export.name, version=version,
                                  models_dir=models_dir, overwrite=overwrite)
@@ -134,15 +133,15 @@ def verify(directory: Path) -> None:
 
 
 def ship(names: list[str], models_dir: Path, version: int = 1, overwrite: bool = False,
-         ) -> dict[str, Path | ExportError]:
+         ) -> dict[str, Path | UserError]:
     """Build and verify each of ``names`` (in :data:`SHIPPED` order); a failure does not stop
     the others. Returns each name's version directory, or the error it failed with."""
-    results: dict[str, Path | ExportError] = {}
+    results: dict[str, Path | UserError] = {}
     for name in [n for n in SHIPPED if n in names]:
         try:
             directory = SHIPPED[name].build(models_dir, version, overwrite)
             verify(directory)
-        except ExportError as error:
+        except UserError as error:  # a bug is not one: it stops the command with its traceback
             logger.error("%s: %s", name, error)
             results[name] = error
             continue
@@ -165,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     """Ship what ``args`` asks; 1 if any model failed."""
     results = ship(args.only or list(SHIPPED), args.models_dir, args.version, args.overwrite)
     for name, result in results.items():
-        line = f"{result}\n" if isinstance(result, Path) else f"error: {name}: {result}\n"
+        line = (f"{result}\n" if isinstance(result, Path)
+                else f"error: {name}: {result.for_cli()}\n")
         (sys.stdout if isinstance(result, Path) else sys.stderr).write(line)
     return 0 if all(isinstance(r, Path) for r in results.values()) else 1

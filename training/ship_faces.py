@@ -14,20 +14,20 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard, parse_card, write_card
+from model_format import DetectorCard, parse_card
 from training import mtcnn
 from training.assets import fetch, sha256_of
 from training.data.preprocessing import Preprocessing
-from training.export import ExportError, ExportSpec, export_model, git_commit
+from training.errors import ExportError
+from training.export import ExportSpec, export_model
 from training.ports import fer_keras
+from training.publish import check_target, provenance, publish
 
 logger = logging.getLogger(__name__)
 FER_NAME = "fer-minixception"
@@ -66,10 +66,8 @@ def mtcnn_card(version: int, files: dict[str, str], hashes: dict[str, str]) -> D
                      "min_face_size": mtcnn.MIN_FACE_SIZE, "factor": mtcnn.FACTOR,
                      "nms": {"pnet_level": 0.5, "pnet": 0.7, "rnet": 0.7, "onet_min": 0.7}},
         "metrics": {},
-        "provenance": {"source_weights": mtcnn.provenance(), "config": None,
-                       "git_commit": git_commit(),
-                       "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "exporter": "convserve.training.mtcnn"},
+        "provenance": provenance("convserve.training.mtcnn",
+                                 source_weights=mtcnn.provenance(), config=None),
         "onnx_sha256": hashes,
     }, f"{MTCNN_NAME} model.json")
     assert isinstance(card, DetectorCard)
@@ -79,22 +77,13 @@ def mtcnn_card(version: int, files: dict[str, str], hashes: dict[str, str]) -> D
 def ship_mtcnn(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:
     """Export and check the three MTCNN graphs, then write them and their ``model.json``
     (graphs first, ``model.json`` last and atomically)."""
-    out = Path(models_dir) / MTCNN_NAME / str(version)
-    if (out / "model.json").exists() and not overwrite:
-        raise ExportError(f"{out} already holds a model; export a new version or pass "
-                          "--overwrite")
+    out = check_target(models_dir, MTCNN_NAME, version, overwrite)
     files = {name: f"{name}.onnx" for name in mtcnn.NETWORKS}
     with tempfile.TemporaryDirectory(prefix="convserve-mtcnn-") as scratch:
         for name, filename in files.items():
             mtcnn.export_network(name, Path(scratch) / filename)  # checker + ORT vs PyTorch
         hashes = {filename: sha256_of(Path(scratch) / filename) for filename in files.values()}
-        card = mtcnn_card(version, files, hashes)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.json").unlink(missing_ok=True)  # incomplete until rewritten
-        for filename in files.values():
-            shutil.copyfile(Path(scratch) / filename, out / filename)
-    write_card(card, out)
-    logger.info("wrote %s", out)
+        publish(Path(scratch), files.values(), mtcnn_card(version, files, hashes), out)
     return out
 
 

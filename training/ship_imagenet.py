@@ -22,7 +22,8 @@ import torch
 from training import pretrained
 from training.data.preprocessing import Preprocessing
 from training.data.presets import EvalPreset
-from training.export import ExportError, ExportSpec, export_model, photo_batch
+from training.errors import ExportError
+from training.export import ExportSpec, export_model, photo_batch
 from training.models import get_model
 from training.models.backbones import PretrainedCfg, imagenet_labels, pretrained_cfg
 

@@ -3,8 +3,10 @@
 For each Python and each serving install (``serve``: onnxruntime-gpu with CUDA 13 and cuDNN 9 as
 wheels; ``serve-cpu``: plain onnxruntime), a copy of the project is installed with exactly
 ``python3.X -m venv .venv && .venv/bin/pip install '.[EXTRA]'``, then ``.venv/bin/convserve
-serve`` classifies a real photo. The CUDA install must bring every library its CUDA provider
-links but the driver's own ``libcuda.so.1``. Sizes and install times are printed (``-s``).
+serve`` classifies a real photo. ``.[train]`` alone (no web framework in it) trains, exports,
+quantizes a shipped model to int8 and rebuilds the face detector. The CUDA install must bring
+every library its CUDA provider links but the driver's own ``libcuda.so.1``. Sizes and install
+times are printed (``-s``).
 
 Interpreters: ``python3.X`` on PATH, else pyenv's ``versions/3.X.*``. Where one is missing the
 test skips, or fails under ``CONVSERVE_REQUIRE_SYSTEM_TOOLS=1`` (what ``.ci/run`` sets).
@@ -63,16 +65,17 @@ def find_python(version: str) -> str | None:
 
 
 def project_copy(root: Path) -> Path:
-    """What a user has after cloning: the package sources and one shipped model."""
+    """What a user has after cloning: the package sources and the shipped models the tests
+    use (one to serve, one to quantize)."""
     project = root / "convserve"
     project.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, project / name)
-    for name in ("service", "training"):
+    for name in ("service", "training", "model_format"):
         shutil.copytree(REPO / name, project / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(REPO / "models" / "imagenet-mobilenetv2",
-                    project / "models" / "imagenet-mobilenetv2")
+    for name in ("imagenet-mobilenetv2", "fashion-simple-cnn"):
+        shutil.copytree(REPO / "models" / name, project / "models" / name)
     return project
 
 
@@ -194,11 +197,18 @@ def test_the_readme_gives_these_commands() -> None:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("fresh_install", [(v, "train") for v in PYTHONS[1:]], indirect=True,
                          ids=PYTHONS[1:])
-def test_train_install_trains_and_exports(fresh_install: Path) -> None:
+def test_train_install_trains_exports_quantizes_and_ships(fresh_install: Path,
+                                                          tmp_path: Path) -> None:
     """``.[train]`` on the newer Pythons (3.11 is CI's own venv and the train image): torch
-    2.14.1 ships wheels for both; one short real training and its export."""
+    2.14.1 ships wheels for both. No web framework is installed, and with none: one short real
+    training and its export, the int8 quantization of a shipped model, and the face detector
+    rebuilt (``training/`` imports only the model format and the framework-free core)."""
     project, cli = fresh_install.parent, str(fresh_install / "bin" / "convserve-train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    found = _probe(fresh_install, "import importlib.util, json; print(json.dumps(sorted("
+                   "m for m in ('fastapi', 'starlette', 'uvicorn') "
+                   "if importlib.util.find_spec(m))))")
+    assert found == []
     train = subprocess.run(
         [cli, "train", "--config", "mnist-lenet5", "--set", "data.train_limit=1000",
          "--set", "data.eval_limit=300", "--set", "optim.epochs=1", "--set", "device=cpu",
@@ -212,3 +222,30 @@ def test_train_install_trains_and_exports(fresh_install: Path) -> None:
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((project / "models" / "short-digits" / "1" / "model.json").read_text())
     assert meta["labels"] == [str(d) for d in range(10)]
+    _quantize_and_ship(fresh_install, project, tmp_path / "models", env)
+
+
+def _quantize_and_ship(venv: Path, project: Path, models: Path, env: dict[str, str]) -> None:
+    """``python -m training export models/fashion-simple-cnn/1 --quantize int8`` and ``ship
+    --only face-mtcnn``, both into ``models`` (outside the project's own ``models/``)."""
+    python = str(venv / "bin" / "python")
+    quantize = subprocess.run(
+        [python, "-m", "training", "--log-level", "WARNING", "export",
+         "models/fashion-simple-cnn/1", "--quantize", "int8", "--models-dir", str(models)],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert quantize.returncode == 0, quantize.stderr[-3000:]
+    assert quantize.stdout.strip() == str(models / "fashion-simple-cnn-int8" / "1")
+    card = json.loads((models / "fashion-simple-cnn-int8" / "1" / "model.json").read_text())
+    assert card["quantization"]["source"]["name"] == "fashion-simple-cnn"
+    assert card["quantization"]["accuracy"]["top1_drop"] <= card["quantization"]["max_top1_drop"]
+    ship = subprocess.run(
+        [python, "-m", "training", "--log-level", "WARNING", "ship", "--only", "face-mtcnn",
+         "--models-dir", str(models)], cwd=project, env=env, capture_output=True, text=True,
+        timeout=900)
+    assert ship.returncode == 0, ship.stderr[-3000:]
+    assert ship.stdout.strip() == str(models / "face-mtcnn" / "1")
+    detector = json.loads((models / "face-mtcnn" / "1" / "model.json").read_text())
+    assert sorted(detector["onnx_sha256"]) == ["onet.onnx", "pnet.onnx", "rnet.onnx"]
+    assert detector["provenance"]["exporter"] == "convserve.training.mtcnn"
+    for name in ("fashion-simple-cnn-int8", "face-mtcnn"):  # only into --models-dir
+        assert not (project / "models" / name).exists(), name

@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -219,11 +220,11 @@ def test_declared_routes_answer_like_the_shortcut(tiny_client: TestClient, tiny_
         while routed.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         for path in ("/v1/models/tiny-rgb/classify", "/v1/models/tiny-rgb/versions/1/classify"):
-            for params in ({"top_k": 3}, {"top_k": 0}):
+            for params in ({"top_k": 3}, {"top_k": 0}, {"version": 1}, {"version": 9}):
                 declared = routed.post(path, files=files, params=params)
                 shortcut = tiny_client.post(path, files=files, params=params)
                 assert declared.status_code == shortcut.status_code, declared.text
-                if shortcut.status_code == 200:
+                if shortcut.status_code in (200, 404):
                     assert declared.json() == shortcut.json()
                 else:
                     assert shortcut.status_code == 422
@@ -233,25 +234,29 @@ def test_declared_routes_answer_like_the_shortcut(tiny_client: TestClient, tiny_
                         'route="/v1/models/{name}/classify"') > 0
 
 
-@pytest.mark.parametrize("where", ["router", "route"])
-def test_shortcut_refuses_routes_it_cannot_honour(where: str) -> None:
-    """A dependency added to a classify route (or its router) stops the start, instead of being
-    skipped by ClassifyShortcut."""
-    from fastapi import APIRouter, Depends
+@pytest.mark.parametrize("where", ["app", "include_router", "router", "route"])
+def test_shortcut_refuses_routes_it_cannot_honour(where: str, tiny_models: Path) -> None:
+    """A dependency added at any level (the app, ``include_router``, the router, the route)
+    stops the start, instead of being skipped by ClassifyShortcut on the busiest endpoint."""
+    from fastapi import APIRouter, Depends, FastAPI
 
-    from service.http.routes.classify import ClassifyShortcut, classify_latest, router
+    from service.http.app import create_app
+    from service.http.routes.classify import ClassifyShortcut, classify_images
+    from service.settings import load_settings
 
     async def audit() -> None:
         return None
 
-    if where == "router":
-        changed = APIRouter(prefix="/v1/models", dependencies=[Depends(audit)])
-        changed.add_api_route("/{name}/classify", classify_latest, methods=["POST"])
-    else:
-        changed = APIRouter(prefix="/v1/models")
-        changed.add_api_route("/{name}/classify", classify_latest, methods=["POST"],
-                              dependencies=[Depends(audit)])
+    def at(level: str) -> list[Any]:
+        return [Depends(audit)] if where == level else []
+
+    app = FastAPI(dependencies=at("app"))
+    router = APIRouter(prefix="/v1/models", dependencies=at("router"))
+    router.add_api_route("/{name}/classify", classify_images, methods=["POST"],
+                         dependencies=at("route"))
+    app.include_router(router, dependencies=at("include_router"))
     with pytest.raises(RuntimeError, match=r"ClassifyShortcut cannot answer "
                                            r"/v1/models/\{name\}/classify as declared"):
-        ClassifyShortcut(changed, changed.routes)
-    assert len(ClassifyShortcut(router).routes) == 2  # as shipped: both routes, accepted
+        ClassifyShortcut(app.router, app.routes)
+    served = create_app(load_settings(models_dir=tiny_models, providers="CPU"))
+    assert len(ClassifyShortcut(served.router, served.routes).routes) == 2  # as shipped

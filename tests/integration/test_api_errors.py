@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.repository import ModelRepository, ScanResult
+from service.repository import ModelRepository, ScanPlan
 
 CLASSIFY = "/v1/models/tiny-rgb/classify"
 
@@ -60,11 +60,11 @@ def test_400_names_the_bad_image_among_several(tiny_client: TestClient,
     assert message.startswith("image #2 ('bad.jpg')")
 
 
-def test_400_classify_on_a_face_detector(tiny_client: TestClient,
+def test_422_classify_on_a_face_detector(tiny_client: TestClient,
                                          photo: Callable[[str], bytes]) -> None:
     response = tiny_client.post("/v1/models/tiny-faces/classify",
                                 files={"file": ("x.png", photo("chelsea"))})
-    assert "/v1/expressions" in _error(response, 400, "unsupported_task")
+    assert "/v1/expressions" in _error(response, 422, "unsupported_task")
 
 
 @pytest.mark.parametrize(("path", "code", "hint"), [
@@ -198,13 +198,13 @@ def test_503_until_the_models_have_loaded(make_client: Callable[..., Any], tiny_
                                           photo: Callable[[str], bytes],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    real_scan = ModelRepository.scan
+    real_plan = ModelRepository.plan
 
-    def held_scan(self: ModelRepository) -> ScanResult:
+    def held_plan(self: ModelRepository) -> ScanPlan:
         release.wait(10)  # hold the first load until the test has looked
-        return real_scan(self)
+        return real_plan(self)
 
-    monkeypatch.setattr(ModelRepository, "scan", held_scan)
+    monkeypatch.setattr(ModelRepository, "plan", held_plan)
     with make_client(tiny_models, ready=False) as client:
         assert client.get("/healthz").status_code == 200
         assert "loading" in _error(client.get("/readyz"), 503, "not_ready")

@@ -122,11 +122,11 @@ def test_gpu_provider_fallback_is_reported(make_client: Callable[..., Any], tiny
 def test_an_empty_repository_is_ready_but_warned_about(make_client: Callable[..., Any],
                                                        tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="convserve.app"), make_client(tmp_path) as client:
+    with caplog.at_level(logging.INFO, logger="convserve.engine"), make_client(tmp_path) as client:
         assert client.get("/readyz").json() == {"status": "ready", "models": []}
     assert f"ready with NO models: {tmp_path.resolve()} holds no" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="convserve.app"), \
+    with caplog.at_level(logging.INFO, logger="convserve.engine"), \
             make_client(tmp_path, allow_empty=True):
         pass
     assert "NO models" not in caplog.text and "ready: 0 model version(s) loaded" in caplog.text

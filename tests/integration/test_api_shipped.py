@@ -120,5 +120,5 @@ def test_face_detector_is_listed_but_not_a_classifier(shipped_client: TestClient
     assert detectors[0]["versions"][0]["files"]
     response = shipped_client.post(f"/v1/models/{name}/classify",
                                    files={"file": ("f.jpg", photo("single-face"))})
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "unsupported_task"

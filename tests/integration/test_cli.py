@@ -142,3 +142,51 @@ def test_without_torch_one_line_names_the_install(args: list[str]) -> None:
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "no module 'torch'" in result.stderr and "pip install -e '.[train]'" in result.stderr
     assert "6.2 GB" in result.stderr
+
+
+def test_an_unknown_model_is_one_line_without_quotes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's mistake: ``error: <message>``, the message as written (no KeyError quotes)."""
+    from training.models import list_models
+
+    assert main(["train", "--config", "mnist-lenet5", "--set", "model.name=resnet18"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: unknown model 'resnet18'; valid names: {', '.join(list_models())}\n")
+
+
+def test_a_missing_checkpoint_is_one_line(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    for extra in ([], ["--quantize", "int8"]):
+        assert main(["export", str(tmp_path / "run"), "--name", "x", *extra]) == 2
+        assert capsys.readouterr().err == (
+            f"error: no checkpoint at {tmp_path / 'run'}; train first (python "
+            "-m training train --config ...) or pass the run's output directory\n")
+
+
+@pytest.mark.parametrize("bug", [KeyError("finetune"), ValueError("shapes"),
+                                 RuntimeError("CUDA error")])
+def test_a_bug_keeps_its_traceback(bug: Exception, monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Path) -> None:
+    """Only the errors training defines for users (training/errors.py) become one line; a
+    KeyError, ValueError or RuntimeError from inside is a bug and propagates as it is."""
+    import training.export_run
+
+    def export_checkpoint(*args: object, **kwargs: object) -> Path:
+        raise bug
+
+    monkeypatch.setattr(training.export_run, "export_checkpoint", export_checkpoint)
+    with pytest.raises(type(bug)) as caught:
+        main(["export", str(tmp_path), "--name", "x"])
+    assert caught.value is bug
+
+
+def test_user_errors_keep_their_builtin_kinds_and_read_as_written() -> None:
+    from training.errors import ConfigError, UnknownName, UserError, VersionExists
+
+    error = UnknownName("unknown model 'x'; valid names: a, b")
+    assert isinstance(error, KeyError) and isinstance(error, ConfigError)
+    assert isinstance(error, UserError) and str(error) == "unknown model 'x'; valid names: a, b"
+    exists = VersionExists(Path("models/m/1"))
+    assert str(exists) == "models/m/1 already holds a model; export a new version or pass " \
+                          "overwrite=True"
+    assert exists.for_cli() == ("models/m/1 already holds a model; export a new version or "
+                                "pass --overwrite")

@@ -149,8 +149,8 @@ def test_png_blends_the_map_over_the_photo(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(("name", "params", "files", "status", "code", "message"), [
-    ("face-mtcnn", {}, 1, 422, "cannot_explain", "cannot explain its answers: it is a "
-     "face-detection model"),
+    ("face-mtcnn", {}, 1, 422, "unsupported_task", "model 'face-mtcnn' (face-detection) "
+     "cannot explain its answers"),
     ("imagenet-mobilenetv2", {"class": "giraffe-ish"}, 1, 422, "invalid_parameter",
      "class: no class labelled 'giraffe-ish'"),
     ("imagenet-mobilenetv2", {"class": "1000"}, 1, 422, "invalid_parameter",
@@ -236,7 +236,9 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
 
 def test_first_layer_errors(client: TestClient) -> None:
     response = client.get("/v1/models/face-mtcnn/first-layer")
-    assert response.status_code == 422 and response.json()["error"]["code"] == "cannot_explain"
+    assert response.status_code == 422 and response.json()["error"] == {
+        "code": "unsupported_task", "message": "model 'face-mtcnn' (face-detection) has no first "
+        "convolution to show: only classifiers have one"}
     response = client.post("/v1/models/mnist-lenet5/first-layer", params={"count": 99},
                            files={"file": ("x.png", fetch("chelsea").read_bytes())})
     assert response.status_code == 422 and "count" in response.json()["error"]["message"]

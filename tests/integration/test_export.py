@@ -173,8 +173,10 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_checkpoint_of_a_real_training_run(tmp_path: Path) -> None:
-    """Train LeNet-5 briefly on MNIST, export the checkpoint, and re-measure it in ORT."""
+def test_export_checkpoint_of_a_real_training_run(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train LeNet-5 briefly on MNIST, export the checkpoint (read once), and re-measure it in
+    ORT."""
     from training.data.pipeline import build_split
     from training.trainer import fit
 
@@ -182,7 +184,12 @@ def test_export_checkpoint_of_a_real_training_run(tmp_path: Path) -> None:
         "data.train_limit=2000", "data.eval_limit=300", "optim.epochs=1", "optim.batch_size=50",
         "device=cpu", f"output_dir={tmp_path / 'run'}"])
     measured = fit(config)
+    loads: list[object] = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kwargs: loads.append(path) or load(
+        path, **kwargs))
     directory = export_checkpoint(tmp_path / "run", models_dir=tmp_path / "models")
+    assert loads == [tmp_path / "run" / "checkpoint.pt"]  # one read gives model and record
     assert directory == tmp_path / "models" / "mnist-lenet5" / "1"
     meta = json.loads((directory / "model.json").read_text())
     assert meta["labels"] == [str(d) for d in range(10)]

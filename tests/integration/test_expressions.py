@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
+from service.expressions import model_input
 from service.faces import MTCNN, face_crop
-from service.http.routes.expressions import model_input
 from service.imaging import InputSpec
 from training.assets import fetch
 
@@ -132,7 +132,8 @@ def test_five_faces_answered_left_to_right(client: TestClient, crops: Callable,
     runs = metric(client, "convserve_inference_exec_count_total", model="fer-minixception")
     body = post(client, data)
     assert body["image"] == {"width": 1000, "height": 667}
-    assert body["model"] == "fer-minixception/1" and body["detector"] == "face-mtcnn/1"
+    assert (body["model"], body["version"]) == ("fer-minixception", 1)
+    assert (body["detector"], body["detector_version"]) == ("face-mtcnn", 1)
     xs = [face["box"]["x"] for face in body["faces"]]
     assert len(xs) == 5 and xs == sorted(xs)
     check_against_references(body, crops(data), keras_model, tflite_model)
@@ -223,12 +224,12 @@ def test_max_faces_and_min_face_size(client: TestClient) -> None:
 @pytest.mark.parametrize(("params", "body", "status", "code", "message"), [
     ({}, b"not an image at all", 400, "invalid_image", "not a decodable image"),
     ({}, b"%PDF-1.4 fake", 415, "unsupported_media_type", "PDF"),
-    ({"detector": "fer-minixception"}, None, 422, "invalid_parameter",
-     "detector=fer-minixception is not an MTCNN face detector"),
-    ({"model": "face-mtcnn"}, None, 422, "invalid_parameter",
-     "model=face-mtcnn is a face-detection model, not an expression model"),
-    ({"model": "imagenet-mobilenetv2"}, None, 422, "invalid_parameter",
-     "model=imagenet-mobilenetv2 is a classification model, not an expression model"),
+    ({"detector": "fer-minixception"}, None, 422, "unsupported_task",
+     "model 'fer-minixception' (expression) is not a face detector"),
+    ({"model": "face-mtcnn"}, None, 422, "unsupported_task",
+     "model 'face-mtcnn' (face-detection) is not an expression model"),
+    ({"model": "imagenet-mobilenetv2"}, None, 422, "unsupported_task",
+     "model 'imagenet-mobilenetv2' (classification) is not an expression model"),
     ({"model": "no-such-model"}, None, 404, "model_not_found", "no model named"),
     ({"min_face_size": 5}, None, 422, "invalid_parameter", "min_face_size"),
 ])
@@ -250,7 +251,9 @@ def test_no_image_is_422(client: TestClient) -> None:
 
 def test_a_version_of_the_expression_model_can_be_named(client: TestClient) -> None:
     data = fetch("face-happy").read_bytes()
-    assert post(client, data, version=1)["model"] == "fer-minixception/1"
+    answer = post(client, data, version=1, detector_version=1)
+    assert (answer["model"], answer["version"], answer["detector_version"]) == (
+        "fer-minixception", 1, 1)
     response = client.post("/v1/expressions", params={"version": 9}, content=data,
                            headers={"content-type": "image/jpeg"})
     assert response.status_code == 404

@@ -208,7 +208,7 @@ def test_detection_neither_starves_classify_nor_queues_without_bound(
     and answers, and a second detection is refused at once with 503 + Retry-After."""
     import threading
 
-    from service.http.routes import expressions
+    from service import expressions
 
     for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
         (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)

@@ -106,8 +106,8 @@ def test_cli_quantizes_and_refuses_an_existing_version(shipped_model: Callable[[
     assert done.stdout.strip() == str(tmp_path / "digits-int8" / "3")
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert again.returncode == 2
-    assert (f"error: {tmp_path / 'digits-int8' / '3'} already holds a model; pick another "
-            "version or pass --overwrite") in again.stderr
+    assert (f"error: {tmp_path / 'digits-int8' / '3'} already holds a model; export a new "
+            "version or pass --overwrite\n") == again.stderr
 
 
 def test_calibration_is_reproducible_and_from_the_training_split(

@@ -56,6 +56,7 @@ def _batcher(**options: float) -> Batcher:
 def test_concurrent_inputs_share_a_run_and_get_their_own_rows() -> None:
     async def scenario() -> tuple[list[np.ndarray], list[int]]:
         batcher, model = _batcher(), RowSums()
+        await batcher.open(model)
         rows = await asyncio.gather(*(batcher.submit(model, np.full((2, 2), i)) for i in range(5)))
         await batcher.close()
         return rows, model.batches
@@ -68,6 +69,7 @@ def test_concurrent_inputs_share_a_run_and_get_their_own_rows() -> None:
 def test_max_batch_size_splits_runs() -> None:
     async def scenario() -> list[int]:
         batcher, model = _batcher(max_batch_size=4), RowSums()
+        await batcher.open(model)
         await asyncio.gather(*(batcher.submit(model, np.ones(3)) for _ in range(10)))
         await batcher.close()
         return model.batches
@@ -78,6 +80,7 @@ def test_max_batch_size_splits_runs() -> None:
 def test_batches_grow_while_a_run_is_busy_even_without_delay() -> None:
     async def scenario() -> list[int]:
         batcher, model = _batcher(max_queue_delay_ms=0.0), RowSums(seconds=0.05)
+        await batcher.open(model)
         first = asyncio.ensure_future(batcher.submit(model, np.ones(1)))
         await asyncio.sleep(0.01)  # the first run is busy now
         rest = [batcher.submit(model, np.ones(1)) for _ in range(6)]
@@ -91,6 +94,7 @@ def test_batches_grow_while_a_run_is_busy_even_without_delay() -> None:
 def test_a_lone_input_waits_at_most_the_delay() -> None:
     async def scenario(delay_ms: float) -> float:
         batcher, model = _batcher(max_queue_delay_ms=delay_ms), RowSums()
+        await batcher.open(model)
         start = time.perf_counter()
         await batcher.submit(model, np.ones(1))
         elapsed = time.perf_counter() - start
@@ -106,6 +110,7 @@ def test_full_queue_raises_overloaded_with_retry_after() -> None:
         metrics = Metrics()
         batcher = _batcher(max_queue_size=3, retry_after_s=4, metrics=metrics)
         model = RowSums()
+        await batcher.open(model)
         outcomes = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(5)),
                                         return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, Overloaded)]
@@ -121,6 +126,7 @@ def test_full_queue_raises_overloaded_with_retry_after() -> None:
 def test_a_failing_run_fails_its_callers_only() -> None:
     async def scenario() -> tuple[list[object], np.ndarray]:
         batcher, model = _batcher(), RowSums(fail=True)
+        await batcher.open(model)
         failed = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(3)),
                                       return_exceptions=True)
         model.fail = False
@@ -135,6 +141,8 @@ def test_a_failing_run_fails_its_callers_only() -> None:
 def test_versions_have_separate_lanes() -> None:
     async def scenario() -> tuple[list[int], list[int]]:
         batcher, one, two = _batcher(), RowSums(version=1), RowSums(version=2)
+        await batcher.open(one)
+        await batcher.open(two)
         await asyncio.gather(*(batcher.submit(v, np.ones(1)) for v in (one, two, one, two, one)))
         await batcher.close()
         return one.batches, two.batches
@@ -145,6 +153,7 @@ def test_versions_have_separate_lanes() -> None:
 def test_close_drains_the_queue_then_refuses() -> None:
     async def scenario() -> tuple[list[int], bool]:
         batcher, model = _batcher(max_queue_delay_ms=100.0, max_batch_size=2), RowSums()
+        await batcher.open(model)
         waiting = [asyncio.ensure_future(batcher.submit(model, np.full(1, i))) for i in range(5)]
         await asyncio.sleep(0)  # all queued
         await batcher.close()
@@ -161,9 +170,12 @@ def test_close_drains_the_queue_then_refuses() -> None:
 def test_retire_finishes_what_was_queued() -> None:
     async def scenario() -> list[int]:
         batcher, model = _batcher(max_queue_delay_ms=100.0), RowSums()
+        await batcher.open(model)
         waiting = [asyncio.ensure_future(batcher.submit(model, np.full(1, i))) for i in range(3)]
         await asyncio.sleep(0)
         await batcher.retire(model)
+        with pytest.raises(NotReady, match="sums/1 is no longer served"):
+            await batcher.submit(model, np.ones(1))  # a late submit revives nothing
         rows = [int((await w)[0]) for w in waiting]
         await batcher.close()
         return rows
@@ -174,6 +186,7 @@ def test_retire_finishes_what_was_queued() -> None:
 def test_cancelled_callers_are_skipped() -> None:
     async def scenario() -> tuple[list[int], int]:
         batcher, model = _batcher(max_queue_delay_ms=50.0), RowSums()
+        await batcher.open(model)
         gone = asyncio.ensure_future(batcher.submit(model, np.ones(1)))
         kept = asyncio.ensure_future(batcher.submit(model, np.full(1, 7)))
         await asyncio.sleep(0.01)
@@ -204,6 +217,7 @@ def test_instances_run_batches_at_the_same_time() -> None:
     async def scenario(instances: int) -> list[object]:
         batcher, model = _batcher(max_batch_size=1, max_queue_delay_ms=0.0,
                                   instances=instances), Meeting()
+        await batcher.open(model)
         outcomes = await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(2)),
                                         return_exceptions=True)
         await batcher.close()
@@ -218,6 +232,8 @@ def test_a_run_is_alone_only_with_nothing_else_in_flight_or_queued() -> None:
     async def scenario() -> tuple[list[bool], list[bool]]:
         batcher = _batcher(max_batch_size=1, max_queue_delay_ms=0.0, instances=2)
         lone, crowd = RowSums(), Meeting(version=2)
+        await batcher.open(lone)
+        await batcher.open(crowd)
         await batcher.submit(lone, np.ones(1))
         await asyncio.gather(*(batcher.submit(crowd, np.ones(1)) for _ in range(2)))
         await batcher.close()
@@ -234,6 +250,7 @@ def test_submit_many_queues_together_or_in_runs_of_the_queue_size() -> None:
     async def scenario() -> tuple[list[int], list[int], list[int]]:
         batcher, model = _batcher(max_queue_delay_ms=0.0, max_queue_size=4, instances=2), \
             RowSums()
+        await batcher.open(model)
         rows = await batcher.submit_many(model, [np.full(1, i) for i in range(4)])
         more = await batcher.submit_many(model, [np.full(1, i) for i in range(10)])
         await batcher.close()
@@ -248,6 +265,7 @@ def test_submit_many_queues_together_or_in_runs_of_the_queue_size() -> None:
 def test_one_instance_gathers_at_a_time() -> None:
     async def scenario() -> list[int]:
         batcher, model = _batcher(max_queue_delay_ms=100.0, instances=2), RowSums()
+        await batcher.open(model)
         await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(6)))
         await batcher.close()
         return model.batches
@@ -263,6 +281,7 @@ def test_finish_runs_on_each_row_and_fails_only_its_caller() -> None:
 
     async def scenario() -> list[object]:
         batcher, model = _batcher(), RowSums()
+        await batcher.open(model)
         outcomes = await asyncio.gather(
             *(batcher.submit(model, np.full(1, value), rank) for value in (3, -1, 5)),
             return_exceptions=True)
@@ -277,8 +296,9 @@ def test_finish_runs_on_each_row_and_fails_only_its_caller() -> None:
 def test_metrics_record_batches_and_queue(tmp_path: object) -> None:
     async def scenario() -> Metrics:
         metrics = Metrics()
-        batcher = _batcher(metrics=metrics)
-        await asyncio.gather(*(batcher.submit(RowSums(), np.ones(1)) for _ in range(1)))
+        batcher, model = _batcher(metrics=metrics), RowSums()
+        await batcher.open(model)
+        await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(1)))
         await batcher.close()
         return metrics
 
@@ -313,23 +333,25 @@ def test_open_warms_each_inference_thread_before_it_returns() -> None:
     assert events[2][0] == "infer" and len(events) == 3  # the lanes were reused, not re-warmed
 
 
-def test_a_thread_warms_up_before_its_first_batch_without_open() -> None:
-    async def scenario() -> list[tuple[str, str]]:
-        batcher, model = _batcher(instances=2, max_queue_delay_ms=0.0), RowSums(
-            warm_up_seconds=0.1)
-        await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(4)))
+def test_a_version_without_an_open_lane_is_refused_not_given_one() -> None:
+    """Only ``open`` creates a lane (the engine, before publishing a version): a submit for any
+    other version is a retryable 503 and starts no thread."""
+    async def scenario() -> list[str]:
+        batcher, model = _batcher(), RowSums()
+        with pytest.raises(NotReady, match="sums/1 is no longer served") as refused:
+            await batcher.submit(model, np.ones(1))
+        assert refused.value.status_code == 503
+        names = [t.name for t in threading.enumerate() if t.name.startswith("infer-sums/1")]
         await batcher.close()
-        return model.events
+        return names
 
-    events = asyncio.run(scenario())
-    for thread in {name for _, name in events}:
-        mine = [kind for kind, name in events if name == thread]
-        assert mine[0] == "warm" and mine.count("warm") == 1, mine
+    assert asyncio.run(scenario()) == []
 
 
 def test_a_version_with_a_smaller_max_batch_gets_smaller_batches() -> None:
     async def scenario() -> list[int]:
         batcher, model = _batcher(max_batch_size=8, max_queue_delay_ms=50.0), RowSums(max_batch=2)
+        await batcher.open(model)
         await asyncio.gather(*(batcher.submit(model, np.ones(1)) for _ in range(6)))
         await batcher.close()
         return model.batches

@@ -1,11 +1,10 @@
 """The model format (model_format/card.py): shipped cards validate, bad ones name file and field,
-the docs' field tables are the generated ones, and the serving side needs no torch."""
+the docs' field tables are the generated ones (the import
+boundaries: tests/unit/test_import_boundaries.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -91,16 +90,6 @@ def test_docs_field_tables_are_the_generated_ones() -> None:
     generated = doc.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
     assert generated == markdown_tables().strip(), (
         "docs/model-format.md is out of date: run python -m model_format.docs --write")
-
-
-def test_the_serving_side_imports_no_torch() -> None:
-    """The schema is shared with training, but loading it (and the repository that reads it)
-    must not pull torch into the serving install."""
-    code = ("import sys, model_format, service.repository; "
-            "print(sorted(m for m in ('torch', 'torchvision', 'onnx') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout.strip()
-    assert out == "[]"
 
 
 def test_training_and_serving_map_every_interpolation_the_format_names() -> None:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from training.data.fer2013 import FER2013_LABELS, load_fer2013
 from training.data.folders import folder_classes, list_folder, read_image
 from training.data.mnist import FASHION_MNIST_LABELS, MNIST_LABELS, load_fashion_mnist, load_mnist
+from training.errors import ConfigError, UnknownName
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 DATASETS = ("mnist", "fashion-mnist", "fer2013", "folder")
@@ -65,7 +66,7 @@ class FileImageDataset(Dataset):
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise KeyError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+        raise UnknownName(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
 
 
 def dataset_labels(name: str, path: str | None = None) -> list[str]:
@@ -73,15 +74,18 @@ def dataset_labels(name: str, path: str | None = None) -> list[str]:
     _check_name(name)
     if name == "folder":
         if not path:
-            raise ValueError("the folder data set needs data.path")
+            raise ConfigError("the folder data set needs data.path")
         return folder_classes(path)
     return {"mnist": MNIST_LABELS, "fashion-mnist": FASHION_MNIST_LABELS,
             "fer2013": FER2013_LABELS}[name]
 
 
+ImageDataset = TensorImageDataset | FileImageDataset  # what build_dataset returns
+
+
 def build_dataset(name: str, split: str, *, path: str | None = None,
                   transform: Transform | None = None,
-                  limit: int | None = None) -> TensorImageDataset | FileImageDataset:
+                  limit: int | None = None) -> ImageDataset:
     """One split of a data set.
 
     Args:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.errors import ConfigError, DataError, MissingData
+
 FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 FER2013_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 SIDE = 48
@@ -45,14 +47,19 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
     of the three (``Trainig``) fails, since its rows would otherwise vanish from every split.
 
     Raises:
-        ValueError: a missing path, a bad header, a malformed row or an unknown ``Usage`` (the
+        ConfigError: no path or an unknown split.
+        MissingData: the path is not a file.
+        DataError: a bad header, a malformed row or an unknown ``Usage`` (the
             message names the line).
     """
     if split not in FER2013_USAGE:
-        raise ValueError(f"unknown FER2013 split {split!r}; use train, val or test")
+        raise ConfigError(f"unknown FER2013 split {split!r}; use train, val or test")
     if not path:
-        raise ValueError("FER2013 needs the path of your fer2013.csv: --set data.path=/path/to/"
+        raise ConfigError("FER2013 needs the path of your fer2013.csv: --set data.path=/path/to/"
                          "fer2013.csv (it is not shipped by any package registry)")
+    if not Path(path).is_file():
+        raise MissingData(f"data.path {path} is not a file; give the path of your fer2013.csv "
+                          "(--set data.path=/path/to/fer2013.csv)")
     usage = FER2013_USAGE[split]
     known = set(FER2013_USAGE.values())
     images, labels, missing = [], [], []
@@ -60,7 +67,7 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
         reader = csv.reader(handle)
         header = [column.strip() for column in next(reader, [])]
         if header[:3] != ["emotion", "pixels", "Usage"]:
-            raise ValueError(f"{path}: header is {_clip(header)}, expected "
+            raise DataError(f"{path}: header is {_clip(header)}, expected "
                              "emotion,pixels,Usage")
         for line, row in enumerate(reader, start=2):
             row_usage = row[2].strip() if len(row) >= 3 else ""
@@ -68,7 +75,7 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
                 missing.append(line)
                 continue
             if row_usage not in known:
-                raise ValueError(f"{path}:{line}: unknown Usage {_clip(row_usage)}; expected "
+                raise DataError(f"{path}:{line}: unknown Usage {_clip(row_usage)}; expected "
                                  f"one of {', '.join(sorted(known))}")
             if row_usage != usage:
                 continue
@@ -80,7 +87,7 @@ def load_fer2013(split: str, path: str | None) -> tuple[torch.Tensor, torch.Tens
                        len(missing), ", ".join(map(str, missing[:5])),
                        ", ..." if len(missing) > 5 else "")
     if not images:
-        raise ValueError(f"{path}: no rows with Usage {usage}")
+        raise DataError(f"{path}: no rows with Usage {usage}")
     stacked = np.stack(images).reshape(-1, 1, SIDE, SIDE)
     return torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64)
 
@@ -96,23 +103,23 @@ def _parse_row(row: list[str], path: str, line: int) -> tuple[int, np.ndarray]:
     try:
         label = int(row[0])
     except ValueError:
-        raise ValueError(f"{path}:{line}: emotion {_clip(row[0])} is not a number") from None
+        raise DataError(f"{path}:{line}: emotion {_clip(row[0])} is not a number") from None
     values = row[1].split()
     try:
         pixels = np.array(values, dtype=np.int64)
     except (ValueError, OverflowError):
         column = next((i for i, v in enumerate(values) if not _is_pixel(v)), 0)
-        raise ValueError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
+        raise DataError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
                          f"{_clip(values[column])}, not a whole number in 0..255") from None
     if not 0 <= label < len(FER2013_LABELS):
-        raise ValueError(f"{path}:{line}: emotion {label} is outside 0..6")
+        raise DataError(f"{path}:{line}: emotion {label} is outside 0..6")
     if pixels.size != SIDE * SIDE:
-        raise ValueError(f"{path}:{line}: expected {SIDE * SIDE} pixel values, got "
+        raise DataError(f"{path}:{line}: expected {SIDE * SIDE} pixel values, got "
                          f"{pixels.size}")
     outside = np.flatnonzero((pixels < 0) | (pixels > 255))
     if outside.size:
         column = int(outside[0])
-        raise ValueError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
+        raise DataError(f"{path}:{line}: pixel {column} (0-based, in pixels) is "
                          f"{pixels[column]}, outside 0..255"
                          + (f" ({outside.size} values are)" if outside.size > 1 else ""))
     return label, pixels.astype(np.uint8)

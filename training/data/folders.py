@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from training.errors import ConfigError, DataError, MissingData
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
               "test": ("test", "testing")}
@@ -19,11 +21,11 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 
 def _split_dir(root: Path, split: str) -> Path:
     if split not in SPLIT_DIRS:
-        raise ValueError(f"unknown folder split {split!r}; use train, val or test")
+        raise ConfigError(f"unknown folder split {split!r}; use train, val or test")
     for name in SPLIT_DIRS[split]:
         if (root / name).is_dir():
             return root / name
-    raise FileNotFoundError(f"{root} has no {split} folder; expected {root}/"
+    raise MissingData(f"{root} has no {split} folder; expected {root}/"
                             f"{SPLIT_DIRS[split][0]}/<class>/<image> (one sub-folder per class)")
 
 
@@ -32,7 +34,7 @@ def folder_classes(root: str | Path) -> list[str]:
     train = _split_dir(Path(root), "train")
     classes = sorted(entry.name for entry in train.iterdir() if entry.is_dir())
     if not classes:
-        raise FileNotFoundError(f"{train} has no class sub-folders")
+        raise MissingData(f"{train} has no class sub-folders")
     return classes
 
 
@@ -49,20 +51,20 @@ def list_folder(root: str | Path, split: str) -> tuple[list[Path], list[int], li
     labels: list[int] = []
     for entry in sorted(p for p in directory.iterdir() if p.is_dir()):
         if entry.name not in classes:
-            raise ValueError(f"{entry} is a class that {root}/train does not have; "
+            raise DataError(f"{entry} is a class that {root}/train does not have; "
                              f"classes: {', '.join(classes)}")
         found = sorted(p for p in entry.rglob("*") if p.suffix.lower() in EXTENSIONS)
         files += found
         labels += [classes.index(entry.name)] * len(found)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(EXTENSIONS))}) under {directory}")
+        raise MissingData(f"no images ({', '.join(sorted(EXTENSIONS))}) under {directory}")
     return files, labels, classes
 
 
 def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to a uint8 ``(C, H, W)`` tensor (C = 1 or 3), EXIF-oriented."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
         image = image.convert("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
         array = np.asarray(image)
     if array.ndim == 2:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-_TYPES = {
+from training.errors import DataError
+
+_TYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """The file is not a well-formed IDX file."""
 
 

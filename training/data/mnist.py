@@ -11,6 +11,7 @@ import torch
 
 from training.assets import fetch
 from training.data.idx import read_idx
+from training.errors import ConfigError, DataError, MissingData
 
 MNIST_LABELS = [str(digit) for digit in range(10)]
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -33,7 +34,7 @@ def load_mnist(split: str, root: str | None = None) -> tuple[torch.Tensor, torch
     parts = ["train", "val"] if split == "trainval" else [split]
     for part in parts:
         if part not in _MNIST_SPLITS:
-            raise ValueError(f"unknown MNIST split {split!r}; use train, val, trainval or test")
+            raise ConfigError(f"unknown MNIST split {split!r}; use train, val, trainval or test")
     path = Path(root) / "mnist.pkl.gz" if root else fetch("mnist-pkl")
     with gzip.open(path, "rb") as handle:
         sets = pickle.load(handle, encoding="latin1")  # noqa: S301 - a pinned, verified file
@@ -59,14 +60,14 @@ def load_fashion_mnist(split: str, root: str | None = None) -> tuple[torch.Tenso
     """
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
-        raise ValueError(f"unknown Fashion-MNIST split {split!r}; use train or test")
+        raise ConfigError(f"unknown Fashion-MNIST split {split!r}; use train or test")
     if root:
         def find(kind: str) -> Path:
             stem = f"{prefix}-{kind}-ubyte"
             for candidate in (Path(root) / f"{stem}.gz", Path(root) / stem):
                 if candidate.exists():
                     return candidate
-            raise FileNotFoundError(f"no {stem}[.gz] in {root}")
+            raise MissingData(f"no {stem}[.gz] in {root}")
         image_path, label_path = find("images-idx3"), find("labels-idx1")
     else:
         asset = "train" if split == "train" else "test"
@@ -74,7 +75,7 @@ def load_fashion_mnist(split: str, root: str | None = None) -> tuple[torch.Tenso
         label_path = fetch(f"fashion-mnist-{asset}-labels")
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{image_path} {images.shape} and {label_path} {labels.shape} "
+        raise DataError(f"{image_path} {images.shape} and {label_path} {labels.shape} "
                          "do not form an image/label pair")
     return (torch.from_numpy(images.copy()).unsqueeze(1),
             torch.from_numpy(labels.astype(np.int64)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from training.config import TrainConfig
-from training.data import build_dataset, dataset_labels
+from training.data import ImageDataset, build_dataset, dataset_labels
 from training.data.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,6 +16,7 @@ from training.data.preprocessing import (
     fit_preprocessing,
 )
 from training.data.presets import EvalPreset, TrainPreset
+from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,15 @@ def eval_preset(config: TrainConfig) -> EvalPreset:
 def train_preset(config: TrainConfig) -> TrainPreset:
     """The augmenting preset for training."""
     data, model = config.data, config.model
+    if len(data.scale) != 2:
+        raise ConfigError(f"data.scale is the crop's area range [min, max], got {data.scale}")
     return TrainPreset(height=model.height, width=model.width, channels=data.channels,
-                       crop=data.crop, padding=data.padding, scale=tuple(data.scale),
+                       crop=data.crop, padding=data.padding, scale=(data.scale[0], data.scale[1]),
                        hflip_prob=data.hflip_prob, rotation=data.rotation,
                        interpolation=data.interpolation)
 
 
-def build_split(config: TrainConfig, split: str, *, train: bool) -> Dataset:
+def build_split(config: TrainConfig, split: str, *, train: bool) -> ImageDataset:
     """One split with the train or eval preset applied."""
     data = config.data
     limit = data.train_limit if train else data.eval_limit
@@ -53,7 +56,7 @@ def build_split(config: TrainConfig, split: str, *, train: bool) -> Dataset:
     return build_dataset(data.name, split, path=data.path, transform=transform, limit=limit)
 
 
-def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
+def fit_from_config(config: TrainConfig, train_set: ImageDataset) -> Preprocessing:
     """Normalisation (and whitening) for the model: ImageNet's, or fitted on ``train_set``.
 
     Statistics are fitted on the training images after the *eval* preset (the size and
@@ -66,7 +69,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     whitening = None if data.whitening == "none" else data.whitening
     if data.normalization in ("imagenet", "pretrained"):
         if whitening or config.model.in_channels != 3:
-            raise ValueError(f"data.normalization={data.normalization} needs "
+            raise ConfigError(f"data.normalization={data.normalization} needs "
                              "model.in_channels=3 and data.whitening=none")
         if data.normalization == "pretrained":
             from training.models.backbones import pretrained_cfg
@@ -76,7 +79,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
         return Preprocessing(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                              grey_to_rgb=grey_to_rgb)
     if whitening and grey_to_rgb:
-        raise ValueError("whitening a grey input repeated to RGB is not supported; use "
+        raise ConfigError("whitening a grey input repeated to RGB is not supported; use "
                          "model.in_channels=1 or data.whitening=none")
     preset = eval_preset(config)
     count = min(len(train_set), data.stats_images)
@@ -91,7 +94,7 @@ def fit_from_config(config: TrainConfig, train_set: Dataset) -> Preprocessing:
     return prep
 
 
-def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
+def train_loader(config: TrainConfig, dataset: ImageDataset, epoch: int, *,
                  distributed: bool = False) -> DataLoader:
     """The loader of one training epoch; its order depends only on (seed, epoch).
 
@@ -100,6 +103,7 @@ def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
     the batches an uninterrupted run sees; worker seeds derive from the same generator.
     """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    sampler: Sampler[int]
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=True)
         sampler.set_epoch(epoch)
@@ -110,7 +114,7 @@ def train_loader(config: TrainConfig, dataset: Dataset, epoch: int, *,
                       generator=generator, persistent_workers=False)
 
 
-def eval_loader(config: TrainConfig, dataset: Dataset) -> DataLoader:
+def eval_loader(config: TrainConfig, dataset: ImageDataset) -> DataLoader:
     """A sequential loader over a whole evaluation split."""
     return DataLoader(dataset, batch_size=max(config.optim.batch_size, 256), shuffle=False,
                       num_workers=config.workers)
@@ -125,7 +129,7 @@ def run_labels(config: TrainConfig) -> list[str]:
     labels = dataset_labels(config.data.name, config.data.path)
     if config.export.labels is not None:
         if len(config.export.labels) != len(labels):
-            raise ValueError(f"export.labels has {len(config.export.labels)} names but the data "
+            raise ConfigError(f"export.labels has {len(config.export.labels)} names but the data "
                              f"set has {len(labels)} classes: {labels}")
         return list(config.export.labels)
     return list(labels)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from training.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 WHITENINGS = (None, "pca", "zca")
@@ -28,6 +30,11 @@ MAX_WHITENING_DIM = 4096
 
 class PreprocessModule(nn.Module):
     """Float NCHW in [0, 1] -> (grey repeated to RGB) -> (x - mean) / std -> whitened NCHW."""
+
+    mean: torch.Tensor  # buffers, [1, C, 1, 1]
+    std: torch.Tensor
+    whitening_mean: torch.Tensor  # [1, C*H*W], when whitening
+    whitening_matrix_t: torch.Tensor  # [C*H*W, C*H*W], transposed
 
     def __init__(self, prep: Preprocessing) -> None:
         super().__init__()
@@ -180,7 +187,7 @@ def fit_preprocessing(
         return prep
     dim = images[0].numel()
     if dim > MAX_WHITENING_DIM:
-        raise ValueError(
+        raise ConfigError(
             f"{whitening} whitening of {dim} values per image (C*H*W) would store a {dim}x{dim} "
             f"matrix; whiten inputs of at most {MAX_WHITENING_DIM} values (e.g. 1x64x64) or set "
             "whitening to none")

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from model_format import RESIZE_METHODS
+from training.errors import ConfigError
 
 INTERPOLATIONS = {  # model_format.INTERPOLATIONS, each mapped (a test checks)
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -29,7 +30,7 @@ CROPS = ("none", "random", "resized")
 
 def _check(name: str, value: Any, valid: tuple[Any, ...] | dict[str, Any]) -> None:
     if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, valid))}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, valid))}; got {value!r}")
 
 
 class ToChannels(torch.nn.Module):
@@ -103,7 +104,7 @@ class EvalPreset:
         self.resize_method = resize_method
         self.shorter_side = shorter_side or max(height, width)
         if self.shorter_side < max(height, width):
-            raise ValueError(f"shorter_side {self.shorter_side} is smaller than the crop "
+            raise ConfigError(f"shorter_side {self.shorter_side} is smaller than the crop "
                              f"{height}x{width}; use at least {max(height, width)}")
         self.interpolation = interpolation
         steps: list[torch.nn.Module] = [ToChannels(channels)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ import torchvision
 
 from training import pretrained as weights
 from training.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from training.errors import ConfigError, UnknownName
 from training.models.base import ConvNet
 from training.models.efficientnet_lite import EfficientNetLite0Body
 from training.models.registry import register_model
@@ -72,7 +74,7 @@ def pretrained_cfg(name: str) -> PretrainedCfg:
     try:
         return PRETRAINED_CFGS[name]
     except KeyError:
-        raise KeyError(f"model {name!r} has no pretrained weights (so no pretrained "
+        raise UnknownName(f"model {name!r} has no pretrained weights (so no pretrained "
                        f"preprocessing); models with them: {', '.join(sorted(PRETRAINED_CFGS))}"
                        ) from None
 
@@ -93,10 +95,13 @@ def _check_size(name: str, input_size: int | Sequence[int]) -> tuple[int, int]:
 
 def _check_channels(in_channels: int) -> None:
     if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        raise ConfigError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
 
 
-def grey_stem(conv: nn.Conv2d) -> nn.Conv2d:
+Conv = TypeVar("Conv", bound=nn.Conv2d)
+
+
+def grey_stem(conv: Conv) -> Conv:
     """A copy of an RGB ``conv`` taking one channel: its kernels summed over R, G and B."""
     if conv.in_channels != 3 or conv.groups != 1:
         raise ValueError(f"expected an ungrouped RGB convolution, got {conv}")

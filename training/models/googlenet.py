@@ -14,6 +14,7 @@ default; with ``aux_logits=True`` a model in training mode returns ``(logits, au
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,10 +119,10 @@ class GoogLeNet(ConvNet):
         self.input_size = self.default_input_size = to_size(input_size)
         aux_paths = [AUX_WINDOWS] if aux_logits else []
         sizes = trace_sizes(input_size, WINDOWS, model="googlenet", also=aux_paths)
-        block = {"act": act, "batchnorm": batchnorm}
+        block = functools.partial(conv_block, act=act, batchnorm=batchnorm)
         self.stem = nn.Sequential(
-            conv_block(in_channels, 64, 7, 2, (2, 3), **block), make_pool("max", 3, 2, SAME2),
-            conv_block(64, 64, 1, **block), conv_block(64, 192, 3, 1, 1, **block),
+            block(in_channels, 64, 7, 2, (2, 3)), make_pool("max", 3, 2, SAME2),
+            block(64, 64, 1), block(64, 192, 3, 1, 1),
             make_pool("max", 3, 2, SAME2))
         self.inception3 = self._stage(192, ["3a", "3b"], act, batchnorm)
         self.pool3 = make_pool("max", 3, 2, SAME2)

@@ -4,12 +4,14 @@ weight initialisation. Their sizes are checked by :mod:`training.models.shapes`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from training.errors import ConfigError
 from training.models.shapes import LayerConfigError, Padding, padding_pair
 
 ACTIVATIONS = ("relu", "leaky_relu", "maxout", "tanh", "sigmoid")
@@ -49,7 +51,7 @@ class Activation:
         return nn.Tanh() if self.name == "tanh" else nn.Sigmoid()
 
 
-def parse_activation(spec: str | dict[str, Any] | Activation = "relu") -> Activation:
+def parse_activation(spec: str | Mapping[str, Any] | Activation = "relu") -> Activation:
     """An :class:`Activation` from a name, a dict (``{"name": "maxout", "pieces": 3}``) or itself.
 
     Raises:
@@ -79,7 +81,7 @@ class Maxout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.pieces:
-            raise ValueError(f"Maxout({self.pieces}) needs a multiple of {self.pieces} "
+            raise ConfigError(f"Maxout({self.pieces}) needs a multiple of {self.pieces} "
                              f"channels, got {x.shape[1]}")
         return x.unflatten(1, (-1, self.pieces)).amax(dim=2)
 
@@ -147,7 +149,8 @@ def init_weights(module: nn.Module, act: Activation | None = None) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d | nn.Linear):
             if act.name in ("tanh", "sigmoid"):
-                nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(act.name))
+                nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(
+                    "tanh" if act.name == "tanh" else "sigmoid"))
             elif act.name == "leaky_relu":
                 nn.init.kaiming_normal_(layer.weight, a=act.negative_slope,
                                         nonlinearity="leaky_relu")

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.errors import ConfigError
 from training.models.base import ConvNet
 from training.models.registry import register_model
 
@@ -100,7 +101,7 @@ class MiniXception(ConvNet):
         super().__init__()
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if len(size) != 2 or min(size) < 16:
-            raise ValueError(f"mini-Xception needs inputs of at least 16x16, got {input_size}")
+            raise ConfigError(f"mini-Xception needs inputs of at least 16x16, got {input_size}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.input_size = (int(size[0]), int(size[1]))

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from training.errors import UnknownName
+
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -48,5 +50,5 @@ def get_model(name: str, **config: Any) -> nn.Module:
         builder = _MODELS[name]
     except KeyError:
         valid = ", ".join(list_models())
-        raise KeyError(f"unknown model {name!r}; valid names: {valid}") from None
+        raise UnknownName(f"unknown model {name!r}; valid names: {valid}") from None
     return builder(**config)

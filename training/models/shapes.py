@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from training.errors import ConfigError
+
 Padding = int | tuple[int, int]
 
 
-class LayerConfigError(ValueError):
+class LayerConfigError(ConfigError):
     """A layer's output size does not work out; the message names the layer and the numbers."""
 
     def __init__(self, message: str, *, layer: str = "", size: int | None = None,

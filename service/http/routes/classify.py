@@ -11,50 +11,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response, routing
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from model_format import Capability
 from service.advice import classify_notes
+from service.engine import Engine
 from service.errors import ServiceError
-from service.http.deps import Serving, ServingDep, get_serving
+from service.http.deps import EngineDep, get_serving_engine
 from service.http.errors import to_response
+from service.http.openapi import V1_ERRORS, errors, image_body, versioned
 from service.http.uploads import read_uploads
-from service.pipeline import classify, prepare_uploads
-from service.schemas import ClassifyResponse, ErrorResponse
+from service.schemas import ClassifyResponse
 
 PREFIX = "/v1/models"
 MAX_TOP_K = 1000
-router = APIRouter(prefix=PREFIX, tags=["classify"], responses={
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
+router = APIRouter(prefix=PREFIX, tags=["classify"], responses=errors(*V1_ERRORS))
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K,
                             description="how many classes to return per image")]
 
-_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-}}}
 
-
-async def answer(request: Request, serving: Serving, name: str, version: str | None,
+async def answer(request: Request, engine: Engine, name: str, version: str | None,
                  top_k: int) -> Response:
     """Classify the request's images with ``name`` (its default version, or ``version``)."""
-    chosen = serving.repository.get(name, version)  # held for the whole request (reloads)
-    chosen.require_classifier()
-    assert chosen.input is not None
+    chosen = engine.get(name, version, Capability.CLASSIFY)  # held for the whole request
     request.state.model, request.state.version = chosen.name, chosen.version
-    uploads = await read_uploads(request, serving.settings.max_images_per_request)
+    uploads = await read_uploads(request, engine.settings.max_images_per_request)
     request.state.images = len(uploads)
-    arrays = await prepare_uploads(uploads, chosen.input, serving.pool,
-                                   serving.settings.max_image_pixels, serving.metrics,
-                                   (chosen.name, str(chosen.version)),
-                                   serving.settings.max_request_pixels)
-    results = await classify(chosen, arrays, uploads, serving.batcher, top_k)
+    results = await engine.classify(chosen, uploads, top_k)
     body = ClassifyResponse.model_construct(model=chosen.name, version=chosen.version,
                                             results=results, notes=classify_notes(chosen))
     # Serialised once here: FastAPI would validate the finished model again. Notes only when
@@ -62,18 +50,11 @@ async def answer(request: Request, serving: Serving, name: str, version: str | N
     return Response(body.model_dump_json(exclude_defaults=True), media_type="application/json")
 
 
-@router.post("/{name}/classify", response_model=ClassifyResponse, openapi_extra=_BODY,
-             summary="Classify images with the default version")
-async def classify_latest(name: str, request: Request, serving: ServingDep,
-                          top_k: TopK = 5) -> Response:
-    return await answer(request, serving, name, None, top_k)
-
-
-@router.post("/{name}/versions/{version}/classify", response_model=ClassifyResponse,
-             openapi_extra=_BODY, summary="Classify images with one version")
-async def classify_version(name: str, version: str, request: Request, serving: ServingDep,
-                           top_k: TopK = 5) -> Response:
-    return await answer(request, serving, name, version, top_k)
+@versioned(router, "POST", "/classify", "Classify images", response_model=ClassifyResponse,
+           openapi_extra=image_body(many=True))
+async def classify_images(name: str, request: Request, engine: EngineDep, top_k: TopK = 5,
+                          version: str | None = None) -> Response:
+    return await answer(request, engine, name, version, top_k)
 
 
 _TOP_K = TypeAdapter(TopK)  # the declared query parameter's own type and bounds
@@ -90,13 +71,15 @@ def _top_k(raw: str | None) -> int:
                                      ) from None
 
 
-def _check_declared(route: APIRoute) -> None:
+def _check_declared(route: Any) -> None:
     """Refuse to shortcut ``route`` when it declares anything the shortcut would not honour.
 
-    The shortcut calls the route's own endpoint with its path parameters, ``request``,
-    ``serving`` (:func:`get_serving`) and ``top_k`` (:data:`TopK`): a dependency, header, body
-    or query parameter added to the route (or its router) must be added here too, or start-up
-    fails with this message, instead of being silently skipped.
+    ``route`` is one of the app's own routes, as FastAPI built it: its dependencies include
+    those given to ``FastAPI(dependencies=...)``, to its router and to ``include_router``. The
+    shortcut calls the endpoint with its path parameters, ``request``, ``engine``
+    (:func:`get_serving_engine`), ``top_k`` (:data:`TopK`) and ``version``: anything else added
+    at any level must be taught to the shortcut, or start-up fails with this message, instead of
+    being silently skipped.
     """
     dependant = route.dependant
     declared = {
@@ -109,8 +92,8 @@ def _check_declared(route: APIRoute) -> None:
     }
     expected = {
         "path": sorted(route.param_convertors),
-        "query": ["top_k"],
-        "dependencies": [get_serving],
+        "query": sorted({"top_k", "version"} - set(route.param_convertors)),
+        "dependencies": [get_serving_engine],
         "other": [],
         "request": "request",
     }
@@ -123,21 +106,28 @@ class ClassifyShortcut:
     """Answers ``POST`` on the two classify routes without FastAPI's routing (pure ASGI).
 
     Measured worth: ``scripts/bench_request_overhead.py`` (docs/hardening.md). It is derived
-    from the declared routes, so the two cannot drift: it matches their own path regexes, calls
-    their own endpoints, validates ``top_k`` with the declared :data:`TopK`, gets ``serving``
-    from the declared dependency, and :func:`_check_declared` fails start-up if a route gains
-    anything else. It sits innermost among the middleware, so the request id, access log, API
-    key and body limits apply as everywhere; it sets ``scope["route"]`` to the declared route
-    (metric labels and logs name its template) and maps errors with
-    :func:`service.http.errors.to_response`, as the exception handlers do.
+    from the app's own routes, so the two cannot drift: it matches their path regexes, calls
+    their endpoint, validates ``top_k`` with the declared :data:`TopK`, gets the engine from the
+    declared dependency, and :func:`_check_declared` fails start-up if a route gains anything
+    else, at the route, router, ``include_router`` or app level. It sits innermost among the
+    middleware, so the request id, access log, API key and body limits apply as everywhere; it
+    sets ``scope["route"]`` to the declared route (metric labels and logs name its template)
+    and maps errors with :func:`service.http.errors.to_response`, as the exception handlers do.
     """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = router.routes) -> None:
-        """``routes``: this module's (``create_app`` includes its router as it is, adding no
-        dependencies; the check sees dependencies declared on a route or on ``router``)."""
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        """``routes``: the FastAPI app's (``app.routes``). Starlette builds the middleware
+        stack at the app's first event (its lifespan), after every router is included, so the
+        check sees the routes as served."""
         self.app = app
-        self.routes = [route for route in routes if isinstance(route, APIRoute)
-                       and route.endpoint in (classify_latest, classify_version)]
+        # As served: FastAPI keeps included routers lazily, and iter_route_contexts (what its
+        # own OpenAPI generation walks) gives each route with its effective dependencies.
+        served = routing.iter_route_contexts(routes) if hasattr(routing, "iter_route_contexts") \
+            else routes
+        self.routes: list[Any] = [route for route in served
+                                  if getattr(route, "endpoint", None) is classify_images]
+        if not self.routes:
+            raise RuntimeError("ClassifyShortcut found no classify route to answer")
         for route in self.routes:
             _check_declared(route)
 
@@ -157,8 +147,11 @@ class ClassifyShortcut:
         response: Response
         try:
             top_k = _top_k(request.query_params.get("top_k"))
-            response = await route.endpoint(request=request, serving=await get_serving(request),
-                                            top_k=top_k, **match.groupdict())
+            engine = await get_serving_engine(request)
+            params = match.groupdict()
+            params.setdefault("version", request.query_params.get("version"))
+            response = await route.endpoint(request=request, engine=engine, top_k=top_k,
+                                            **params)
         except (ServiceError, RequestValidationError) as exc:
             response = to_response(exc, scope["path"])
         await response(scope, receive, send)

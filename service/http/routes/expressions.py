@@ -1,160 +1,39 @@
 """``POST /v1/expressions``: every face in a photo, where it is and which expression it shows.
 
-Steps: decode the photo at full size (EXIF orientation applied, so boxes are in the photo as it
-is displayed), detect faces with the MTCNN graphs (``service/faces.py``) on a bounded copy in
-the detection pool (``service/detection.py``: boxes come back in the photo's pixels), crop each
-face with a margin and level its eyes, convert it to the expression model's input, and classify
-all faces of the request together through the batcher (they queue at once, so they share one
-ONNX Runtime run, with faces of concurrent requests too; more faces than the queue holds go in
-several runs). Faces are answered left to right. A photo without
-faces is a normal answer with an empty list. ``annotate=true`` (or ``Accept: image/png`` /
-``image/jpeg``) answers the photo with the boxes drawn instead of JSON.
+The work is :func:`service.expressions.recognise`'s; this route reads the one upload and the
+parameters, and answers JSON, or with ``annotate=true`` (or ``Accept: image/png`` /
+``image/jpeg``) the photo with the boxes drawn. A photo without faces is a normal answer with an
+empty list. ``version`` and ``detector_version`` choose versions; both answer as ``/v1``'s other
+answers do, a name and an integer version.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
-from pydantic import BaseModel, Field
 
-from model_format import ClassifierCard, DetectorCard, Task
-from service import imaging
+from model_format import Capability
 from service.annotate import FORMATS, Label, annotate, encode
-from service.detection import DetectionSlots, detect_bounded
-from service.errors import InvalidParameter, NotReady
-from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
-from service.http.deps import BatcherDep, MetricsDep, RepositoryDep, SettingsDep
+from service.expressions import DEFAULT_DETECTOR, DEFAULT_MODEL, Options, recognise
+from service.http.deps import EngineDep
+from service.http.openapi import V1_ERRORS, errors, image_body
 from service.http.uploads import read_uploads
-from service.imaging import InputSpec
-from service.model_version import ModelVersion
-from service.runtime import Session
-from service.schemas import ErrorResponse
+from service.schemas import ExpressionsResponse, ImageSize
 
-DEFAULT_MODEL = "fer-minixception"
-DEFAULT_DETECTOR = "face-mtcnn"
-EXPRESSION_TASK = "expression"
+router = APIRouter(prefix="/v1", tags=["expressions"], responses=errors(*V1_ERRORS))
 
-router = APIRouter(prefix="/v1", tags=["expressions"], responses={
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
-
-
-class Box(BaseModel):
-    x: int = Field(description="left edge, pixels from the left of the (EXIF-oriented) photo")
-    y: int = Field(description="top edge, pixels from the top")
-    width: int
-    height: int
-
-
-class FaceResult(BaseModel):
-    box: Box
-    detection_score: float | None = Field(description="face probability (null with detect=false)")
-    expression: str = Field(description="the most probable expression")
-    probabilities: dict[str, float] = Field(description="every expression's probability")
-
-
-class ImageSize(BaseModel):
-    width: int
-    height: int
-
-
-class ExpressionsResponse(BaseModel):
-    model: str = Field(description="name/version of the expression model")
-    detector: str | None = Field(description="name/version of the face detector (or null)")
-    image: ImageSize = Field(description="the photo's size after EXIF orientation")
-    faces: list[FaceResult] = Field(description="left to right")
-
-
-_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-}}, "responses": {"200": {"content": {"image/png": {}, "image/jpeg": {}}}}}
-
-
-@dataclass
-class Analysis:
-    """What the thread-pool half of a request produced."""
-
-    photo: Image.Image
-    faces: list[Face]
-    crops: list[np.ndarray]
-    decode_s: float
-    detect_s: float
-    crop_s: float
-
-
-def model_input(crop: Image.Image, spec: InputSpec) -> np.ndarray:
-    """A face crop as the expression model's ``[H, W, C]`` uint8 input."""
-    crop = crop.convert("L" if spec.channels == 1 else "RGB")
-    if crop.size != (spec.width, spec.height):
-        crop = crop.resize((spec.width, spec.height), imaging.RESAMPLE[spec.interpolation])
-    array = np.asarray(crop)
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How the expression model wants its faces cut: ``model.json``'s ``face_crop``."""
-
-    margin: float = DEFAULT_MARGIN  # on each side, as a fraction of the box side
-    align: bool = True  # turn the face so that the eyes are level
-
-    @classmethod
-    def from_card(cls, card: ClassifierCard | DetectorCard) -> CropSpec:
-        crop = card.face_crop if isinstance(card, ClassifierCard) else None
-        if crop is None:
-            return cls()
-        return cls(margin=DEFAULT_MARGIN if crop.margin is None else crop.margin,
-                   align=crop.align)
-
-
-def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
-            spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
-    """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
-    detection pool)."""
-    start = time.perf_counter()
-    photo = imaging.decode(data, max_pixels)
-    decoded = time.perf_counter()
-    if detector is None:
-        width, height = photo.size
-        faces = [Face(box=(0.0, 0.0, float(width), float(height)), score=float("nan"),
-                      landmarks=np.zeros((5, 2)))]
-    else:
-        faces = detect_bounded(detector, photo, config, max_side)[:max_faces]
-        faces.sort(key=lambda face: (face.box[0], face.box[1]))
-    detected = time.perf_counter()
-    crops = [photo] if detector is None else [
-        face_crop(photo, face, (spec.width, spec.height), margin=crop.margin, align=crop.align)
-        for face in faces]
-    arrays = [model_input(crop, spec) for crop in crops]
-    return Analysis(photo, faces, arrays, decoded - start, detected - decoded,
-                    time.perf_counter() - detected)
-
-
-def _classifier(version: ModelVersion) -> ModelVersion:
-    """``version`` if it classifies face crops into expressions; a 422 naming the fix if not."""
-    if version.task != EXPRESSION_TASK or version.input is None:
-        raise InvalidParameter(f"model={version.name} is a {version.task} model, not an "
-                               f"expression model: use model={DEFAULT_MODEL} or another model "
-                               "whose task is 'expression' (GET /v1/models)")
-    return version
-
-
-def _detector(version: ModelVersion) -> MTCNN:
-    if version.task != Task.FACE_DETECTION or not {"pnet", "rnet", "onet"} <= set(version.sessions):
-        raise InvalidParameter(f"detector={version.name} is not an MTCNN face detector (task "
-                               f"{version.task!r}): use detector={DEFAULT_DETECTOR}")
-
-    def graph(session: Session) -> Graph:
-        return lambda batch: session.run({"image": batch})
-
-    return MTCNN({name: graph(session) for name, session in version.sessions.items()})
+MinFace = Annotated[int, Query(ge=10, le=10000, description="smallest face side searched for, px")]
+MaxFaces = Annotated[int, Query(ge=1, le=1000, description="at most this many faces (best first)")]
+Detect = Annotated[bool, Query(description="false: the whole image is one face crop")]
+AnnotateFlag = Annotated[bool, Query(alias="annotate",
+                                     description="answer the photo with labelled boxes")]
+Version = Annotated[int | None, Query(ge=1, description="version of the expression model "
+                                      "(default: its default version, GET /v1/models)")]
+DetectorVersion = Annotated[int | None, Query(ge=1, description="version of the face detector "
+                                              "(default: its default version)")]
 
 
 def _wanted_image(request: Request, annotate_flag: bool) -> str | None:
@@ -169,51 +48,25 @@ def _wanted_image(request: Request, annotate_flag: bool) -> str | None:
     return "image/png" if annotate_flag else None
 
 
-MinFace = Annotated[int, Query(ge=10, le=10000, description="smallest face side searched for, px")]
-MaxFaces = Annotated[int, Query(ge=1, le=1000, description="at most this many faces (best first)")]
-Detect = Annotated[bool, Query(description="false: the whole image is one face crop")]
-AnnotateFlag = Annotated[bool, Query(alias="annotate",
-                                     description="answer the photo with labelled boxes")]
-Version = Annotated[int | None, Query(ge=1, description="version of the expression model "
-                                      "(default: its default version, GET /v1/models)")]
-
-
-@router.post("/expressions", response_model=ExpressionsResponse, openapi_extra=_BODY,
+@router.post("/expressions", response_model=ExpressionsResponse,
+             openapi_extra=image_body(answers=tuple(FORMATS)),
              summary="Detect faces and classify their expressions")
-async def expressions(request: Request, repository: RepositoryDep, settings: SettingsDep,
-                      batcher: BatcherDep, metrics: MetricsDep,
+async def expressions(request: Request, engine: EngineDep,
                       min_face_size: MinFace = 20, max_faces: MaxFaces = 100,
                       detect: Detect = True, annotate_flag: AnnotateFlag = False,
                       model: str = DEFAULT_MODEL, detector: str = DEFAULT_DETECTOR,
-                      version: Version = None) -> Any:
-    classifier = _classifier(repository.get(model, version))  # both held for the request
-    assert classifier.input is not None
-    finder = repository.get(detector) if detect else None
-    graphs = _detector(finder) if finder is not None else None
+                      version: Version = None,
+                      detector_version: DetectorVersion = None) -> Any:
+    classifier = engine.get(model, version, Capability.EXPRESSIONS)  # both held throughout
+    finder = engine.get(detector, detector_version, Capability.DETECT_FACES) if detect else None
     request.state.model, request.state.version = classifier.name, classifier.version
     upload = (await read_uploads(request, 1))[0]
     request.state.images = 1
-    loop = asyncio.get_running_loop()
-    slots: DetectionSlots | None = request.app.state.detection
-    if slots is None:
-        raise NotReady("the service is starting or stopping; retry in a moment")
-    result = await slots.run(
-        analyse, upload.data, settings.max_image_pixels, graphs,
-        DetectorConfig(min_face_size=min_face_size), classifier.input,
-        CropSpec.from_card(classifier.card), max_faces, settings.detection_max_side)
-    labels = (classifier.name, str(classifier.version))
-    metrics.decode.labels(*labels).observe(result.decode_s)
-    metrics.preprocess.labels(*labels).observe(result.crop_s)
-    if finder is not None:  # the whole cascade, as the detector's inference time
-        metrics.inference.labels(finder.name, str(finder.version)).observe(result.detect_s)
-    start = time.perf_counter()
-    rows = await batcher.submit_many(classifier, list(result.crops))
-    classify_s = time.perf_counter() - start
-    faces = [_face_result(face, row, classifier.labels, result.photo.size, detect)
-             for face, row in zip(result.faces, rows, strict=True)]
-    timing = {"decode": result.decode_s, "detect": result.detect_s, "crop": result.crop_s,
-              "classify": classify_s}
-    headers = {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items()),
+    found = await recognise(engine, classifier, finder, upload.data,
+                            Options(min_face_size, max_faces, detect))
+    faces = found.faces
+    headers = {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}"
+                                          for k, v in found.timing.items()),
                "X-Faces": str(len(faces))}
     media_type = _wanted_image(request, annotate_flag)
     if media_type is not None:
@@ -221,24 +74,17 @@ async def expressions(request: Request, repository: RepositoryDep, settings: Set
                        f.probabilities[f.expression]) for f in faces]
         # Drawn and encoded in the detection pool: a big photo takes a while, off the event
         # loop and away from the decode pool's threads.
-        body = await loop.run_in_executor(slots.pool, _drawn, result.photo, drawn, media_type)
+        pool = engine.detection_slots().pool
+        body = await asyncio.get_running_loop().run_in_executor(pool, _drawn, found.photo, drawn,
+                                                                media_type)
         return Response(body, media_type=media_type, headers=headers)
     answer = ExpressionsResponse(
-        model=classifier.key, detector=finder.key if finder is not None else None,
-        image=ImageSize(width=result.photo.width, height=result.photo.height), faces=faces)
+        model=classifier.name, version=classifier.version,
+        detector=finder.name if finder is not None else None,
+        detector_version=finder.version if finder is not None else None,
+        image=ImageSize(width=found.photo.width, height=found.photo.height), faces=faces)
     return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def _drawn(photo: Image.Image, labels: list[Label], media_type: str) -> bytes:
     return encode(annotate(photo, labels), media_type)
-
-
-def _face_result(face: Face, row: np.ndarray, labels: list[str], size: tuple[int, int],
-                 detected: bool) -> FaceResult:
-    names = labels or [str(i) for i in range(len(row))]
-    x, y, w, h = face.clipped(*size)
-    best = int(np.argmax(row))
-    return FaceResult(box=Box(x=x, y=y, width=w, height=h),
-                      detection_score=face.score if detected else None,
-                      expression=names[best],
-                      probabilities={name: float(p) for name, p in zip(names, row, strict=True)})

@@ -2,39 +2,41 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import logging
+
+from fastapi import APIRouter
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from service.errors import NotReady
-from service.http.deps import MetricsDep, RepositoryDep
+from service.http.deps import AnyEngineDep
 from service.metrics import CONTENT_TYPE
 from service.schemas import ErrorResponse, Health
 
 router = APIRouter(tags=["health"])
+logger = logging.getLogger("convserve.health")
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-async def healthz(repository: RepositoryDep) -> Health:
+async def healthz(engine: AnyEngineDep) -> Health:
     """Alive whatever the models do; lists those loaded so far (all of them once ready)."""
-    return Health(status="alive", models=[v.key for v in repository.all_versions()])
+    return Health(status="alive", models=[v.key for v in engine.repository.all_versions()])
 
 
 @router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warm",
             responses={503: {"model": ErrorResponse}})
-async def readyz(request: Request, repository: RepositoryDep) -> Health:
-    if not repository.loaded or request.app.state.starting:
-        raise NotReady("the models are still loading")
-    if repository.failures:
-        failed = "; ".join(f"{key}: {why}" for key, why in sorted(repository.failures.items()))
-        raise NotReady(f"model versions failed to load: {failed}. Fix or remove them, then "
-                       "POST /v1/repository/reload")
-    return Health(status="ready", models=[v.key for v in repository.all_versions()])
+async def readyz(engine: AnyEngineDep) -> Health:
+    """The engine's one readiness rule. The answer is public (no API key): what failed, with
+    its files and paths, is in the server log, not here."""
+    readiness = engine.readiness()
+    if not readiness.ready:
+        raise NotReady(readiness.reason)
+    return Health(status="ready", models=[v.key for v in engine.repository.all_versions()])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(registry: MetricsDep) -> Response:
-    return Response(registry.render(), media_type=CONTENT_TYPE)
+async def metrics(engine: AnyEngineDep) -> Response:
+    return Response(engine.metrics.render(), media_type=CONTENT_TYPE)
 
 
 # HEAD as well (probes and load balancers use it): the same endpoints, answered without a body.

@@ -8,63 +8,38 @@ in the decode pool.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
 
+from model_format import Capability
 from service import imaging, layers
+from service.engine import Engine
 from service.errors import InvalidParameter
-from service.explain import require_method
-from service.http.deps import Serving, ServingDep
+from service.http.deps import EngineDep
+from service.http.openapi import V1_ERRORS, errors, image_body, versioned
 from service.http.uploads import read_uploads
 from service.model_version import ModelVersion
-from service.schemas import ErrorResponse
+from service.schemas import FeatureMap, FirstLayerResponse
 
-router = APIRouter(prefix="/v1/models", tags=["explain"], responses={
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)})
+router = APIRouter(prefix="/v1/models", tags=["explain"], responses=errors(*V1_ERRORS))
 
 CountParam = Annotated[int, Query(ge=1, le=layers.MAX_MAPS,
                                   description="feature maps to return (the strongest)")]
-_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-}}}
 
 
-class FeatureMap(BaseModel):
-    index: int = Field(description="the filter that made it")
-    mean: float = Field(description="its mean activation")
-    image: str = Field(description="grey PNG data URL, white strongest")
-
-
-class FirstLayerResponse(BaseModel):
-    model: str
-    version: int
-    layer: str = Field(description="the convolution's node name in the graph")
-    activation: str | None = Field(description="the activation after it, whose output the maps are")
-    shape: list[int] = Field(description="[filters, channels, height, width]")
-    stride: list[int]
-    filters: list[list[list[list[float]]]] = Field(
-        description="each filter [height][width][channels], [0, 1]: 0.5 is zero weight")
-    feature_maps: list[FeatureMap] = Field(default_factory=list,
-                                           description="POST only: the strongest, strongest first")
-    map_size: list[int] | None = Field(default=None, description="[height, width] of each map")
-
-
-def _describe(version: ModelVersion, serving: Serving, data: bytes | None,
+def _describe(version: ModelVersion, engine: Engine, data: bytes | None,
               count: int) -> FirstLayerResponse:
     """Blocking: read the graph (first time), and run the photo through its first layer."""
-    layer = layers.first_layer(version.path / "model.onnx", version.stamp, serving.settings)
+    settings = engine.settings
+    layer = layers.first_layer(version.path / "model.onnx", version.stamp, settings)
     body = FirstLayerResponse(
         model=version.name, version=version.version, layer=layer.node,
         activation=layer.activation, shape=list(layer.weight.shape), stride=list(layer.stride),
         filters=layers.filter_images(layer.weight))
     if data is not None:
         assert version.input is not None
-        array = imaging.prepare(data, version.input, serving.settings.max_image_pixels).array
+        array = imaging.prepare(data, version.input, settings.max_image_pixels).array
         maps = layer.feature_maps(array)
         body.feature_maps = [
             FeatureMap(index=i, mean=float(maps[i].mean()), image=layers.map_png(maps[i]))
@@ -73,43 +48,30 @@ def _describe(version: ModelVersion, serving: Serving, data: bytes | None,
     return body
 
 
-async def answer(request: Request, serving: Serving, name: str, version: str | None,
+async def answer(request: Request, engine: Engine, name: str, version: str | None,
                  count: int, with_image: bool) -> FirstLayerResponse:
-    chosen = serving.repository.get(name, version)
+    chosen = engine.get(name, version, Capability.FIRST_LAYER)
     request.state.model, request.state.version = chosen.name, chosen.version
-    require_method(chosen)  # classifiers only: a detector says so (422)
     data = None
     if with_image:
-        uploads = await read_uploads(request, serving.settings.max_images_per_request)
+        uploads = await read_uploads(request, engine.settings.max_images_per_request)
         if len(uploads) != 1:
             raise InvalidParameter(f"first-layer takes one image per request, not {len(uploads)}")
         data = uploads[0].data
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(serving.pool, _describe, chosen, serving, data, count)
+    return await engine.in_pool(_describe, chosen, engine, data, count)
 
 
-@router.get("/{name}/first-layer", response_model=FirstLayerResponse,
-            summary="The first convolution's filters (default version)")
-async def filters_latest(name: str, request: Request, serving: ServingDep) -> FirstLayerResponse:
-    return await answer(request, serving, name, None, 0, False)
+@versioned(router, "GET", "/first-layer", "The first convolution's filters",
+           response_model=FirstLayerResponse)
+async def first_layer_filters(name: str, request: Request, engine: EngineDep,
+                              version: str | None = None) -> FirstLayerResponse:
+    return await answer(request, engine, name, version, 0, False)
 
 
-@router.get("/{name}/versions/{version}/first-layer", response_model=FirstLayerResponse,
-            summary="The first convolution's filters (one version)")
-async def filters_version(name: str, version: str, request: Request,
-                          serving: ServingDep) -> FirstLayerResponse:
-    return await answer(request, serving, name, version, 0, False)
-
-
-@router.post("/{name}/first-layer", response_model=FirstLayerResponse, openapi_extra=_BODY,
-             summary="The first convolution's filters and its strongest maps of an image")
-async def maps_latest(name: str, request: Request, serving: ServingDep,
-                      count: CountParam = 8) -> FirstLayerResponse:
-    return await answer(request, serving, name, None, count, True)
-
-
-@router.post("/{name}/versions/{version}/first-layer", response_model=FirstLayerResponse,
-             openapi_extra=_BODY, summary="The same, for one version")
-async def maps_version(name: str, version: str, request: Request, serving: ServingDep,
-                       count: CountParam = 8) -> FirstLayerResponse:
-    return await answer(request, serving, name, version, count, True)
+@versioned(router, "POST", "/first-layer",
+           "The first convolution's filters and its strongest maps of an image",
+           response_model=FirstLayerResponse, openapi_extra=image_body())
+async def first_layer_maps(name: str, request: Request, engine: EngineDep,
+                           count: CountParam = 8,
+                           version: str | None = None) -> FirstLayerResponse:
+    return await answer(request, engine, name, version, count, True)

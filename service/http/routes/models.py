@@ -8,14 +8,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from model_format import ClassifierCard
+from service.engine import Engine
 from service.explain import methods_of
-from service.http.deps import RepositoryDep
+from service.http.deps import AnyEngineDep
+from service.http.openapi import errors
 from service.model_version import ModelVersion, int8_note
-from service.repository import ModelRepository
-from service.schemas import ErrorResponse, ModelInfo, ModelList, VersionInfo
+from service.schemas import ModelInfo, ModelList, VersionInfo
 
-router = APIRouter(prefix="/v1/models", tags=["models"],
-                   responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(404, 503))
 
 
 def describe(version: ModelVersion) -> VersionInfo:
@@ -24,6 +24,7 @@ def describe(version: ModelVersion) -> VersionInfo:
     labels = version.labels
     return VersionInfo(
         name=version.name, version=version.version, task=version.task, labels=labels,
+        capabilities=sorted(version.capabilities),
         num_classes=len(labels), input=_dump(card.input),
         output=_dump(card.output), metrics=_dump(card.metrics),
         provider=version.providers[0], providers=version.providers,
@@ -41,23 +42,23 @@ def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:
     return part.model_dump(mode="json", exclude_unset=True) if isinstance(part, BaseModel) else part
 
 
-def _model_info(repository: ModelRepository, name: str) -> ModelInfo:
-    default, pinned = repository.default_version(name)
+def _model_info(engine: Engine, name: str) -> ModelInfo:
+    default, pinned = engine.default_version(name)
     return ModelInfo(name=name, default_version=default, pinned=pinned,
-                     versions=[describe(v) for v in repository.versions(name)])
+                     versions=[describe(v) for v in engine.versions(name)])
 
 
 @router.get("", response_model=ModelList, summary="Every model and its versions")
-async def list_models(repository: RepositoryDep) -> ModelList:
-    return ModelList(models=[_model_info(repository, name) for name in repository.names()])
+async def list_models(engine: AnyEngineDep) -> ModelList:
+    return ModelList(models=[_model_info(engine, name) for name in engine.repository.names()])
 
 
 @router.get("/{name}", response_model=ModelInfo, summary="One model and its versions")
-async def get_model(name: str, repository: RepositoryDep) -> ModelInfo:
-    return _model_info(repository, name)
+async def get_model(name: str, engine: AnyEngineDep) -> ModelInfo:
+    return _model_info(engine, name)
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionInfo,
             summary="One version of a model")
-async def get_version(name: str, version: str, repository: RepositoryDep) -> VersionInfo:
-    return describe(repository.get(name, version))
+async def get_version(name: str, version: str, engine: AnyEngineDep) -> VersionInfo:
+    return describe(engine.get(name, version))

@@ -12,15 +12,15 @@ with 400, 404 or 503; a JSON request is validated against the protocol's schema
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
 
+from model_format import Capability
 from service.errors import NotReady
-from service.http.deps import BatcherDep, DecodePoolDep, RepositoryDep, SettingsDep
+from service.http.deps import AnyEngineDep, EngineDep
+from service.http.openapi import V2_ERRORS, errors, versioned
 from service.model_version import ModelVersion
 from service.oip import (
     EXTENSIONS,
@@ -31,25 +31,13 @@ from service.oip import (
     encode_infer_response,
     parse_infer_request,
 )
-from service.settings import Settings
 
 SERVER_NAME = "convserve"
 PLATFORM = "onnxruntime_onnx"
 
-
-class ProtocolErrorResponse(BaseModel):
-    """The protocol's error answer."""
-
-    error: str = Field(description="what went wrong and how to fix it")
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ProtocolErrorResponse} for status in statuses}
-
-
 # Errors take the protocol's shape on every /v2 path: service.http.errors.to_response picks it.
 router = APIRouter(prefix="/v2", tags=["open inference protocol"],
-                   responses=_errors(400, 401, 404, 405, 408, 413, 503))
+                   responses=errors(*V2_ERRORS, protocol=True))
 # Larger JSON bodies are parsed in the decode pool, off the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
 
@@ -74,7 +62,7 @@ _INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 def tensor_spec(version: ModelVersion) -> TensorSpec:
     """The model's input tensor, without the batch axis."""
-    version.require_classifier()
+    version.require(Capability.CLASSIFY)
     assert version.input is not None
     spec = version.input
     return TensorSpec(version.input_name, "UINT8", (spec.height, spec.width, spec.channels))
@@ -96,6 +84,20 @@ def metadata(version: ModelVersion, versions: list[ModelVersion]) -> dict[str, A
     return answer
 
 
+def config(version: ModelVersion, max_queue_delay_ms: float) -> dict[str, Any]:
+    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer);
+    ``max_batch_size`` is the version's own cap, as ``/v1/models`` reports it."""
+    spec = tensor_spec(version)
+    return {"name": version.name, "platform": PLATFORM, "backend": "onnxruntime",
+            "max_batch_size": version.max_batch or 0,
+            "input": [{"name": spec.name, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
+                       "dims": list(spec.shape)}],
+            "output": [{"name": version.output_name, "data_type": "TYPE_FP32",
+                        "dims": [len(version.labels)]}],
+            "dynamic_batching": {"max_queue_delay_microseconds":
+                                 int(max_queue_delay_ms * 1000)}}
+
+
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
@@ -107,100 +109,59 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", summary="Readiness: every model loaded and warm")
-async def ready(request: Request, repository: RepositoryDep) -> dict[str, bool]:
-    if not repository.ready or request.app.state.starting:
-        raise NotReady("the models are still loading (or one failed: see GET /readyz)")
+async def ready(engine: AnyEngineDep) -> dict[str, bool]:
+    readiness = engine.readiness()
+    if not readiness.ready:
+        raise NotReady(readiness.reason)
     return {"ready": True}
 
 
-@router.get("/models/{name}", summary="Model metadata (default version)")
-async def model_metadata(name: str, repository: RepositoryDep) -> dict[str, Any]:
-    versions = repository.versions(name)
-    return metadata(versions[0], versions)
+@versioned(router, "GET", "", "Model metadata", base="/models")
+async def model_metadata(name: str, engine: AnyEngineDep,
+                         version: str | None = None) -> dict[str, Any]:
+    """The version that answers (the pinned default when none is named): the one ``infer``
+    runs. ``versions`` lists every loaded version for the default path."""
+    chosen = engine.get(name, version)
+    return metadata(chosen, engine.versions(name) if version is None else [chosen])
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
-async def version_metadata(name: str, version: str, repository: RepositoryDep) -> dict[str, Any]:
-    chosen = repository.get(name, version)
-    return metadata(chosen, [chosen])
+@versioned(router, "GET", "/config", "Model configuration", base="/models")
+async def model_config(name: str, engine: AnyEngineDep,
+                       version: str | None = None) -> dict[str, Any]:
+    return config(engine.get(name, version), engine.settings.max_queue_delay_ms)
 
 
-def config(version: ModelVersion, settings: Settings) -> dict[str, Any]:
-    """A Triton-style model configuration, for tools that ask for one (e.g. perf_analyzer)."""
-    spec = tensor_spec(version)
-    return {"name": version.name, "platform": PLATFORM, "backend": "onnxruntime",
-            "max_batch_size": settings.max_batch_size,
-            "input": [{"name": spec.name, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
-                       "dims": list(spec.shape)}],
-            "output": [{"name": version.output_name, "data_type": "TYPE_FP32",
-                        "dims": [len(version.labels)]}],
-            "dynamic_batching": {"max_queue_delay_microseconds":
-                                 int(settings.max_queue_delay_ms * 1000)}}
-
-
-@router.get("/models/{name}/config", summary="Model configuration (default version)")
-async def model_config(name: str, repository: RepositoryDep,
-                       settings: SettingsDep) -> dict[str, Any]:
-    return config(repository.get(name), settings)
-
-
-@router.get("/models/{name}/versions/{version}/config",
-            summary="Model configuration (one version)")
-async def version_config(name: str, version: str, repository: RepositoryDep,
-                         settings: SettingsDep) -> dict[str, Any]:
-    return config(repository.get(name, version), settings)
-
-
-@router.get("/models/{name}/ready", summary="Model readiness (default version)")
-async def model_ready(name: str, repository: RepositoryDep) -> dict[str, Any]:
-    chosen = repository.get(name)
+@versioned(router, "GET", "/ready", "Model readiness", base="/models")
+async def model_ready(name: str, engine: AnyEngineDep,
+                      version: str | None = None) -> dict[str, Any]:
+    chosen = engine.get(name, version)
     return {"name": chosen.name, "version": str(chosen.version), "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-async def version_ready(name: str, version: str, repository: RepositoryDep) -> dict[str, Any]:
-    chosen = repository.get(name, version)
-    return {"name": chosen.name, "version": str(chosen.version), "ready": True}
-
-
-async def _infer(version: ModelVersion, request: Request, batcher: BatcherDep,
-                 pool: DecodePoolDep, max_images: int) -> Response:
-    spec = tensor_spec(version)
-    request.state.model, request.state.version = version.name, version.version
+@versioned(router, "POST", "/infer", "Inference", base="/models",
+           openapi_extra=_INFER_BODY)
+async def infer(name: str, request: Request, engine: EngineDep,
+                version: str | None = None) -> Response:
+    chosen = engine.get(name, version, Capability.CLASSIFY)  # held for the whole request
+    spec = tensor_spec(chosen)
+    request.state.model, request.state.version = chosen.name, chosen.version
     body = await request.body()
-    arguments = (body, request.headers.get(HEADER_LENGTH), spec, version.output_name,
-                 len(version.labels))
+    arguments = (body, request.headers.get(HEADER_LENGTH), spec, chosen.output_name,
+                 len(chosen.labels))
     if len(body) <= INLINE_PARSE_BYTES:
         parsed = parse_infer_request(*arguments)
     else:
-        parsed = await asyncio.get_running_loop().run_in_executor(
-            pool, parse_infer_request, *arguments)
+        parsed = await engine.in_pool(parse_infer_request, *arguments)
     count = parsed.tensor.shape[0]
+    max_images = engine.settings.max_images_per_request
     if count > max_images:
         raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
                             "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
     request.state.images = count
-    rows = await batcher.submit_many(version, list(parsed.tensor))
-    content, header_length = encode_infer_response(version.name, version.version, parsed,
-                                                   np.stack(rows), version.labels)
+    rows = await engine.infer(chosen, list(parsed.tensor))
+    content, header_length = encode_infer_response(chosen.name, chosen.version, parsed,
+                                                   np.stack(rows), chosen.labels)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
                     headers={HEADER_LENGTH: str(header_length)})
-
-
-@router.post("/models/{name}/infer", summary="Inference (default version)",
-             openapi_extra=_INFER_BODY)
-async def infer(name: str, request: Request, repository: RepositoryDep, batcher: BatcherDep,
-                pool: DecodePoolDep, settings: SettingsDep) -> Response:
-    version = repository.get(name)  # held for the whole request, whatever a reload does
-    return await _infer(version, request, batcher, pool, settings.max_images_per_request)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)",
-             openapi_extra=_INFER_BODY)
-async def infer_version(name: str, version: str, request: Request, repository: RepositoryDep,
-                        batcher: BatcherDep, pool: DecodePoolDep,
-                        settings: SettingsDep) -> Response:
-    chosen = repository.get(name, version)
-    return await _infer(chosen, request, batcher, pool, settings.max_images_per_request)
