@@ -60,6 +60,7 @@ def test_a_service_loads_only_the_chosen_models(make_client: Callable[..., Any],
                                                            "shoe.png").read_bytes())})
         assert missing.status_code == 404
     with make_client(models, ready=False, models="resnet*") as client:
-        client.post("/v1/repository/reload")
+        reload = client.post("/v1/repository/reload")
+        assert "'resnet*' matches no model" in reload.text, reload.text
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "'resnet*' matches no model" in ready.text
+        assert ready.status_code == 503 and "CONVSERVE_MODELS=resnet*" in ready.text
