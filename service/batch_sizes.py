@@ -11,7 +11,9 @@ which prints each classifier's cost per image at 1, 2, 4, ... ``CONVSERVE_MAX_BA
 with ``--write``, stores the cheapest size in ``models/<name>/<version>/serving.json``
 (:class:`model_format.ServingHints`). The repository reads that file at load: a
 classifier without one is batched up to ``CONVSERVE_MAX_BATCH_SIZE``. docs/service-architecture.md
-gives the figures measured for the shipped models.
+gives the figures measured for the shipped models. ``convserve tune`` (service/tune.py) measures
+the same on the serving host and caches it outside ``models/``, where it wins over serving.json
+(docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from model_format import SERVING_FILE, ServingHints
+from model_format import SERVING_FILE, ServingHints, Task
 from service.model_version import ModelVersion
 from service.repository import ModelRepository
 from service.runtime import padded_batch_sizes
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, reason in failed.items():
         sys.stderr.write(f"{key} did not load: {reason}\n")
     for version in repository.all_versions():
-        if (args.only and version.name != args.only) or version.task != "classification":
+        if (args.only and version.name != args.only) or version.task != Task.CLASSIFICATION:
             continue
         hints = measure(version, args.max_batch_size)
         sys.stdout.write(f"{version.key}: {json.dumps(hints.cpu_batch_costs_ms)} ms per "
@@ -105,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             (version.path / SERVING_FILE).write_text(hints.model_dump_json(indent=1) + "\n")
     return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":

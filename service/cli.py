@@ -87,13 +87,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.http.app import create_app
-    from service.http.connections import http_protocol, uvicorn_options
+    from service.http.connections import settings_protocol, uvicorn_options
     from service.settings import load_settings
 
     overrides = {key: value for key, value in
                  (("host", args.host), ("port", args.port), ("models_dir", args.models),
                   ("allow_empty", args.allow_empty), ("workers", args.workers))
                  if value is not None}
+    from service.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before anything large is allocated (service/memory.py)
     settings = load_settings(**overrides)
     check_models(settings)
     check_port(settings.host, settings.port)
@@ -113,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flush_logs()
 
     config = uvicorn.Config(create_app(settings), **uvicorn_options(
-        settings, http_protocol(settings.header_read_timeout_s)))
+        settings, settings_protocol(settings)))
     server = Server(config)
     try:
         server.run()
@@ -136,6 +139,16 @@ def _load_commands() -> None:
         return run(args)
 
     add_command("predict", help_text, add_arguments, run_predict)
+
+    from service.tune import COMMAND as TUNE
+
+    help_text, add_arguments, run_tune = TUNE
+
+    def tune(args: argparse.Namespace) -> int:
+        configure_logging("warning")
+        return run_tune(args)
+
+    add_command("tune", help_text, add_arguments, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

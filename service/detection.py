@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -34,21 +34,36 @@ SHARP_FACE = 48  # O-Net's input side: more pixels per face than this add nothin
 T = TypeVar("T")
 
 
-def working_scale(size: tuple[int, int], min_face_size: int, max_side: int) -> float:
+class FaceDetector(Protocol):
+    """What :func:`detect_bounded` needs of a detector (:class:`MTCNN`,
+    :class:`service.retinaface.RetinaFace`)."""
+
+    smallest_face: int  # px in the working copy: smaller faces are not found
+    sharp_face: int  # px in the working copy: larger faces gain nothing from more pixels
+    longest_side: int  # px: the working copy's longest side at most, whatever max_side says
+
+    def detect(self, image: np.ndarray, config: DetectorConfig | None = None) -> list[Face]:
+        """Faces in an ``[H, W, 3]`` uint8 RGB image, best score first."""
+        ...
+
+
+def working_scale(size: tuple[int, int], min_face_size: int, max_side: int,
+                  sharp_face: int = SHARP_FACE) -> float:
     """The scale (at most 1) of the copy to detect on, for a photo of ``size`` (w, h)."""
-    return min(1.0, max_side / max(size), SHARP_FACE / min_face_size)
+    return min(1.0, max_side / max(size), sharp_face / min_face_size)
 
 
-def detect_bounded(detector: MTCNN, photo: Image.Image, config: DetectorConfig,
+def detect_bounded(detector: FaceDetector | MTCNN, photo: Image.Image, config: DetectorConfig,
                    max_side: int) -> list[Face]:
     """Faces in ``photo`` (RGB), found on a bounded copy, in the photo's pixel coordinates."""
-    scale = working_scale(photo.size, config.min_face_size, max_side)
+    max_side = min(max_side, detector.longest_side)
+    scale = working_scale(photo.size, config.min_face_size, max_side, detector.sharp_face)
     if scale >= 1.0:
         return detector.detect(np.asarray(photo), config)
     size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
     copy = photo.resize(size, Image.Resampling.BOX)  # area average, as MTCNN's own pyramid
     sx, sy = photo.width / size[0], photo.height / size[1]
-    smaller = replace(config, min_face_size=max(DETECTOR_MIN_FACE,
+    smaller = replace(config, min_face_size=max(detector.smallest_face,
                                                 round(config.min_face_size * scale)))
     return [Face(box=(face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy),
                  score=face.score, landmarks=face.landmarks * np.array([sx, sy]))
@@ -84,3 +99,21 @@ class DetectionSlots:
     def shutdown(self) -> None:
         """Finish running detections and stop the threads."""
         self.pool.shutdown(wait=True)
+
+
+class StreamSlots:
+    """The count of open streams, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> bool:
+        """Take a slot; False when all are taken."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1

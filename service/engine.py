@@ -32,7 +32,7 @@ import numpy as np
 
 from model_format import Capability
 from service.batching import Batcher
-from service.detection import DetectionSlots
+from service.detection import DetectionSlots, StreamSlots
 from service.errors import NotReady, ReloadIncomplete
 from service.metrics import Metrics, ModelMetrics
 from service.model_version import ModelVersion
@@ -73,6 +73,7 @@ class Engine:
         self.batcher: Batcher | None = None
         self.pool: ThreadPoolExecutor | None = None  # decoding
         self.detection: DetectionSlots | None = None
+        self.streams = StreamSlots(settings.max_streams)  # open expression streams
         self.starting = True  # until the first load has finished and its lanes are warm
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from model_format import Capability, ClassifierCard
 from service.errors import InvalidParameter
@@ -99,7 +99,11 @@ def resolve_class(raw: str | None, labels: list[str], probabilities: np.ndarray)
     """
     if raw is None or raw == "":
         return int(np.argmax(probabilities))
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # not '²' or '፩', which int() refuses
+        if len(raw.lstrip("0")) > len(str(len(labels))):  # no 4,300-digit int() either
+            raise InvalidParameter(f"class: index {raw[:20]}{'...' if len(raw) > 20 else ''} "
+                                   f"is out of range; this model has {len(labels)} classes "
+                                   f"(0 to {len(labels) - 1})")
         index = int(raw)
         if index < len(labels):
             return index
@@ -156,34 +160,49 @@ def occlusion_batch(array: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, li
     return batch, boxes
 
 
-def occlusion_map(version: ModelVersion, array: np.ndarray, wanted: str | None) -> Explanation:
-    """How much a grey patch over each place lowers the class's probability (65 images, in runs
-    of at most :data:`OCCLUSION_PIXELS_PER_RUN` pixels and a GPU session's largest batch)."""
+def occlusion_inputs(version: ModelVersion, array: np.ndarray) -> tuple[
+        np.ndarray, list[tuple[int, int, int, int]]]:
+    """The image and its :data:`OCCLUSION_POSITIONS` copies, each with a patch of the training
+    mean (:func:`occlusion_batch`)."""
     card = version.card
     assert isinstance(card, ClassifierCard)
     channels = array.shape[2]
     mean = card.preprocessing.mean if card.preprocessing and card.preprocessing.mean else [0.5]
     fill = np.array(mean if len(mean) == channels else [float(np.mean(mean))] * channels)
-    fill = np.round(fill * 255).astype(np.uint8)
-    batch, boxes = occlusion_batch(array, fill)
-    chunk = max(1, min(len(batch), OCCLUSION_PIXELS_PER_RUN // (array.shape[0] * array.shape[1])))
-    if version.batch_sizes:
-        chunk = min(chunk, max(version.batch_sizes))
-    outputs = [version.infer(batch[start:start + chunk], False)
-               for start in range(0, len(batch), chunk)]
-    probabilities = np.concatenate(outputs)
+    return occlusion_batch(array, np.round(fill * 255).astype(np.uint8))
+
+
+def occlusion_from(version: ModelVersion, shape: tuple[int, ...], probabilities: np.ndarray,
+                   boxes: list[tuple[int, int, int, int]], wanted: str | None,
+                   runs: int) -> Explanation:
+    """The occlusion map from the answers to :func:`occlusion_inputs`' images (image first)."""
     index = resolve_class(wanted, version.labels, probabilities[0])
     drops = probabilities[0, index] - probabilities[1:, index]
-    total = np.zeros(array.shape[:2], np.float64)
-    count = np.zeros(array.shape[:2], np.float64)
+    total = np.zeros(shape[:2], np.float64)
+    count = np.zeros(shape[:2], np.float64)
     for drop, (top, left, bottom, right) in zip(drops, boxes, strict=True):
         total[top:bottom, left:right] += drop
         count[top:bottom, left:right] += 1
     heat = np.maximum(total / np.maximum(count, 1), 0)
     highest = float(heat.max())
     result = (heat / highest).astype(np.float32) if highest > 0 else np.zeros_like(heat, np.float32)
-    return Explanation("occlusion", probabilities[0], index, result, runs=len(outputs),
-                       images=len(batch))
+    return Explanation("occlusion", probabilities[0], index, result, runs=runs,
+                       images=len(probabilities))
+
+
+def occlusion_map(version: ModelVersion, array: np.ndarray, wanted: str | None) -> Explanation:
+    """How much a grey patch over each place lowers the class's probability (65 images, in runs
+    of at most :data:`OCCLUSION_PIXELS_PER_RUN` pixels and a GPU session's largest batch), run
+    directly on the version's session (offline; the service queues them in its batcher:
+    :mod:`service.explain_run`)."""
+    batch, boxes = occlusion_inputs(version, array)
+    chunk = max(1, min(len(batch), OCCLUSION_PIXELS_PER_RUN // (array.shape[0] * array.shape[1])))
+    if version.batch_sizes:
+        chunk = min(chunk, max(version.batch_sizes))
+    outputs = [version.infer(batch[start:start + chunk], False)
+               for start in range(0, len(batch), chunk)]
+    return occlusion_from(version, array.shape, np.concatenate(outputs), boxes, wanted,
+                          runs=len(outputs))
 
 
 def explain_array(version: ModelVersion, array: np.ndarray, wanted: str | None,
@@ -268,8 +287,11 @@ def blend_png(photo: Image.Image, heat: np.ndarray, box: tuple[float, float, flo
     """The photo (at most :data:`PNG_MAX_SIDE` a side) with the map blended over it: hot places
     coloured, cold ones left as they are."""
     full_size = photo.size
-    shown = ImageOps.contain(photo.convert("RGB"), (PNG_MAX_SIDE, PNG_MAX_SIDE)) if max(
-        full_size) > PNG_MAX_SIDE else photo.convert("RGB")
+    shown = photo.convert("RGB")
+    if max(full_size) > PNG_MAX_SIDE:  # at least 1 px a side, whatever the aspect ratio
+        scale = PNG_MAX_SIDE / max(full_size)
+        shown = shown.resize((max(1, round(full_size[0] * scale)),
+                              max(1, round(full_size[1] * scale))), Image.Resampling.BICUBIC)
     values = sample(heat, box, shown.size, full_size)
     alpha = (0.65 * values)[:, :, None]
     pixels = np.asarray(shown, np.float32)

@@ -17,16 +17,17 @@ from PIL import Image
 
 from model_format import Capability, ClassifierCard, DetectorCard
 from service import imaging
-from service.detection import detect_bounded
+from service.detection import FaceDetector, detect_bounded
 from service.engine import Engine
-from service.faces import DEFAULT_MARGIN, MTCNN, DetectorConfig, Face, Graph, face_crop
+from service.errors import UnsupportedTask
+from service.face_detectors import detector_for
+from service.faces import DEFAULT_MARGIN, DetectorConfig, Face, face_crop
 from service.imaging import InputSpec
 from service.model_version import ModelVersion
-from service.runtime import Session
 from service.schemas import Box, FaceResult
 
 DEFAULT_MODEL = "fer-minixception"
-DEFAULT_DETECTOR = "face-mtcnn"
+DEFAULT_DETECTOR = "face-retinaface"  # chosen by measurement: docs/faces.md
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class CropSpec:
                    align=crop.align)
 
 
-def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: DetectorConfig,
+def analyse(data: bytes, max_pixels: int, detector: FaceDetector | None, config: DetectorConfig,
             spec: InputSpec, crop: CropSpec, max_faces: int, max_side: int) -> Analysis:
     """Decode, detect (on a copy no longer than ``max_side``) and crop (blocking: runs in the
     detection pool)."""
@@ -107,14 +108,14 @@ def analyse(data: bytes, max_pixels: int, detector: MTCNN | None, config: Detect
                     time.perf_counter() - detected)
 
 
-def detector_of(version: ModelVersion) -> MTCNN:
-    """``version``'s graphs as a face detector. Raises UnsupportedTask (422) if it is none."""
+def detector_of(version: ModelVersion) -> FaceDetector:
+    """``version``'s graphs as a face detector (MTCNN, RetinaFace or BlazeFace, as its
+    ``model.json`` says). Raises UnsupportedTask (422) if it is none."""
     version.require(Capability.DETECT_FACES)
-
-    def graph(session: Session) -> Graph:
-        return lambda batch: session.run({"image": batch})
-
-    return MTCNN({name: graph(session) for name, session in version.sessions.items()})
+    try:
+        return detector_for(version)
+    except ValueError as error:
+        raise UnsupportedTask(str(error)) from None
 
 
 async def recognise(engine: Engine, classifier: ModelVersion, finder: ModelVersion | None,

@@ -163,6 +163,10 @@ class MTCNN:
             (``scores, regression[, landmarks]``).
     """
 
+    smallest_face = 12  # P-Net's window: the smallest face it sees, in pixels
+    sharp_face = 48  # O-Net's input side: more pixels per face than this add nothing
+    longest_side = 1 << 30  # no limit of its own (the pyramid finds faces of any size)
+
     def __init__(self, graphs: Mapping[str, Graph]) -> None:
         missing = {"pnet", "rnet", "onet"} - set(graphs)
         if missing:

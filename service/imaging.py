@@ -38,6 +38,22 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 
+# Decoding cost that the pixel count does not show, bounded before decoding:
+# - each scan of a progressive JPEG passes over every coefficient of the picture again (draft
+#   mode included), so cost follows scans x pixels, not bytes: encoders write about 10 scans;
+#   beyond a budget of JPEG_SCAN_PIXELS (16 full passes of a 50-megapixel photo), or
+#   MAX_JPEG_SCANS whatever the size, the image is refused;
+# - Pillow keeps a pointer per row and resize coefficients grow with the shrink factor, so a
+#   1 x 49,000,000 image costs gigabytes: no side may be longer than MAX_SIDE (JPEG's own limit).
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SEGMENTS = 4096  # marker segments read at most (cameras write tens); more is refused
+JPEG_SCAN_PIXELS = 16 * 50_000_000
+MAX_SIDE = 65_535
+# A JPEG marker: 0xFF, then a byte other than 0x00 (a stuffed 0xFF in entropy-coded data),
+# 0xD0-0xD7 (restart markers, inside a scan) or 0xFF (fill).
+_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
 # Formats we recognise but do not read (Pillow does not identify all of them).
 _FOREIGN: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "PDF"), (b"<svg", 0, "SVG"), (b"<?xml", 0, "SVG/XML"),
@@ -123,7 +139,76 @@ def sniff(data: bytes) -> str:
     raise InvalidImage(f"the data is not a decodable image ({len(data)} bytes); send {SUPPORTED}")
 
 
+@dataclass(frozen=True)
+class JpegLayout:
+    """What a JPEG's markers say about its decoding cost."""
+
+    progressive: bool
+    scans: int  # SOS segments: each one a pass over the picture (counted up to MAX_JPEG_SCANS+1)
+    width: int  # from the frame header (0 if none was found)
+    height: int
+    segments: int = 0  # marker segments read (reading stops past MAX_JPEG_SEGMENTS)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def jpeg_layout(data: bytes) -> JpegLayout:
+    """Read a JPEG's markers, skipping each segment by its length (so thumbnails inside EXIF do
+    not count) and the entropy-coded data after each SOS with one regular expression. Costs
+    microseconds per kilobyte; nothing is decoded."""
+    position, scans, progressive, width, height, segments = 2, 0, False, 0, 0, 0
+    size = len(data)
+    while position + 4 <= size and segments <= MAX_JPEG_SEGMENTS and scans <= MAX_JPEG_SCANS:
+        segments += 1
+        found = _MARKER.search(data, position)
+        if found is None:
+            break
+        marker = found.group(1)[0]
+        position = found.end()
+        if marker in (0xD8, 0x01):  # SOI, TEM: no length
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if position + 2 > size:
+            break
+        length = int.from_bytes(data[position:position + 2], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
+            progressive = progressive or marker in _SOF_PROGRESSIVE
+            head = data[position + 3:position + 7]
+            if len(head) == 4 and not width:
+                height, width = int.from_bytes(head[:2], "big"), int.from_bytes(head[2:], "big")
+        elif marker == 0xDA:
+            scans += 1
+        position += length  # then the entropy-coded data (SOS) or the next marker
+    return JpegLayout(progressive, scans, width, height, segments)
+
+
+def _check_jpeg_cost(data: bytes) -> None:
+    """Refuse, before Pillow reads its header (a Python loop over every segment), a JPEG whose
+    segments or scans would cost more than its pixels say."""
+    layout = jpeg_layout(data)
+    width, height = layout.width, layout.height
+    if layout.segments > MAX_JPEG_SEGMENTS:
+        raise ImageTooLarge(f"the JPEG holds more than {MAX_JPEG_SEGMENTS} marker segments "
+                            "(cameras and encoders write tens): re-encode it")
+    scans = layout.scans
+    if scans <= 1:
+        return
+    budget = max(1, min(MAX_JPEG_SCANS, JPEG_SCAN_PIXELS // max(1, width * height)))
+    if scans > budget:
+        raise ImageTooLarge(
+            f"the {width}x{height} JPEG holds "
+            f"{scans if scans <= MAX_JPEG_SCANS else f'more than {MAX_JPEG_SCANS}'} scans; "
+            "decoding passes over every pixel once per scan, and at this size at most "
+            f"{budget} are accepted (encoders write about 10): re-encode it (baseline, or "
+            "progressive with the default scans)")
+
+
 def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    if fmt == "JPEG":
+        _check_jpeg_cost(data)
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:  # past twice Pillow's own limit: our words
@@ -140,6 +225,10 @@ def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
                             f"the limit of {max_pixels}; scale it down before sending")
     if width < 1 or height < 1:
         raise InvalidImage(f"the image is {width}x{height}: empty")
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLarge(f"the image is {width}x{height}: no side may be longer than "
+                            f"{MAX_SIDE} pixels (decoding and resizing cost memory per row and "
+                            "per column); crop or scale it down before sending")
     return image
 
 

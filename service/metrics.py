@@ -105,6 +105,15 @@ class Metrics:
                                 multiprocess_mode="livemax")
         self.model_ready = Gauge("convserve_model_ready", "1 when the version serves", MODEL,
                                  registry=reg, multiprocess_mode="livemin")
+        # Expression streams (service/streams.py)
+        self.stream_frames = Counter("convserve_stream_frames", "Stream frames by outcome: "
+                                     "processed, dropped (a newer frame replaced it), failed",
+                                     ("outcome",), registry=reg)
+        self.stream_frame_duration = Histogram(
+            "convserve_stream_frame_duration_seconds", "Stream frame latency, received to "
+            "answered", buckets=LATENCY_BUCKETS, registry=reg)
+        self.streams_active = Gauge("convserve_streams_active", "Open expression streams",
+                                    registry=reg, multiprocess_mode="livesum")
 
     def model(self, name: str, version: int | str) -> ModelMetrics:
         """The per-version children of the model metrics, cached."""

@@ -23,12 +23,13 @@ from model_format import (
     DetectorCard,
     Task,
     load_card,
-    load_serving_hints,
 )
+from service import layers
 from service.errors import UnsupportedTask
 from service.imaging import InputSpec
 from service.runtime import Session, create_session, padded_batch_sizes
 from service.settings import Settings
+from service.tuning import Batching, batching_in_force
 
 
 @dataclass(eq=False)
@@ -50,6 +51,7 @@ class ModelVersion:
     max_batch: int | None = None  # classifiers: max_batch_size, or on a CPU the batch size with
     # the cheapest image as serving.json says (service/batch_sizes.py)
     batch_costs: dict[int, float] = field(default_factory=dict)  # serving.json: ms per image
+    batching: Batching | None = None  # classifiers: the figures in force and their source
 
     @property
     def key(self) -> str:
@@ -159,6 +161,7 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
     stamp = card_path.stat().st_mtime_ns
     card = load_card(card_path)
     sessions = {}
+    served = b""
     for key, filename in card.graphs.items():
         graph = path / Path(filename).name  # never leave the version directory
         if not graph.is_file():
@@ -169,8 +172,10 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         # cores with other requests' work, where spinning costs throughput. MTCNN's input shapes
         # change every run: no memory arena (it kept the largest run's memory for good;
         # docs/hardening.md).
+        if key == "model" and isinstance(card, ClassifierCard):
+            served = graph.read_bytes()  # what service/layers.py shows: never the file again
         sessions[key] = create_session(graph, settings, cpu_only=card.task == Task.FACE_DETECTION,
-                                       solo_spins=card.task == "classification",
+                                       solo_spins=card.task == Task.CLASSIFICATION,
                                        arena=card.task != Task.FACE_DETECTION)
     explain = card.explain if isinstance(card, ClassifierCard) else None
     if explain is not None and explain.file:
@@ -179,7 +184,15 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
             raise FileNotFoundError(f"{head} is missing (named in {card_path}, explain.file)")
         sessions["explain"] = create_session(head, settings)
     spec = InputSpec.from_card(card.input) if isinstance(card, ClassifierCard) else None
+    # Whole-image classifiers: the size with the cheapest image and the lone run's threads, as
+    # this host's tuning cache, else serving.json, says (service/tuning.py); on a GPU the cache
+    # also bounds the padded sizes. An expression model keeps max_batch_size: a photo's faces go
+    # through one run.
+    batching = (batching_in_force(name, version, path, sessions["model"], settings)
+                if card.task == Task.CLASSIFICATION and spec is not None else None)
     batch_sizes = gpu_batch_sizes(sessions, settings) if spec is not None else ()
+    if batch_sizes and batching is not None and batching.source == "host cache":
+        batch_sizes = padded_batch_sizes(batching.max_batch_size)
     if batch_sizes:
         sessions["model"] = sessions["model"].with_batch_sessions(batch_sizes, settings)
     loaded = ModelVersion(
@@ -187,13 +200,15 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
         stamp=stamp, input_name=card.input.name,
         output_name=card.output.name if isinstance(card, ClassifierCard) else "probabilities",
         batch_sizes=batch_sizes, max_batch=settings.max_batch_size if spec is not None else None)
-    # Whole-image classifiers on the CPU: the size with the cheapest image, measured once and
-    # stored in serving.json (service/batch_sizes.py). An expression model keeps max_batch_size:
-    # a photo's faces go through one run.
-    hints = load_serving_hints(path)
-    if hints and card.task == "classification" and spec is not None and not batch_sizes:
-        loaded.batch_costs = dict(hints.cpu_batch_costs_ms)
-        loaded.max_batch = min(settings.max_batch_size, hints.cpu_max_batch_size)
+    if spec is not None:
+        layers.remember(loaded, served)
+    if batching is not None:
+        loaded.batching = batching
+        loaded.batch_costs = dict(loaded.batching.batch_costs_ms)
+        loaded.max_batch = loaded.batching.max_batch_size
+        if loaded.batching.latency_threads:
+            sessions["model"] = sessions["model"].with_solo_threads(
+                loaded.batching.latency_threads, settings, spins=True)
     if settings.warmup:
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - start
@@ -231,5 +246,7 @@ def describe_batching(version: ModelVersion) -> str:
         return f"; batches padded to {', '.join(map(str, version.batch_sizes))}"
     if version.batch_costs:
         costs = ", ".join(f"{size}: {ms:.2f}" for size, ms in version.batch_costs.items())
-        return f"; batches of up to {version.max_batch} (ms per image by batch size: {costs})"
+        source = f", {version.batching.source}" if version.batching else ""
+        return (f"; batches of up to {version.max_batch} (ms per image by batch size: {costs}"
+                f"{source})")
     return ""

@@ -42,6 +42,14 @@ DATATYPES = {  # protocol name -> numpy dtype
 }
 
 
+# The JSON of a request holding at most ``max_images`` images is at most this many bytes per
+# value (an integer of 3 digits, a comma, generous room for indentation), plus the rest: a
+# larger JSON part is refused before it is parsed (a 31 MB body of zeros once became a 750 MB
+# tensor before its batch size was checked).
+JSON_BYTES_PER_VALUE = 64
+JSON_BYTES_EXTRA = 64 * 1024
+
+
 class ProtocolError(ServiceError):
     """An inference request that does not follow the protocol or fit the model. HTTP 400."""
 
@@ -122,7 +130,8 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(problems) + more
 
 
-def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceRequestBody, bytes]:
+def _json_header(body: bytes, header_length: str | None,
+                 max_json: int | None = None) -> tuple[InferenceRequestBody, bytes]:
     if header_length is None:
         size = len(body)
     else:
@@ -134,6 +143,11 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
         if not 0 < size <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} is {size} but the body holds {len(body)} "
                                 "bytes; it must be the length of the JSON part")
+    if max_json is not None and size > max_json:
+        raise ProtocolError(f"the JSON part is {size} bytes, more than the {max_json} that the "
+                            "largest batch this model takes needs "
+                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST); send fewer images, or the "
+                            "tensor as binary data (binary_data_size)")
     try:  # pydantic's JSON parser: no recursion on deep nesting, a typed result
         header = InferenceRequestBody.model_validate_json(body[:size])
     except ValidationError as exc:
@@ -146,7 +160,8 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[InferenceReque
     return header, body[size:]
 
 
-def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes) -> np.ndarray:
+def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes,
+            max_images: int | None = None) -> np.ndarray:
     name, datatype, shape = entry.name, entry.datatype, entry.shape
     expected = f"[N, {', '.join(map(str, spec.shape))}]"
     if datatype != spec.datatype:
@@ -155,6 +170,9 @@ def _tensor(entry: RequestInput, spec: TensorSpec, binary: bytes) -> np.ndarray:
     if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape or shape[0] < 1:
         raise ProtocolError(f"input {name!r} has shape {shape}; this model takes {expected} "
                             "(batch first, N >= 1)")
+    if max_images is not None and shape[0] > max_images:  # before any tensor is built
+        raise ProtocolError(f"batch of {shape[0]} images; at most {max_images} per request "
+                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
     dtype = np.dtype(DATATYPES[spec.datatype])
     count = math.prod(shape)
     size = entry.parameters.binary_data_size if entry.parameters is not None else None
@@ -188,6 +206,12 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
              num_classes: int) -> list[RequestedOutput]:
     if header.outputs is None:
         return [RequestedOutput(output_name, binary_default)]
+    if len(header.outputs) > 1:  # each answered in full: N copies would be N times the answer
+        names = [entry.name for entry in header.outputs]
+        what = ("names the same output more than once" if len(set(names)) < len(names)
+                else f"asks for {len(names)} outputs")
+        raise ProtocolError(f"the request {what}; this model has one output, {output_name!r}: "
+                            "ask for it once (or leave 'outputs' out)")
     outputs = []
     for entry in header.outputs:
         if entry.name != output_name:
@@ -201,16 +225,21 @@ def _outputs(header: InferenceRequestBody, output_name: str, binary_default: boo
 
 
 def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec,
-                        output_name: str, num_classes: int) -> InferRequest:
+                        output_name: str, num_classes: int,
+                        max_images: int | None = None) -> InferRequest:
     """Read an inference request for a model with one input ``spec`` and one output.
 
-    The JSON is validated against :class:`InferenceRequestBody` before anything is read from it.
+    The JSON is validated against :class:`InferenceRequestBody` before anything is read from it;
+    the outputs, then the batch size (at most ``max_images``) are checked before the tensor is
+    built.
     Blocking (a large JSON body takes a while): the route runs big ones off the event loop.
 
     Raises:
         ProtocolError: anything malformed, or a tensor that does not fit the model (HTTP 400).
     """
-    header, binary = _json_header(body, header_length)
+    max_json = (None if max_images is None else
+                JSON_BYTES_EXTRA + max_images * math.prod(spec.shape) * JSON_BYTES_PER_VALUE)
+    header, binary = _json_header(body, header_length, max_json)
     if len(header.inputs) != 1:
         raise ProtocolError(f"send exactly one input, {spec.name!r} ({spec.datatype}, shape "
                             f"[N, {', '.join(map(str, spec.shape))}])")
@@ -221,10 +250,10 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: TensorSpec
     if binary and (entry.parameters is None or entry.parameters.binary_data_size is None):
         raise ProtocolError(f"{len(binary)} bytes follow the JSON header but no input has "
                             "parameters.binary_data_size")
-    tensor = _tensor(entry, spec, binary)
     binary_default = bool(header.parameters and header.parameters.binary_data_output)
-    return InferRequest(id=header.id, tensor=tensor,
-                        outputs=_outputs(header, output_name, binary_default, num_classes))
+    outputs = _outputs(header, output_name, binary_default, num_classes)
+    tensor = _tensor(entry, spec, binary, max_images)
+    return InferRequest(id=header.id, tensor=tensor, outputs=outputs)
 
 
 def classification_strings(rows: np.ndarray, labels: list[str], k: int) -> np.ndarray:

@@ -19,14 +19,21 @@ from service.errors import (
     ImageTooLarge,
     ServiceError,
 )
-from service.imaging import InputSpec, Prepared, pixel_count, prepare
+from service.imaging import InputSpec, Prepared, jpeg_layout, pixel_count, prepare
 from service.metrics import ModelMetrics
 from service.model_version import ModelVersion
 from service.schemas import ImageResult, Prediction
 
-# Single JPEG uploads up to this size are decoded on the event loop, on machines of 1-2 cores
-# only: with more cores the pool's parallel decoding is worth the hand-offs (not measured here).
-INLINE_JPEG_BYTES = 128 * 1024 if (os.cpu_count() or 1) <= 2 else 0
+# Single uploads up to this size are decoded on the event loop, on machines of 1-2 cores only
+# (with more cores the pool's parallel decoding is worth the hand-offs, not measured here): a
+# baseline JPEG (one scan) of at most INLINE_JPEG_PIXELS, or a PNG of at most INLINE_PNG_PIXELS
+# (read from the header). A progressive JPEG passes over the picture once per scan, and a tiny
+# file can describe a huge grey picture: those go to the pool.
+_FEW_CORES = (os.cpu_count() or 1) <= 2
+INLINE_JPEG_BYTES = 128 * 1024 if _FEW_CORES else 0
+INLINE_JPEG_PIXELS = 4_000_000
+INLINE_PNG_PIXELS = 128 * 128 if _FEW_CORES else 0
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,25 @@ def image_name(position: int, upload: Upload) -> str:
 
 
 def _decode_inline(data: bytes) -> bool:
-    """Whether to decode on the event loop rather than in the pool: one small JPEG, 1-2 cores.
+    """Whether to decode on the event loop rather than in the pool: one small baseline JPEG of
+    at most :data:`INLINE_JPEG_PIXELS`, or one small PNG of few pixels, 1-2 cores.
 
-    Its cost is bounded (entropy decoding follows the byte count; draft mode scales big pictures
-    down while decoding), and skipping the two thread hand-offs (and a fourth busy thread on the
-    cores) raised requests/s at 32 clients on 2 cores (docs/service-architecture.md). Everything
-    else, whose decoding time the byte count does not bound (PNG...), goes to the pool.
+    Its cost is bounded (one scan: entropy decoding follows the byte count; PNG: inflating
+    follows the pixel count its header gives), and skipping the two thread hand-offs (and a
+    fourth busy thread on the cores) raised requests/s at 32 clients on 2 cores
+    (docs/service-architecture.md, docs/performance-profile.md). Everything else, whose decoding
+    time the byte count does not bound (progressive JPEGs, big PNGs...), goes to the pool.
     """
-    return len(data) <= INLINE_JPEG_BYTES and data[:3] == b"\xff\xd8\xff"
+    if len(data) > INLINE_JPEG_BYTES:
+        return False
+    if data[:3] == b"\xff\xd8\xff":
+        layout = jpeg_layout(data)
+        return (not layout.progressive and layout.scans == 1
+                and 0 < layout.pixels <= INLINE_JPEG_PIXELS)
+    if data[:8] == _PNG and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = int.from_bytes(data[16:20]), int.from_bytes(data[20:24])
+        return width * height <= INLINE_PNG_PIXELS
+    return False
 
 
 def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int) -> None:
@@ -78,7 +96,8 @@ def check_request_pixels(uploads: list[Upload], max_pixels: int, max_total: int)
 async def prepare_uploads(uploads: list[Upload], spec: InputSpec, pool: Executor,
                           max_pixels: int, metrics: ModelMetrics | None = None,
                           max_request_pixels: int | None = None) -> list[np.ndarray]:
-    """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG inline).
+    """Decode and resize every upload in parallel in ``pool``, in order (one small JPEG or PNG
+    inline).
 
     With several uploads, their pixels together are checked against ``max_request_pixels``
     first, from their headers.

@@ -41,6 +41,11 @@ class ScanResult:
     failed: dict[str, str] = field(default_factory=dict)  # "name/version" -> reason
 
 
+# In the pins: a model whose default_version cannot be read and that had no good pin before.
+# Requests naming no version are refused (never served by the newest, unvetted version).
+NO_DEFAULT = 0
+
+
 @dataclass
 class ScanPlan:
     """A scan's outcome before it is published: what changed, and the set to serve."""
@@ -71,25 +76,45 @@ def discover(root: Path, warn: bool = True) -> dict[tuple[str, int], Path]:
     return found
 
 
+def read_pin(path: Path) -> int | str | None:
+    """One ``default_version`` file: its version number, None when there is no such entry at
+    all, or why it holds none (anything else: a BOM, ``01``, ``v1``, an empty file as seen in
+    the middle of ``echo 1 > default_version``, a directory, a dangling symlink, no access)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"is a symlink to {path.readlink()}, which does not exist"
+    if not path.is_file():
+        return "is not a file"
+    try:
+        raw = path.read_bytes()[:64]
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    text = raw.decode("ascii", errors="replace").strip(" \t\r\n")
+    if VERSION_RE.match(text):
+        return int(text)
+    return f"holds {raw[:20]!r}, not a version number"
+
+
 def read_defaults(root: Path, names: set[str]) -> tuple[dict[str, int], dict[str, str]]:
     """The pinned default versions: ``models/<name>/default_version`` holding a version number.
 
-    A model without the file serves its newest version. Returns the pins and, for files that do
-    not hold a version number, ``"name/default_version" -> why``.
+    A model without the file serves its newest version. Returns the pins and, for entries that
+    are there but hold no version number (:func:`read_pin`), ``"name/default_version" -> why``:
+    such a model has no default until the file is fixed, never the newest by accident.
     """
     pins: dict[str, int] = {}
     bad: dict[str, str] = {}
     for name in sorted(names):
         path = root / name / DEFAULT_FILE
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace").strip()
-        if VERSION_RE.match(text):
-            pins[name] = int(text)
-        else:
-            bad[f"{name}/{DEFAULT_FILE}"] = (f"{path} holds {text[:20]!r}, not a version "
-                                             "number: write one (e.g. 1) or delete the file to "
-                                             "serve the newest version")
+        found = read_pin(path)
+        if isinstance(found, int):
+            pins[name] = found
+        elif found is not None:
+            bad[f"{name}/{DEFAULT_FILE}"] = (
+                f"{path} {found}: write one (e.g. printf 1 > {DEFAULT_FILE}.tmp && "
+                f"mv {DEFAULT_FILE}.tmp {DEFAULT_FILE}), or delete it to serve the newest "
+                "version")
     return pins, bad
 
 
@@ -104,6 +129,21 @@ class ModelRepository:
         self._failed_stamps: dict[tuple[str, int], int] = {}  # not retried until model.json changes
         self.loaded = False  # True once the first scan has finished
         self._scan_lock = threading.Lock()
+        self._logged: dict[str, str] = {}  # problems logged by the last scan
+
+    def _keep_good_pins(self, pins: dict[str, int], bad: dict[str, str]) -> None:
+        """Across an unreadable ``default_version`` (half written, or wrong), keep serving the
+        last good pin; a name that never had one gets :data:`NO_DEFAULT`: refused."""
+        previous = self._state[1]
+        for key in bad:
+            name, _, what = key.partition("/")
+            if what != DEFAULT_FILE:
+                continue
+            if previous.get(name, NO_DEFAULT) != NO_DEFAULT:
+                pins[name] = previous[name]
+                bad[key] += f" (still serving version {previous[name]}, the last good pin)"
+            else:
+                pins[name] = NO_DEFAULT
 
     @property
     def _versions(self) -> dict[tuple[str, int], ModelVersion]:
@@ -154,16 +194,20 @@ class ModelRepository:
                 if note := int8_note(loaded):
                     logger.warning("%s", note)
             pins, bad = read_defaults(self.settings.models_dir, {name for name, _ in found})
+            self._keep_good_pins(pins, bad)
             for name, version in pins.items():
-                if (name, version) not in current:
+                if version != NO_DEFAULT and (name, version) not in current:
                     have = ", ".join(str(v) for n, v in sorted(current) if n == name) or "none"
                     bad[f"{name}/{DEFAULT_FILE}"] = (
                         f"the default version {version} is not loaded (versions: {have}); "
                         f"fix {self.settings.models_dir / name / DEFAULT_FILE} or delete it to "
                         "serve the newest version")
             for key, why in bad.items():
-                logger.error("%s: %s", key, why)
-            result.failed.update(bad)
+                if self._logged.get(key) != why:  # once, not at every periodic scan
+                    logger.error("%s: %s", key, why)
+            self._logged = dict(bad)
+            result.failed.update({key: why for key, why in bad.items()
+                                  if "still serving version" not in why})
             result.failed.update(unmatched)
             if result.added:
                 in_use = {p for v in current.values() for p in v.providers}
@@ -212,10 +256,17 @@ class ModelRepository:
 
     def default_version(self, name: str) -> tuple[int, bool]:
         """The version served when none is named, and whether ``default_version`` pins it
-        (else it is the newest). Raises like :meth:`versions`."""
+        (else it is the newest); :data:`NO_DEFAULT` (0) and True when the pin cannot be read.
+        Raises like :meth:`versions`."""
         snapshot, pins = self._state
         newest = self._versions_of(name, snapshot)[0].version
         return (pins[name], True) if name in pins else (newest, False)
+
+    def _refuse_unreadable(self, name: str, pins: dict[str, int]) -> None:
+        if pins.get(name) == NO_DEFAULT:
+            raise NotReady(f"the default version of model {name!r} cannot be read from "
+                           f"models/{name}/{DEFAULT_FILE} (see the service's log): name a "
+                           "version, or fix the file and reload")
 
     def get(self, name: str, version: str | int | None = None) -> ModelVersion:
         """One version of ``name``: when ``version`` is None, the one ``default_version`` pins,
@@ -226,6 +277,8 @@ class ModelRepository:
         """
         snapshot, pins = self._state
         versions = self._versions_of(name, snapshot)
+        if version is None:
+            self._refuse_unreadable(name, pins)
         if version is None and name not in pins:
             return versions[0]
         wanted = str(version if version is not None else pins[name])

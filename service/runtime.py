@@ -43,6 +43,7 @@ import onnxruntime as ort
 from service.settings import Settings
 
 logger = logging.getLogger("convserve.runtime")
+ORT_VERSION: str = ort.__version__
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -120,6 +121,23 @@ class Session:
         extra = {size: ort.InferenceSession(str(self.path), session_options(settings),
                                             providers=options) for size in sizes[1:]}
         return dataclasses.replace(self, by_batch={sizes[0]: self.inner, **extra})
+
+    def with_solo_threads(self, threads: int, settings: Settings, *, spins: bool,
+                          arena: bool = True) -> Session:
+        """A copy whose lone runs use ``threads`` threads (a tuned figure: a small graph's lone
+        run may be fastest on fewer threads than cores); none above the shared session's
+        threads: lone runs then go to the shared session. CPU only; else ``self``."""
+        if self.provider != "CPUExecutionProvider" or self.by_batch:
+            return self
+        if self.solo is not None and threads == self.solo.get_session_options(
+                ).intra_op_num_threads:
+            return self
+        solo = None
+        if threads > settings.intra_threads:
+            solo = ort.InferenceSession(str(self.path), session_options(
+                settings, threads, spin_within_runs=spins, arena=arena),
+                providers=["CPUExecutionProvider"])
+        return dataclasses.replace(self, solo=solo)
 
     def warm_up(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
                 ) -> list[np.ndarray]:
@@ -295,6 +313,15 @@ def create_session(path: Path, settings: Settings, *, cpu_only: bool = False,
                                                                arena=arena),
                                     providers=["CPUExecutionProvider"])
     return Session(path=path, inner=inner, providers=providers, solo=solo)
+
+
+def thread_session(path: Path, settings: Settings, threads: int, *, spins: bool) -> Session:
+    """A CPU session of ``path`` with ``threads`` threads per run (for ``convserve tune``, which
+    times thread layouts); ``spins``: as the solo session's (within runs only)."""
+    inner = ort.InferenceSession(str(path), session_options(settings, threads,
+                                                            spin_within_runs=spins),
+                                 providers=["CPUExecutionProvider"])
+    return Session(path=path, inner=inner, providers=("CPUExecutionProvider",))
 
 
 def memory_session(graph: bytes, settings: Settings) -> Session:

@@ -34,6 +34,27 @@ class Health(BaseModel):
                               description="name/version of each model loaded so far")
 
 
+class BatchingInfo(BaseModel):
+    """The batching figures a classifier runs with and where they came from (service/tuning.py)."""
+
+    source: Literal["host cache", "serving.json", "default"] = Field(
+        description="host cache: measured on this host by `convserve tune` (CONVSERVE_TUNING_DIR);"
+                    " serving.json: shipped beside model.json, measured on another machine; "
+                    "default: CONVSERVE_MAX_BATCH_SIZE")
+    max_batch_size: int
+    batch_costs_ms: dict[str, float] = Field(default_factory=dict)
+    latency_threads: int | None = Field(
+        default=None, description="host cache: ONNX Runtime threads of a lone request's run")
+    throughput_instances: int | None = Field(
+        default=None, description="host cache: the CONVSERVE_INSTANCES with the most images/s "
+                                  "(advice; the setting is per process)")
+    measured: dict[str, Any] = Field(default_factory=dict, description="command, date, machine")
+    file: str | None = Field(default=None, description="the file the figures were read from")
+    key: dict[str, Any] | None = Field(
+        default=None, description="what the host cache is keyed by on this host (CPU or GPU, "
+                                  "cores, onnxruntime, provider, graph sha256)")
+
+
 class VersionInfo(BaseModel):
     """One loaded model version, as ``model.json`` and ONNX Runtime describe it."""
 
@@ -66,12 +87,16 @@ class VersionInfo(BaseModel):
                                   "or agreement next to the float model's); null: float")
     notes: list[str] = Field(default_factory=list, description="warnings about how this version "
                              "is served, e.g. an int8 model on a GPU provider")
+    batching: BatchingInfo | None = Field(default=None, description="classifiers: the batching "
+                                          "figures in force and where they came from")
 
 
 class ModelInfo(BaseModel):
     name: str
     default_version: int = Field(description="the version used when none is named: the one "
-                                             "models/<name>/default_version pins, else the newest")
+                                             "models/<name>/default_version pins, else the newest;"
+                                             " 0 when that file cannot be read (requests naming "
+                                             "no version are refused until it is fixed)")
     pinned: bool = Field(description="true: models/<name>/default_version chose the default; "
                                      "false: it is the newest version")
     versions: list[VersionInfo] = Field(description="newest first")

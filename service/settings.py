@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     allow_spinning: bool = False  # ORT threads busy-wait between runs: faster alone, but they
     # steal the cores decoding and HTTP need in a server; leave off unless cores are to spare
     # (a classifier's lone runs spin within the run regardless: runtime.create_session)
+    tuning_dir: Path = Path("~/.cache/convserve/tuning")  # figures `convserve tune` measured
+    # on this host, read at load (service/tuning.py); must be writable by `convserve tune` only
     cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = "heuristic"  # how
     # cuDNN picks conv kernels for each new input shape; "exhaustive" (ORT's default) times them
     # all, which makes each session's first run at a size slower (docs/service-architecture.md)
@@ -100,6 +102,13 @@ class Settings(BaseSettings):
     # else 408 and close (slowloris)
     body_read_timeout_s: float = Field(30.0, gt=0)  # longest silence while a body is unfinished
     # -> 408 and close
+    body_min_rate: float = Field(1024.0, ge=0)  # bytes/s a body must average once it has had
+    # body_read_timeout_s: a body dripped a byte at a time -> 408 and close; 0 = no minimum
+    max_connections: int = Field(0, ge=0)  # open connections per process at most; one more is
+    # answered 503 + Retry-After and closed (not reset by a full file table); 0 = from the open
+    # files limit (ulimit -n), less 10% and 64 for models, logs and threads
+    send_timeout_s: float = Field(60.0, gt=0)  # a client that reads nothing of its answer for
+    # this long (the server's send buffer full) is disconnected, and the answer freed
     max_pending_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)  # bytes all unfinished
     # request bodies may hold together; an upload past it -> 503 + Retry-After
 
@@ -110,6 +119,16 @@ class Settings(BaseSettings):
     # 0 = half the CPU cores, at least 1
     max_pending_detections: int = Field(32, ge=1)  # detections running or waiting for a thread
     # (waiting ones hold only their upload's bytes); more -> 503 + Retry-After
+
+    # Expression streams (WebSocket /v1/expressions/stream; service/streams.py)
+    max_streams: int = Field(4, ge=0)  # open streams at most; one more is closed with 1013
+    stream_max_frame_bytes: int = Field(2_000_000, gt=0)  # a bigger frame closes with 1009
+    stream_max_frame_pixels: int = Field(4_000_000, gt=0)  # a frame decoding to more -> 1009
+    stream_max_fps: float = Field(30.0, gt=0)  # frames processed per second per stream at most
+    stream_idle_timeout_s: float = Field(30.0, gt=0)  # no frame this long -> close 1001
+    stream_send_timeout_s: float = Field(10.0, gt=0)  # an answer not taken this long -> 1008
+    stream_detect_side: int = Field(320, ge=64)  # detect on a copy no longer than this (a
+    # webcam face is large: at 320 px a 640x480 frame's faces down to ~24 px are found)
 
     # Security
     api_key: SecretStr | None = None  # when set, Bearer auth on all but health and metrics

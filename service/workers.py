@@ -47,7 +47,9 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def create_worker_app() -> FastAPI:
     """The app of one worker (uvicorn's factory): settings from the environment the supervisor
     set, logs written from a thread, the shared :class:`WorkerSync`."""
+    from service.memory import fix_mmap_threshold
 
+    fix_mmap_threshold()  # each worker's own allocator (service/memory.py)
     settings = load_settings()
     flush_logs = configure_logging(settings.log_level, background=True, process=True,
                                    json_lines=settings.log_format == "json")

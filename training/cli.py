@@ -159,6 +159,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from model_format import DEFAULT_FILE
+    from model_format.layout import write_pin
     from training.export_run import export_checkpoint
 
     if args.quantize:
@@ -172,7 +173,7 @@ def _export(args: argparse.Namespace) -> int:
     print(result)
     pin = result.parent / DEFAULT_FILE
     if args.make_default:
-        pin.write_text(f"{result.name}\n")
+        write_pin(result.parent, int(result.name))
         print(f"{pin}: {result.name} (the default once the service reloads)", file=sys.stderr)
     elif pin.is_file() and pin.read_text().strip() != result.name:
         print(f"{pin} still names version {pin.read_text().strip()}: requests that name no "

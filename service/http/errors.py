@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.errors import ServiceError
+from service.http.methods import allowed_methods
 
 PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's paths answer {"error": "message"}
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
@@ -81,6 +82,10 @@ def to_response(exc: BaseException, path: str, request_id: str = "-") -> Respons
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+        allowed = ", ".join(allowed_methods(request.app.routes, request.scope))
+        exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}),
+                                                               "Allow": allowed})
     return to_response(exc, request.url.path, str(getattr(request.state, "request_id", "-")))
 
 

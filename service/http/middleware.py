@@ -119,11 +119,12 @@ class RequestLog:
 
 
 class ApiKeyAuth:
-    """Requires ``Authorization: Bearer <key>`` on every path but the public ones."""
+    """Requires ``Authorization: Bearer <key>`` on every path but the public ones (the scheme
+    in any case, as RFC 9110 says; the key compared in constant time)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -132,7 +133,8 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         given = (_header(scope, b"authorization") or "").encode("latin-1")
-        if hmac.compare_digest(given, self.expected):
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected):
             await self.app(scope, receive, send)
             return
         message = ("missing API key: send 'Authorization: Bearer <key>'" if not given
@@ -147,15 +149,18 @@ class BodyLimit:
     - A body over ``max_bytes`` is refused: by Content-Length up front, else while streaming
       (413).
     - A client that sends nothing for ``read_timeout_s`` while its body is unfinished gets 408
-      and the connection is closed (a stalled upload no longer holds its bytes).
+      and the connection is closed (a stalled upload no longer holds its bytes); so does one
+      whose body, after ``read_timeout_s``, averages less than ``min_rate`` bytes/s (one byte
+      every 20 s would otherwise keep an upload open for ever).
     - The bytes of all unfinished bodies together stay under ``max_pending_bytes``: a body that
       would pass it is refused with 503 and ``Retry-After`` (checked by Content-Length up front,
       then as it streams), so stalled clients cannot pin the server's memory.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float,
-                 max_pending_bytes: int, retry_after_s: int) -> None:
+                 max_pending_bytes: int, retry_after_s: int, min_rate: float = 0.0) -> None:
         self.app = app
+        self.min_rate = min_rate
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
         self.max_pending_bytes = max_pending_bytes
@@ -188,15 +193,26 @@ class BodyLimit:
                 return
         received = 0
         complete = False
+        started = time.monotonic()
 
         async def limited_receive() -> Message:
             nonlocal received, complete
             if complete:
                 return await receive()
+            wait, slow = self.read_timeout_s, False
+            if self.min_rate > 0:  # the body's deadline moves on with each byte received
+                left = started + self.read_timeout_s + received / self.min_rate - time.monotonic()
+                wait, slow = min(wait, max(left, 0.0)), left < wait
             try:
-                async with asyncio.timeout(self.read_timeout_s):
+                async with asyncio.timeout(wait):
                     message = await receive()
             except TimeoutError:
+                if slow:
+                    raise RequestTimeout(
+                        f"the body arrives too slowly: {received} bytes in "
+                        f"{time.monotonic() - started:.0f} s, less than {self.min_rate:g} bytes/s "
+                        "(CONVSERVE_BODY_MIN_RATE); send the body at once",
+                        headers={"Connection": "close"}) from None
                 raise RequestTimeout(
                     f"no request data for {self.read_timeout_s:g} s after {received} bytes of the "
                     "body (CONVSERVE_BODY_READ_TIMEOUT_S); send the body at once",

@@ -34,7 +34,8 @@ BOX_COLOUR = (255, 212, 0)  # app.js draws boxes in #ffd400
 @pytest.fixture(scope="module")
 def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
     models = shipped_repository("imagenet-mobilenetv2", "imagenet-mobilenetv2-int8",
-                                "fer-minixception", "face-mtcnn", "fashion-simple-cnn")
+                                "fer-minixception", "face-mtcnn", "face-retinaface",
+                                "fashion-simple-cnn")
     # mnist-lenet5 with two versions, version 1 pinned as the default (as shipped)
     lenet = models / "mnist-lenet5"
     lenet.mkdir()

@@ -80,7 +80,8 @@ def test_cam_peaks_inside_the_object(client: TestClient, model: str, photo: str)
 @pytest.mark.parametrize("photo", sorted(BOXES))
 def test_occlusion_of_a_photo_peaks_inside_the_object(client: TestClient, photo: str) -> None:
     body = explain(client, "imagenet-mobilenetv2", fetch(photo).read_bytes(), method="occlusion")
-    assert body["method"] == "occlusion" and body["cost"] == {"runs": 5, "images": 65}  # 16 a run
+    assert body["method"] == "occlusion" and body["cost"]["images"] == 65
+    assert 5 <= body["cost"]["runs"] <= 65  # queued in the batcher: its batch size a run
     assert _inside(body["peak"], BOXES[photo]), (body["peak"], body["explained"])
 
 
@@ -112,7 +113,7 @@ def test_expression_map_peaks_inside_the_face(client: TestClient, photo: str) ->
     box = (max(0, round(left - margin_x)), max(0, round(top - margin_y)),
            min(image.width, round(right + margin_x)), min(image.height, round(bottom + margin_y)))
     body = explain(client, "fer-minixception", _png(image.crop(box)))
-    assert body["method"] == "occlusion" and body["cost"] == {"runs": 1, "images": 65}
+    assert body["method"] == "occlusion" and body["cost"]["images"] == 65
     face = (left - box[0], top - box[1], right - box[0], bottom - box[1])
     assert _inside(body["peak"], face), (body["peak"], face, body["explained"])
     cam = explain(client, "fer-minixception", _png(image.crop(box)), method="cam")
@@ -130,7 +131,7 @@ def test_occlusion_finds_the_digit(client: TestClient) -> None:
     body = explain(client, "mnist-lenet5", _png(Image.fromarray(canvas)), **{"class": str(
         labels[0])})
     assert body["method"] == "occlusion"
-    assert body["cost"] == {"runs": 1, "images": 65}
+    assert body["cost"]["images"] == 65
     assert _inside(body["peak"], (24, 24, 52, 52)), body["peak"]
 
 

@@ -46,6 +46,15 @@ BAD_V2 = [
     (b"null", "Input should be an object"),
     (b'{"inputs": {}}', "inputs: Input should be a valid array"),
     (_infer(data=[[0] * 28] * 27 + [[0] * 27]), "'data' is not a regular array"),
+    # issue 26: outputs asked for again and again, a batch over the limit (checked before the
+    # tensor is built); the bigger ones are in test_hardening_bounds.py
+    (_infer(outputs=[{"name": "probabilities", "parameters": {"classification": 10}}] * 300),
+     "the request names the same output more than once"),
+    (_infer(outputs=[{"name": "probabilities"}, {"name": "logits"}]),
+     "the request asks for 2 outputs; this model has one output, 'probabilities'"),
+    (_infer(shape=[65, 28, 28, 1], data=[0] * (65 * 784)),
+     "batch of 65 images; at most 64 per request"),
+    (_infer(shape=[10**9, 28, 28, 1]), "batch of 1000000000 images; at most 64 per request"),
 ]
 
 
@@ -70,7 +79,7 @@ def test_big_json_infer_body_is_parsed_and_answered(tiny_client: TestClient) -> 
 
 
 @pytest.mark.parametrize(("method", "path", "status", "allow"), [
-    ("PUT", "/v2/health/live", 405, "GET"),
+    ("PUT", "/v2/health/live", 405, "GET, HEAD"),
     ("DELETE", "/v2/models/tiny-rgb/infer", 405, "POST"),
     ("GET", "/v2/models/tiny-rgb/infer", 405, "POST"),
     ("POST", "/v2/health/nothing", 404, None),
@@ -93,7 +102,7 @@ def test_v1_wrong_method_is_405_in_the_v1_shape(tiny_client: TestClient) -> None
     response = tiny_client.put("/v1/models")
     assert response.status_code == 405
     assert response.json()["error"] == {"code": "method_not_allowed",
-                                        "message": "method not allowed here; use GET"}
+                                        "message": "method not allowed here; use GET, HEAD"}
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
@@ -121,7 +130,7 @@ def test_openapi_declares_what_v2_answers(tiny_client: TestClient) -> None:
 def faces_client(make_client: Callable, shipped_model: Callable[[str], Path],
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("faces")
-    for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
+    for name in ("fer-minixception", "face-mtcnn", "face-retinaface", "mnist-lenet5"):
         shutil.copytree(shipped_model(name), root / name)
     with make_client(root, max_queue_size=2, detection_max_side=1000) as client:
         yield client
@@ -139,7 +148,8 @@ def test_gif_bomb_is_detected_on_a_bounded_copy(faces_client: TestClient,
         return detect(self, image, config)
 
     monkeypatch.setattr(MTCNN, "detect", spy)
-    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())})
+    response = faces_client.post("/v1/expressions", files={"file": ("g.gif", big_gif())},
+                                 params={"detector": "face-mtcnn"})
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 7000, "height": 7000}
     assert response.json()["faces"] == []
@@ -210,7 +220,7 @@ def test_detection_neither_starves_classify_nor_queues_without_bound(
 
     from service import expressions
 
-    for name in ("fer-minixception", "face-mtcnn", "mnist-lenet5"):
+    for name in ("fer-minixception", "face-mtcnn", "face-retinaface", "mnist-lenet5"):
         (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)
     started, release = threading.Event(), threading.Event()
     analyse = expressions.analyse

@@ -26,7 +26,8 @@ EXPRESSIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"
 @pytest.fixture(scope="module")
 def models(shipped_repository: Callable[..., Path]) -> Path:
     """The shipped classifier, expression model and face detector."""
-    return shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn")
+    return shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn",
+                              "face-retinaface")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,15 @@ def test_expressions_of_five_faces(url: str, models: Path,
     code, text, _ = _predict(capsys, photo, "--model", "fer-minixception", "--models",
                              str(models))
     assert code == 0
-    assert text.splitlines()[0].endswith(": 5 face(s)")
+    assert text.splitlines()[0].endswith("(fer-minixception v1): 5 face(s)")
     assert [line.split(": ")[1].split()[0] for line in text.splitlines()[1:]] == \
         [face["expression"] for face in faces]
+    code, out, _ = _predict(capsys, photo, "--model", "fer-minixception", "--version", "1",
+                            "--url", url, "--json")  # --version works for every task
+    assert code == 0 and json.loads(out)[0]["version"] == 1
+    code, _, err = _predict(capsys, photo, "--model", "fer-minixception", "--version", "9",
+                            "--url", url)
+    assert code == 2 and "model 'fer-minixception' has no version '9'" in err
 
 
 def test_bad_files_are_reported_and_the_rest_answered(url: str, tmp_path: Path,

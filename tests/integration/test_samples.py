@@ -45,7 +45,7 @@ def test_licences_name_every_sample() -> None:
 @pytest.fixture(scope="module")
 def client(make_client: Callable, shipped_repository: Callable[..., Path]) -> Iterator[TestClient]:
     models = shipped_repository("imagenet-mobilenetv2", "mnist-lenet5", "fashion-simple-cnn",
-                                "fer-minixception", "face-mtcnn")
+                                "fer-minixception", "face-mtcnn", "face-retinaface")
     with make_client(models) as ready:
         yield ready
 

@@ -98,3 +98,36 @@ def test_rebuilding_the_expression_model_keeps_occlusion_as_its_default(tmp_path
     assert explain["method"] == shipped["explain"]["method"] == "occlusion"
     assert explain["reason"] == shipped["explain"]["reason"]
     assert (rebuilt / explain["file"]).is_file()  # the maps stay available (method=cam)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["face-retinaface", "face-blazeface"])
+def test_rebuilding_a_converted_detector_gives_the_shipped_graph_s_answers(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ship --only face-retinaface`` / ``face-blazeface`` convert the wheels' TensorFlow and
+    TFLite graphs again (tf2onnx, in ``$CONVSERVE_CONVERT_PYTHON``; each checks ONNX Runtime
+    against TensorFlow itself). tf2onnx names some nodes at random, so the bytes differ: the
+    answers on real photos must not."""
+    import os
+
+    from conftest import require_tool
+    from PIL import Image
+
+    from training.assets import fetch
+    from training.ship_blazeface import square
+    from training.ship_retinaface import PARITY_PHOTOS, padded
+
+    python = require_tool(os.environ.get("CONVSERVE_CONVERT_PYTHON", "convserve-convert-python"),
+                          "set CONVSERVE_CONVERT_PYTHON to a Python with "
+                          "pip install '.[faces-convert]' (tensorflow-cpu, tf2onnx)")
+    monkeypatch.setenv("CONVSERVE_CONVERT_PYTHON", python)
+    assert main(["ship", "--only", name, "--models-dir", str(tmp_path)]) == 0
+    sessions = [ort.InferenceSession(str(root / name / "1" / "model.onnx"),
+                                     providers=["CPUExecutionProvider"])
+                for root in (tmp_path, REPO / "models")]
+    prepare, feed = (padded, "x:0") if name == "face-retinaface" else (square, "input")
+    for photo in PARITY_PHOTOS:
+        batch = prepare(Image.open(fetch(photo)))
+        ours, theirs = (s.run(None, {feed: batch}) for s in sessions)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)

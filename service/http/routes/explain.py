@@ -9,15 +9,15 @@ decode pool, off the event loop. Methods and costs: :mod:`service.explain`, docs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
 from model_format import Capability
-from service import explain, imaging
+from service import explain
 from service.errors import InvalidParameter
+from service.explain_run import Explained, explain_upload
 from service.http.deps import EngineDep
 from service.http.openapi import V1_ERRORS, errors, image_body, versioned
 from service.http.uploads import read_uploads
@@ -43,28 +43,6 @@ FormatParam = Annotated[Literal["json", "png"], Query(
     description="json: the map as a grid over the photo; png: the photo with the map over it")]
 
 
-@dataclass(frozen=True)
-class _Done:
-    result: explain.Explanation
-    photo_size: tuple[int, int]
-    box: tuple[float, float, float, float]
-    png: bytes | None
-
-
-def _work(version: ModelVersion, data: bytes, wanted: str | None, method: str | None,
-          png: bool, max_pixels: int) -> _Done:
-    """Decode, resize, explain and (for ``png``) blend: blocking, runs in the decode pool."""
-    assert version.input is not None
-    prepared = imaging.prepare(data, version.input, max_pixels)
-    result = explain.explain_array(version, prepared.array, wanted, method)
-    if png:
-        photo = imaging.decode(data, max_pixels)
-        box = explain.region(prepared.decoded_size, photo.size, version)
-        return _Done(result, photo.size, box, explain.blend_png(photo, result.map, box))
-    size = explain.oriented_size(data)
-    return _Done(result, size, explain.region(prepared.decoded_size, size, version), None)
-
-
 @versioned(router, "POST", "/explain", "Where the model looked for a class",
            response_model=ExplainResponse, openapi_extra=image_body(answers=("image/png",)))
 async def explain_image(name: str, request: Request, engine: EngineDep,
@@ -79,14 +57,13 @@ async def explain_image(name: str, request: Request, engine: EngineDep,
         raise InvalidParameter(f"explain takes one image per request, not {len(uploads)}; "
                                "send the others in requests of their own")
     request.state.images = 1
-    done = await engine.in_pool(_work, chosen, uploads[0].data, wanted, method, format == "png",
-                                engine.settings.max_image_pixels)
+    done = await explain_upload(engine, chosen, uploads[0].data, wanted, method, format == "png")
     if done.png is not None:
         return Response(done.png, media_type="image/png")
     return Response(_body(chosen, done).model_dump_json(), media_type="application/json")
 
 
-def _body(chosen: ModelVersion, done: _Done) -> ExplainResponse:
+def _body(chosen: ModelVersion, done: Explained) -> ExplainResponse:
     result, box = done.result, done.box
     labels = chosen.labels
     score = float(result.probabilities[result.index])

@@ -38,9 +38,21 @@ DetectorVersion = Annotated[int | None, Query(ge=1, description="version of the 
 
 def _wanted_image(request: Request, annotate_flag: bool) -> str | None:
     """The image media type to answer with, or None for JSON."""
-    accepted = [part.split(";")[0].strip().lower()
-                for part in request.headers.get("accept", "").split(",")]
-    for media_type in accepted:
+    accepted = []  # (media type, quality), best first; q=0 means "not this one" (RFC 9110)
+    for part in request.headers.get("accept", "").split(","):
+        media_type, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            accepted.append((media_type.lower(), quality))
+    accepted.sort(key=lambda pair: -pair[1])
+    for media_type, _ in accepted:
         if media_type in FORMATS:
             return media_type
         if media_type == "application/json":

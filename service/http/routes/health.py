@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 
 from service.errors import NotReady
 from service.http.deps import AnyEngineDep
@@ -14,7 +11,6 @@ from service.metrics import CONTENT_TYPE
 from service.schemas import ErrorResponse, Health
 
 router = APIRouter(tags=["health"])
-logger = logging.getLogger("convserve.health")
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
@@ -37,8 +33,3 @@ async def readyz(engine: AnyEngineDep) -> Health:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(engine: AnyEngineDep) -> Response:
     return Response(engine.metrics.render(), media_type=CONTENT_TYPE)
-
-
-# HEAD as well (probes and load balancers use it): the same endpoints, answered without a body.
-for _route in [route for route in router.routes if isinstance(route, APIRoute)]:
-    router.add_api_route(_route.path, _route.endpoint, methods=["HEAD"], include_in_schema=False)

@@ -32,7 +32,7 @@ def _describe(version: ModelVersion, engine: Engine, data: bytes | None,
               count: int) -> FirstLayerResponse:
     """Blocking: read the graph (first time), and run the photo through its first layer."""
     settings = engine.settings
-    layer = layers.first_layer(version.path / "model.onnx", version.stamp, settings)
+    layer = layers.first_layer(version, settings)  # the graph loaded, not the file
     body = FirstLayerResponse(
         model=version.name, version=version.version, layer=layer.node,
         activation=layer.activation, shape=list(layer.weight.shape), stride=list(layer.stride),

@@ -14,6 +14,7 @@ from service.http.deps import AnyEngineDep
 from service.http.openapi import errors
 from service.model_version import ModelVersion, int8_note
 from service.schemas import ModelInfo, ModelList, VersionInfo
+from service.tuning import batching_info
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(404, 503))
 
@@ -35,7 +36,8 @@ def describe(version: ModelVersion) -> VersionInfo:
         explain=methods_of(version),
         quantization=_dump(card.quantization) if isinstance(card, ClassifierCard)
         and card.quantization else None,
-        notes=[note] if (note := int8_note(version)) else [])
+        notes=[note] if (note := int8_note(version)) else [],
+        batching=batching_info(version.batching) if version.batching else None)
 
 
 def _dump(part: BaseModel | dict[str, Any]) -> dict[str, Any]:

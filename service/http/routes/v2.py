@@ -26,7 +26,6 @@ from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
     InferenceRequestBody,
-    ProtocolError,
     TensorSpec,
     encode_infer_response,
     parse_infer_request,
@@ -38,8 +37,9 @@ PLATFORM = "onnxruntime_onnx"
 # Errors take the protocol's shape on every /v2 path: service.http.errors.to_response picks it.
 router = APIRouter(prefix="/v2", tags=["open inference protocol"],
                    responses=errors(*V2_ERRORS, protocol=True))
-# Larger JSON bodies are parsed in the decode pool, off the event loop.
+# Larger JSON bodies are parsed, and larger answers encoded, in the decode pool, off the loop.
 INLINE_PARSE_BYTES = 64 * 1024
+INLINE_ENCODE_VALUES = 16 * 1024  # output values (images x classes)
 
 
 def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
@@ -146,21 +146,20 @@ async def infer(name: str, request: Request, engine: EngineDep,
     spec = tensor_spec(chosen)
     request.state.model, request.state.version = chosen.name, chosen.version
     body = await request.body()
+    max_images = engine.settings.max_images_per_request
     arguments = (body, request.headers.get(HEADER_LENGTH), spec, chosen.output_name,
-                 len(chosen.labels))
+                 len(chosen.labels), max_images)  # the batch size is checked before the tensor
     if len(body) <= INLINE_PARSE_BYTES:
         parsed = parse_infer_request(*arguments)
     else:
         parsed = await engine.in_pool(parse_infer_request, *arguments)
-    count = parsed.tensor.shape[0]
-    max_images = engine.settings.max_images_per_request
-    if count > max_images:
-        raise ProtocolError(f"batch of {count} images; at most {max_images} per request "
-                            "(CONVSERVE_MAX_IMAGES_PER_REQUEST)")
-    request.state.images = count
-    rows = await engine.infer(chosen, list(parsed.tensor))
-    content, header_length = encode_infer_response(chosen.name, chosen.version, parsed,
-                                                   np.stack(rows), chosen.labels)
+    request.state.images = parsed.tensor.shape[0]
+    rows = np.stack(await engine.infer(chosen, list(parsed.tensor)))
+    encoding = (chosen.name, chosen.version, parsed, rows, chosen.labels)
+    if rows.size <= INLINE_ENCODE_VALUES:
+        content, header_length = encode_infer_response(*encoding)
+    else:
+        content, header_length = await engine.in_pool(encode_infer_response, *encoding)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",

@@ -1,7 +1,7 @@
 // convserve's page: pick a model, give it an image, show what the service answers.
 // Plain JavaScript, no build step. Talks to the same REST API as any client:
 //   GET /readyz, GET /v1/models, POST /v1/models/{name}/versions/{v}/classify,
-//   POST /v1/expressions?model=&version=.
+//   POST /v1/expressions?model=&version=, WebSocket /v1/expressions/stream (live mode).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -342,6 +342,7 @@ function setUpCamera() {
   start.hidden = false;
   let stream = null;
   const stop = () => {
+    live.stop();
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
     $("camera").hidden = true;
@@ -356,6 +357,7 @@ function setUpCamera() {
     }
   });
   $("camera-stop").addEventListener("click", stop);
+  $("camera-live").addEventListener("click", () => (live.socket ? live.stop() : live.start()));
   $("camera-shoot").addEventListener("click", () => {
     const video = $("video");
     const canvas = document.createElement("canvas");
@@ -364,6 +366,113 @@ function setUpCamera() {
     canvas.getContext("2d").drawImage(video, 0, 0);
     canvas.toBlob((blob) => { setImage(blob, "webcam.jpg"); stop(); }, "image/jpeg", 0.92);
   });
+}
+
+// Live mode: webcam frames go to WebSocket /v1/expressions/stream, one in flight at a time
+// (the next frame is sent when the answer to the last one arrives, so the page never floods
+// the service); each answer's boxes, track ids and smoothed expressions are drawn over the
+// frame it answers, with the answers per second.
+const LIVE_WIDTH = 640; // frames are sent at most this wide
+const live = {
+  socket: null,
+  answers: [], // arrival times of the answers of the last second, for the frame rate
+  sent: null, // the canvas holding the frame in flight
+
+  start() {
+    const model = chosenModel();
+    const params = new URLSearchParams();
+    if (model && model.task === "expression") params.set("model", model.name);
+    const key = $("api-key").value.trim();
+    // Browsers cannot set headers on a WebSocket: the key goes in Sec-WebSocket-Protocol.
+    const protocols = ["convserve.v1"];
+    if (key) protocols.push(`convserve.bearer.${base64url(key)}`);
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/v1/expressions/stream?${params}`,
+                                 protocols);
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    this.answers = [];
+    $("camera-live").textContent = "stop live expressions";
+    $("live").hidden = false;
+    $("live-status").textContent = "connecting...";
+    socket.onopen = () => this.send();
+    socket.onmessage = (event) => this.answer(JSON.parse(event.data));
+    socket.onclose = (event) => {
+      if (this.socket === socket) this.stop();
+      if (event.code !== 1000 && event.code !== 1005) {
+        $("live-status").textContent = `the stream closed (${event.code}): ${event.reason}`;
+      }
+    };
+  },
+
+  stop() {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket && socket.readyState <= 1) socket.close(1000, "the page stopped the stream");
+    $("camera-live").textContent = "live expressions";
+    $("live-status").textContent = "";
+  },
+
+  send() {
+    const video = $("video");
+    if (!this.socket || this.socket.readyState !== 1) return;
+    if (!video.videoWidth) { setTimeout(() => this.send(), 50); return; }
+    const scale = Math.min(1, LIVE_WIDTH / video.videoWidth);
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(video.videoWidth * scale);
+    canvas.height = Math.round(video.videoHeight * scale);
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    this.sent = canvas;
+    canvas.toBlob(async (blob) => {
+      if (this.socket && this.socket.readyState === 1) this.socket.send(await blob.arrayBuffer());
+    }, "image/jpeg", 0.8);
+  },
+
+  answer(message) {
+    if (message.error) { showError(message.error.message); return; }
+    const now = performance.now();
+    this.answers = this.answers.filter((t) => now - t < 1000).concat([now]);
+    this.draw(message);
+    this.send();
+  },
+
+  draw(message) {
+    const canvas = $("live");
+    const frame = this.sent;
+    if (!frame) return;
+    canvas.width = frame.width;
+    canvas.height = frame.height;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(frame, 0, 0);
+    ctx.lineWidth = Math.max(2, frame.width / 250);
+    ctx.font = `${Math.max(12, Math.round(frame.width / 40))}px sans-serif`;
+    for (const face of message.faces) {
+      const { x, y, width, height } = face.box;
+      const score = (face.probabilities[face.expression] * 100).toFixed(0);
+      ctx.strokeStyle = "#ffd400";
+      ctx.strokeRect(x, y, width, height);
+      const text = `#${face.id} ${face.expression} ${score}%`;
+      const size = ctx.measureText(text);
+      ctx.fillStyle = "#ffd400";
+      ctx.fillRect(x, Math.max(0, y - 20), size.width + 8, 20);
+      ctx.fillStyle = "#000";
+      ctx.fillText(text, x + 4, Math.max(15, y - 5));
+    }
+    // What the page shows, readable by tests and assistive tools alike.
+    canvas.dataset.frame = String(message.frame);
+    canvas.dataset.ids = message.faces.map((f) => f.id).join(",");
+    canvas.dataset.boxes = JSON.stringify(message.faces.map((f) => f.box));
+    const faces = message.faces.map((f) => `#${f.id} ${f.expression}`).join(", ") || "no face";
+    $("live-status").textContent = `${this.answers.length} frames/s, ` +
+      `${message.timings_ms.total.toFixed(0)} ms a frame: ${faces}`;
+  },
+};
+
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let binary = "";
+  bytes.forEach((b) => { binary += String.fromCharCode(b); });
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 async function start() {
