@@ -201,7 +201,7 @@ def test_eight_concurrent_expression_requests_all_get_their_faces(
         make_client: Callable, shipped_model: Callable[[str], Path], photo: Callable[[str], bytes],
         tmp_path: Path) -> None:
     """Default limits, one detection thread: eight clients at once are queued, not refused."""
-    for name in ("fer-minixception", "face-mtcnn"):
+    for name in ("fer-minixception", "face-retinaface"):
         (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)
     data = photo("multi-face")
     with make_client(tmp_path, detect_workers=1) as client, ThreadPoolExecutor(8) as clients:

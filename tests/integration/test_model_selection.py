@@ -39,7 +39,7 @@ def test_the_gpu_choice_leaves_the_int8_models_out_of_the_shipped_ones() -> None
     kept, failures = choose(found, ["*", "-*-int8"], SHIPPED)
     assert failures == {}
     assert {name for name, _ in kept} == {n for n in NAMES if not n.endswith("-int8")}
-    assert len({name for name, _ in found}) == 11 and len({name for name, _ in kept}) == 7
+    assert len({name for name, _ in found}) - len({name for name, _ in kept}) == 4  # int8
 
 
 def test_a_pattern_that_matches_nothing_says_what_is_there() -> None:
