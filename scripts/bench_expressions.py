@@ -46,12 +46,15 @@ def _timings(header: str) -> dict[str, float]:
 
 
 async def _client(url: str, data: bytes, stop: float, records: list[tuple[float, dict, int]],
-                  ) -> None:
+                  refused: list[str]) -> None:
     async with httpx.AsyncClient(timeout=120) as http:
         while time.perf_counter() < stop:
             start = time.perf_counter()
             response = await http.post(url, content=data, headers={"content-type": "image/jpeg"})
-            response.raise_for_status()
+            if response.status_code != 200:  # counted and reported, not a crash
+                refused.append(f"{response.status_code} {response.text[:200]}")
+                await asyncio.sleep(float(response.headers.get("retry-after", "0.1")))
+                continue
             records.append((time.perf_counter() - start,
                             _timings(response.headers.get("server-timing", "")),
                             int(response.headers.get("x-faces", "0"))))
@@ -59,9 +62,16 @@ async def _client(url: str, data: bytes, stop: float, records: list[tuple[float,
 
 async def run_level(url: str, data: bytes, clients: int, seconds: float) -> str:
     records: list[tuple[float, dict, int]] = []
+    refused: list[str] = []
     start = time.perf_counter()
-    await asyncio.gather(*(_client(url, data, start + seconds, records) for _ in range(clients)))
+    await asyncio.gather(*(_client(url, data, start + seconds, records, refused)
+                           for _ in range(clients)))
     elapsed = time.perf_counter() - start
+    answered = f"{clients:>3} clients: {len(refused)} refused"
+    if refused:
+        answered += f" (first: {refused[0]})"
+    if not records:
+        return answered + ", none answered"
     faces = sum(r[2] for r in records)
     latency = sorted(r[0] for r in records)
     stage = {s: statistics.mean(r[1].get(s, 0.0) for r in records) for s in STAGES}
@@ -71,7 +81,7 @@ async def run_level(url: str, data: bytes, clients: int, seconds: float) -> str:
             f"{latency[int(len(latency) * 0.95)] * 1000:6.1f} ms | per request: "
             + " ".join(f"{s} {stage[s]:.1f}" for s in STAGES)
             + f" ms | per face: detect {per_face['detect']:.1f} classify "
-            f"{per_face['classify']:.2f} ms")
+            f"{per_face['classify']:.2f} ms | {len(refused)} refused")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,9 +111,10 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         from service import workers
 
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, json_lines=settings.log_format == "json")
         return workers.serve(settings, overrides)
-    flush_logs = configure_logging(settings.log_level, background=True)
+    flush_logs = configure_logging(settings.log_level, background=True,
+                                   json_lines=settings.log_format == "json")
     tracing.configure()  # when OTEL_* asks for traces
 
     class Server(uvicorn.Server):

@@ -9,8 +9,10 @@ cap shrinks below P-Net's 12-pixel window are not found: a face that small in a 
 is not worth gigabytes.
 
 Time and workers: detection runs in its own thread pool (:class:`DetectionSlots`), so it never
-holds the decode pool's threads that classification needs; at most ``max_pending`` detections
-run or wait, and more are answered 503 with ``Retry-After`` at once.
+holds the decode pool's threads that classification needs. Requests beyond the threads wait in
+the pool's queue, in arrival order, holding only their upload's bytes (the photo is decoded
+when a thread takes it); at most ``max_pending`` detections run or wait, and only more than that
+are answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -73,15 +75,19 @@ class DetectionSlots:
 
     def __init__(self, threads: int, max_pending: int, retry_after_s: int) -> None:
         self.pool = ThreadPoolExecutor(threads, "detect")
-        self.max_pending = max_pending
+        self.threads = threads
+        self.max_pending = max(max_pending, threads)
         self.retry_after_s = retry_after_s
         self.pending = 0
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
-        """``function(*args)`` in the pool, or :class:`Overloaded` (503) when it is full."""
+        """``function(*args)`` in the pool once a thread is free (waiting in arrival order), or
+        :class:`Overloaded` (503) when ``max_pending`` detections already run or wait."""
         if self.pending >= self.max_pending:
-            raise Overloaded(f"{self.pending} face detections are running or waiting, the most "
-                             f"allowed (CONVSERVE_MAX_PENDING_DETECTIONS); retry after "
+            running = min(self.pending, self.threads)
+            raise Overloaded(f"face detection is full: {running} running and "
+                             f"{self.pending - running} waiting, the most allowed "
+                             f"(CONVSERVE_MAX_PENDING_DETECTIONS={self.max_pending}); retry after "
                              f"{self.retry_after_s} s",
                              headers={"Retry-After": str(self.retry_after_s)})
         self.pending += 1

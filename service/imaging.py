@@ -211,8 +211,11 @@ def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
         _check_jpeg_cost(data)
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image has too many pixels: {exc}") from None
+    except Image.DecompressionBombError as exc:  # past twice Pillow's own limit: our words
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "more pixels than Pillow opens"
+        raise ImageTooLarge(f"the image is {size}, more than the limit of {max_pixels}; scale "
+                            "it down before sending") from None
     except Exception as exc:
         raise InvalidImage(f"the {fmt} header cannot be read ({exc}); the file is corrupt "
                            "or truncated") from None

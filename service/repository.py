@@ -24,6 +24,7 @@ from service.errors import (
     NotReady,
     VersionNotFound,
 )
+from service.model_selection import choose
 from service.model_version import ModelVersion, describe_batching, int8_note, load_version
 from service.runtime import warn_missing_providers
 from service.settings import Settings
@@ -161,7 +162,8 @@ class ModelRepository:
         """
         with self._scan_lock:
             result = ScanResult()
-            found = discover(self.settings.models_dir)
+            found, unmatched = choose(discover(self.settings.models_dir),
+                                      self.settings.models, self.settings.models_dir)
             current = dict(self._versions)
             for gone in [k for k in current if k not in found]:
                 result.removed.append(current.pop(gone))
@@ -206,6 +208,7 @@ class ModelRepository:
             self._logged = dict(bad)
             result.failed.update({key: why for key, why in bad.items()
                                   if "still serving version" not in why})
+            result.failed.update(unmatched)
             if result.added:
                 in_use = {p for v in current.values() for p in v.providers}
                 warn_missing_providers(list(self.settings.providers), in_use)

@@ -121,6 +121,9 @@ class ClassifyResponse(BaseModel):
     model: str
     version: int
     results: list[ImageResult] = Field(description="one per image, in the order sent")
+    notes: list[str] = Field(default_factory=list, description="present when the answer is "
+                             "likely not what was meant, e.g. a whole photo sent to an "
+                             "expression model, which expects one face")
 
 
 class ReloadResponse(BaseModel):

@@ -49,13 +49,17 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)  # the Open Inference Protocol over gRPC on
     # the same host (service/grpc/); 0 = no gRPC
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: every line one JSON object, uvicorn's
+    # too (for log collectors); text: time, level, logger, message, for a terminal
     graceful_shutdown_s: float = Field(30.0, gt=0)  # how long SIGTERM waits for requests
     workers: int = Field(1, ge=1, le=64)  # processes serving the port, each with its own event
     # loop, decode pool, batcher and sessions (service/workers.py); 1 suits a small CPU host
-    # (docs/workers: the README's figures by worker count)
+    # (docs/performance.md: figures by worker count)
 
     # Model repository
     models_dir: Path = Path("models")  # the models/<name>/<version>/ tree
+    models: Annotated[list[str], NoDecode] = []  # which models to load: names or patterns,
+    # '-' leaves out ("*,-*-int8": all but int8); empty = every one (service/model_selection.py)
     reload_interval_s: float = Field(0.0, ge=0)  # poll models_dir every N s; 0 = only on POST
     reload_wait_s: float = Field(120.0, gt=0)  # with workers > 1, how long POST reload waits
     # for every other worker to load what it loaded before answering 503
@@ -115,8 +119,8 @@ class Settings(BaseSettings):
     # most this; boxes are mapped back to the photo (faces under 12 px in the copy are missed)
     detect_workers: int = Field(0, ge=0)  # detection threads (apart from the decode pool);
     # 0 = half the CPU cores, at least 1
-    max_pending_detections: int = Field(4, ge=1)  # detections running or waiting for a thread;
-    # more -> 503 + Retry-After
+    max_pending_detections: int = Field(32, ge=1)  # detections running or waiting for a thread
+    # (waiting ones hold only their upload's bytes); more -> 503 + Retry-After
 
     # Expression streams (WebSocket /v1/expressions/stream; service/streams.py)
     max_streams: int = Field(4, ge=0)  # open streams at most; one more is closed with 1013
@@ -130,6 +134,13 @@ class Settings(BaseSettings):
 
     # Security
     api_key: SecretStr | None = None  # when set, Bearer auth on all but health and metrics
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_patterns(cls, value: Any) -> Any:
+        from service.model_selection import parse
+
+        return parse(value) if isinstance(value, str | list) else value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -53,7 +53,8 @@ def create_worker_app() -> FastAPI:
 
     fix_mmap_threshold()  # each worker's own allocator (service/memory.py)
     settings = load_settings()
-    flush_logs = configure_logging(settings.log_level, background=True, process=True)
+    flush_logs = configure_logging(settings.log_level, background=True, process=True,
+                                   json_lines=settings.log_format == "json")
     tracing.configure()  # when OTEL_* asks for traces
     sync = WorkerSync(Path(os.environ[RUN_DIR_ENV]) / "sync")
     app = create_app(engine=Engine(settings, sync=sync))

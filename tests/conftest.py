@@ -189,12 +189,42 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def committed_models(scratch: Path) -> Path:
+    """``models/`` as committed: the version directories git tracks and the committed
+    ``default_version`` files, linked under ``scratch``. A version the user exported into
+    ``models/`` (the docs' ``export --make-default``) or a default they pinned is not the
+    tests' input. Without git (a source archive): ``models/`` itself."""
+    try:
+        tracked = subprocess.run(["git", "ls-files", "models"], cwd=REPO_ROOT, check=True,
+                                 capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return SHIPPED_MODELS
+    if not tracked:
+        return SHIPPED_MODELS
+    for path in tracked:
+        parts = Path(path).parts  # models/<name>/<version>/<file> or models/<name>/<file>
+        if len(parts) >= 4 and not (scratch / parts[1] / parts[2]).exists():
+            (scratch / parts[1]).mkdir(exist_ok=True)
+            (scratch / parts[1] / parts[2]).symlink_to(SHIPPED_MODELS / parts[1] / parts[2],
+                                                       target_is_directory=True)
+        elif len(parts) == 3 and parts[2] == "default_version":
+            committed = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO_ROOT,
+                                       capture_output=True, text=True)
+            (scratch / parts[1]).mkdir(exist_ok=True)
+            (scratch / parts[1] / parts[2]).write_text(
+                committed.stdout if committed.returncode == 0
+                else (SHIPPED_MODELS / parts[1] / parts[2]).read_text())
+    return scratch
+
+
 @pytest.fixture(scope="session")
-def shipped_model() -> Callable[[str], Path]:
-    """``shipped_model("imagenet-mobilenetv2")``: its directory under models/, or skip."""
+def shipped_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``shipped_model("imagenet-mobilenetv2")``: its committed versions (a directory of
+    links: :func:`committed_models`), or skip."""
+    root = committed_models(tmp_path_factory.mktemp("committed-models"))
 
     def find(name: str) -> Path:
-        directory = SHIPPED_MODELS / name
+        directory = root / name
         if not any(directory.glob("*/model.json")):
             pytest.skip(f"models/{name} is not shipped yet")
         return directory

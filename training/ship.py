@@ -7,7 +7,7 @@ One entry per model in ``models/`` (:data:`SHIPPED`), each built by one function
   :mod:`training.ship_retinaface`);
 * models trained here: their YAML config trained from scratch (or fine-tuned), then the
   checkpoint exported (:func:`training.export_run.export_checkpoint`). These take minutes to
-  hours on a CPU (the README gives the times);
+  hours on a CPU (docs/training.md gives the times);
 * int8 twins (``<name>-int8``) of float models, quantized from the float model in ``models/``
   (:func:`training.quantize.quantize_version`; seconds).
 

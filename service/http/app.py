@@ -25,6 +25,7 @@ from service.engine import Engine
 from service.http.errors import register_error_handlers
 from service.http.methods import HeadAsGet
 from service.http.middleware import ApiKeyAuth, BodyLimit, RequestLog, Tracing
+from service.http.openapi_auth import document_bearer_auth
 from service.http.routes.classify import ClassifyShortcut
 from service.settings import Settings, load_settings
 
@@ -73,5 +74,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(ApiKeyAuth, api_key=key)
     if tracing.TRACER is not None:  # OTEL_* asked for traces (service/tracing.py)
         app.add_middleware(Tracing)
+    if key:
+        document_bearer_auth(app)  # Swagger UI's Authorize button
     app.add_middleware(RequestLog, metrics=engine.metrics)  # added last = outermost
     return app

@@ -179,4 +179,6 @@ def uvicorn_options(settings: Settings, http: type[asyncio.Protocol] | str) -> d
     protocol class with the header timeout, or :data:`WORKER_PROTOCOL`)."""
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
             "access_log": False, "loop": "auto", "http": http,
-            "timeout_graceful_shutdown": int(settings.graceful_shutdown_s)}
+            "timeout_graceful_shutdown": int(settings.graceful_shutdown_s),
+            # JSON lines: uvicorn's loggers keep no handlers of their own and reach ours
+            **({"log_config": None} if settings.log_format == "json" else {})}

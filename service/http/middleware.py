@@ -35,9 +35,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
 # Paths any caller may reach without the API key: probes and scrapers.
-# The page and its static files carry no data; the page asks for the key and sends it itself.
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
-PUBLIC_PREFIXES = ("/v2/health/", "/static/")
+# The page, its static files and the API's documentation carry no data: the page asks for the
+# key and sends it itself, and Swagger UI sends it after its Authorize button (service.http.
+# openapi_auth puts the Bearer scheme into /openapi.json).
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect",
+                          "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/v2/health/", "/static/", "/docs-assets/")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -148,10 +148,10 @@ class Container:
     config: dict
 
     def command(self, argv: list[str], *, volumes: tuple[str, ...] = (),
-                env: dict[str, str] | None = None) -> list[str]:
-        """``buildah run`` arguments: the image's user, the host's network, ``volumes``."""
+                env: dict[str, str] | None = None, user: str | None = None) -> list[str]:
+        """``buildah run`` arguments: ``user`` or the image's, the host's network, ``volumes``."""
         args = ["run", "--isolation", "chroot", "--network", "host",
-                "--user", self.config.get("User") or "0"]
+                "--user", user or self.config.get("User") or "0"]
         for volume in volumes:
             args += ["--volume", volume]
         for key, value in (env or {}).items():

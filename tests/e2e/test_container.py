@@ -12,9 +12,11 @@
   (``tests/e2e/container_build.py``). The ``serve`` image's own command runs as its own user
   with its own environment (``buildah run``), is ready by its own HEALTHCHECK, classifies a
   real photo and finds the faces of a real group photo, and holds no torch and no compiler;
-  ``serve-cpu`` does the same in a much smaller image; ``train`` trains and exports a model
-  into the mounted models folder, and the running service picks it up with a reload. Build
-  times and image sizes are printed.
+  ``serve-cpu`` does the same in a much smaller image; ``train`` runs as Compose
+  runs it on a fresh clone (its entrypoint, user and environment; a host-owned ``models/``, a
+  root-owned ``runs/``), refuses a taken version and an unwritable folder at once, trains and
+  exports the next free version as the owner of ``models/``, and the running service picks it
+  up with a reload. Build times and image sizes are printed.
 
 The buildah tests skip where buildah or debootstrap is missing, and fail there under
 ``CONVSERVE_REQUIRE_SYSTEM_TOOLS=1`` (what ``.ci/run`` sets).
@@ -52,6 +54,7 @@ from container_build import (
     stop,
 )
 
+from service.model_selection import chosen
 from service.settings import Settings
 from training.assets import fetch
 
@@ -222,6 +225,10 @@ def test_compose_default_runs_the_service_on_a_gpu(stages: dict[str, Stage]) -> 
     assert service["environment"]["CONVSERVE_MODELS_DIR"] == "/app/models"
     assert service["environment"]["CONVSERVE_PROVIDERS"] == "CUDA,CPU"
     assert float(service["environment"]["CONVSERVE_RELOAD_INTERVAL_S"]) > 0  # picks up models
+    # int8 helps on CPUs only (docs/int8.md): the GPU service leaves those models out.
+    choice = Settings(models=service["environment"]["CONVSERVE_MODELS"]).models
+    shipped = {path.name for path in (REPO / "models").iterdir() if path.is_dir()}
+    assert chosen(shipped, choice) == {name for name in shipped if not name.endswith("-int8")}
     _settings_env_ok(service)
 
 
@@ -233,6 +240,7 @@ def test_compose_cpu_profile_needs_no_gpu(stages: dict[str, Stage]) -> None:
     assert service["build"]["args"] == {"EXTRA": "serve-cpu"}  # the small image
     assert service["image"] == "convserve:serve-cpu"
     assert service["environment"]["CONVSERVE_PROVIDERS"] == "CPU"
+    assert service["environment"]["CONVSERVE_MODELS"] == ""  # every model, int8 included
     assert f"{REPO / 'models'}:/app/models:ro" in service["volumes"]
     assert service["healthcheck"]["test"] == _healthcheck(stages)
     _settings_env_ok(service)
@@ -241,18 +249,19 @@ def test_compose_cpu_profile_needs_no_gpu(stages: dict[str, Stage]) -> None:
 @pytest.mark.slow
 def test_compose_train_profile_writes_into_the_same_models() -> None:
     config = _compose("train")
-    train = config["services"]["train"]
-    assert train["build"]["target"] == "train"
-    assert f"{REPO / 'models'}:/app/models:rw" in train["volumes"]  # the service's mount source
+    train, cpu = config["services"]["train"], config["services"]["train-cpu"]
+    for service in (train, cpu):
+        assert service["build"]["target"] == "train" and service["profiles"] == ["train"]
+        assert f"{REPO / 'models'}:/app/models:rw" in service["volumes"]  # the service's source
+        assert service["entrypoint"] == ["python", "-m", "training.container"]
+        assert "command" not in service  # the image's CMD (--help) is cleared by entrypoint
+        assert service["user"] == "0:0"  # becomes the owner of ./models (training/container.py)
+        config_name = service["environment"]["TRAIN_CONFIG"]
+        assert (REPO / "training" / "configs" / f"{config_name}.yaml").is_file()
+        assert service["environment"]["TRAIN_VERSION"] == ""  # the next free version
     assert _gpu(train)[0]["driver"] == "nvidia"
-    command = " ".join(train["command"])
-    assert "convserve-train train --config" in command and "--models-dir /app/models" in command
-    config_name = train["environment"]["TRAIN_CONFIG"]
-    assert (REPO / "training" / "configs" / f"{config_name}.yaml").is_file()
-    assert train["profiles"] == ["train"]
+    assert _gpu(cpu) == [] and cpu["environment"]["TRAIN_DEVICE"] == "cpu"
     assert _compose("cpu", "train")["services"]["train"] == train
-
-
 
 
 # ------------------------------------------------------------- the images, built and run (buildah)
@@ -387,51 +396,71 @@ def test_cpu_image_is_small_and_classifies(builder: Buildah) -> None:
         assert json.loads(probe.stdout.splitlines()[-1])["modules"] == ["onnxruntime", "service"]
 
 
-SHORT_TRAINING = {"optim": {"epochs": 1, "batch_size": 100}, "device": "cpu",
-                  "data": {"train_limit": 2000, "eval_limit": 500}}
+SHORT_TRAINING = ("optim.epochs=1 optim.batch_size=100 data.train_limit=2000 "
+                  "data.eval_limit=500")
+HOST_USER = 1000  # who cloned the repository: not the image's 10001, not root
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # torch and its CUDA wheels through vfs: the longest build
-def test_train_image_exports_into_the_models_the_service_reloads(
+def test_compose_train_on_a_fresh_clone_exports_a_version_the_service_reloads(
         builder: Buildah, tmp_path: Path) -> None:
-    """Compose's ``train`` command in the ``train`` image, as its user, writing into a mounted
-    models folder that a running ``serve-cpu`` container picks up on POST /reload."""
+    """``docker compose run --rm train-cpu`` as a first-time user runs it: Compose's own
+    entrypoint, user and environment in the ``train`` image, a host-owned ``models/`` that
+    already holds ``mnist-lenet5/1``, a ``runs/`` that Docker creates as root, the cache the
+    image carries (a fresh volume's content). It trains, writes version 2 as the owner of
+    ``models/``, and a running ``serve-cpu`` container serves it after a reload."""
     train_image = _build(builder, "train", "train")
     serve_image = f"{IMAGE_TAG}:serve-cpu"
     if not _has_image(builder, serve_image):
         serve_image = _build(builder, "serve", "serve-cpu", EXTRA="serve-cpu")
-    models, runs, cache = tmp_path / "models", tmp_path / "runs", tmp_path / "cache"
-    shutil.copytree(REPO / "models" / "imagenet-mobilenetv2", models / "imagenet-mobilenetv2")
-    mnist = fetch("mnist-pkl")  # the data, fetched once on the host into the mounted cache
-    (cache / "assets" / mnist.parent.name).mkdir(parents=True)
-    shutil.copy2(mnist, cache / "assets" / mnist.parent.name / mnist.name)
-    config = yaml.safe_load((REPO / "training/configs/mnist-lenet5.yaml").read_text())
-    for section, values in SHORT_TRAINING.items():
-        config[section] = {**config[section], **values} if isinstance(values, dict) else values
-    runs.mkdir()
-    (runs / "short.yaml").write_text(yaml.safe_dump(config))
-    for path in (models, runs, cache, *models.rglob("*"), *runs.rglob("*"), *cache.rglob("*")):
-        os.chown(path, 10001, 10001)  # the image's user, as CONVSERVE_TRAIN_USER documents
-    train = _compose("train")["services"]["train"]
-    # `config` prints Compose's own escaping ($$ for a literal $), which `run` would undo.
-    command = [part.replace("$$", "$") for part in (*train["entrypoint"], *train["command"])]
-    env = {**train["environment"], "TRAIN_CONFIG": "/app/runs/short.yaml",
-           "TRAIN_NAME": "ci-digits", "TRAIN_VERSION": "1"}
-    with _serving(builder, serve_image, models) as (url, _, _):
-        assert httpx.get(f"{url}/v1/models/ci-digits").status_code == 404
-        with container(builder, train_image) as box:
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    for name in ("imagenet-mobilenetv2", "mnist-lenet5"):
+        shutil.copytree(REPO / "models" / name, models / name)
+    for path in (models, *models.rglob("*")):
+        os.chown(path, HOST_USER, HOST_USER)
+    runs.mkdir()  # as Docker makes a missing bind-mount source: root's
+    service = _compose("train")["services"]["train-cpu"]
+    command = [part.replace("$$", "$") for part in service["entrypoint"]]
+    mounts = (f"{models}:/app/models", f"{runs}:/app/runs")
+    with container(builder, train_image) as box:
+        # Every data set the configs name is in the image: fetched with no apt lists, as the
+        # image's user (Fashion-MNIST is a Debian package).
+        fetched = box.run(["python", "-m", "training.container", "--prefetch"],
+                          env={"CONVSERVE_CACHE": "/cache"})
+        assert fetched.returncode == 0, fetched.stderr[-3000:]
+        assert "train-images-idx3-ubyte.gz" in fetched.stdout
+        # A version that exists is refused before any training; a fixed uid that cannot write
+        # ./models is refused with the command that fixes it.
+        taken = box.run(command, user=service["user"], volumes=mounts,
+                        env={**service["environment"], "TRAIN_VERSION": "1"})
+        assert taken.returncode == 2 and "models/mnist-lenet5/1 exists already" in taken.stderr
+        assert not any(runs.iterdir())
+        denied = box.run(command, user="10001:10001", volumes=mounts,
+                         env=service["environment"])
+        assert denied.returncode == 2 and "CONVSERVE_TRAIN_USER=" in denied.stderr, denied.stderr
+        with _serving(builder, serve_image, models) as (url, _, _):
+            before = httpx.get(f"{url}/v1/models/mnist-lenet5").json()["versions"]
+            assert [v["version"] for v in before] == [1]
             started = time.perf_counter()
-            result = box.run(command, env=env, volumes=(
-                f"{models}:/app/models", f"{runs}:/app/runs", f"{cache}:/cache"))
+            result = box.run(command, user=service["user"], volumes=mounts,
+                             env={**service["environment"], "TRAIN_SET": SHORT_TRAINING})
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            _report(f"train: one short training + export in {time.perf_counter() - started:.0f} s")
-        assert (models / "ci-digits" / "1" / "model.onnx").stat().st_uid == 10001
-        reload = httpx.post(f"{url}/v1/repository/reload", timeout=120)
-        assert reload.status_code == 200, reload.text
-        digits = httpx.get(f"{url}/v1/models/ci-digits").json()
-        assert digits["versions"][0]["labels"] == [str(d) for d in range(10)]
-        assert _classify(url, "ci-digits") in {str(d) for d in range(10)}
+            _report(f"train-cpu: one short training + export in "
+                    f"{time.perf_counter() - started:.0f} s")
+            assert "models/mnist-lenet5/2 (the next free version)" in result.stderr
+            exported = models / "mnist-lenet5" / "2" / "model.onnx"
+            assert exported.stat().st_uid == HOST_USER
+            assert {p.stat().st_uid for p in (runs, *runs.rglob("*"))} == {HOST_USER}
+            reload = httpx.post(f"{url}/v1/repository/reload", timeout=120)
+            assert reload.status_code == 200, reload.text
+            digits = httpx.get(f"{url}/v1/models/mnist-lenet5").json()
+            assert [v["version"] for v in digits["versions"]] == [2, 1]  # newest first
+            answer = httpx.post(f"{url}/v1/models/mnist-lenet5/versions/2/classify",
+                                files={"file": ("digit.png", (REPO / "samples" / "digit.png")
+                                                .read_bytes())}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["version"] == 2
 
 
 def _has_image(tool: Buildah, name: str) -> bool:

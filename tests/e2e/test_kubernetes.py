@@ -199,6 +199,9 @@ def test_the_overlays_pick_their_devices(tmp_path: Path) -> None:
     assert settings_from(gpu["containers"][0], tmp_path).providers[0] == "CUDAExecutionProvider"
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    # int8 helps on CPUs only: the GPU overlay leaves those models out, the CPU one loads all.
+    assert settings_from(gpu["containers"][0], tmp_path).models == ["*", "-*-int8"]
+    assert settings_from(cpu["containers"][0], tmp_path).models == []
 
 
 def test_kserve_runs_convserve_as_a_v2_runtime(tmp_path: Path) -> None:

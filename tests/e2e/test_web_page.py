@@ -33,8 +33,9 @@ BOX_COLOUR = (255, 212, 0)  # app.js draws boxes in #ffd400
 
 @pytest.fixture(scope="module")
 def url(shipped_repository: Callable[..., Path]) -> Iterator[str]:
-    models = shipped_repository("imagenet-mobilenetv2", "fer-minixception", "face-mtcnn",
-                                "face-retinaface", "fashion-simple-cnn")
+    models = shipped_repository("imagenet-mobilenetv2", "imagenet-mobilenetv2-int8",
+                                "fer-minixception", "face-mtcnn", "face-retinaface",
+                                "fashion-simple-cnn")
     # mnist-lenet5 with two versions, version 1 pinned as the default (as shipped)
     lenet = models / "mnist-lenet5"
     lenet.mkdir()
@@ -155,10 +156,13 @@ def test_starts_on_an_imagenet_classifier_with_the_choices_grouped(page: Page) -
     groups = page.eval_on_selector_all(
         "#model optgroup", "gs => gs.map(g => [g.label, Array.from(g.children, o => o.value)])")
     assert groups == [
-        ["Photos: ImageNet's 1,000 classes", ["imagenet-mobilenetv2"]],
+        ["Photos: ImageNet's 1,000 classes", ["imagenet-mobilenetv2",
+                                              "imagenet-mobilenetv2-int8"]],
         ["Faces: expressions", ["fer-minixception"]],
         ["Digits and clothes: small grey images", ["fashion-simple-cnn", "mnist-lenet5"]],
     ]
+    texts = page.eval_on_selector_all("#model option", "o => o.map(x => x.text)")
+    assert "imagenet-mobilenetv2-int8 (int8: faster on a CPU)" in texts  # with its float model
     page.select_option("#model", "mnist-lenet5")
     hint = page.inner_text("#model-info")
     assert "trained on MNIST" in hint and "28x28 grey" in hint and "handwritten digit" in hint
@@ -241,3 +245,31 @@ def test_docs_pages_render_with_the_network_blocked(browser: Browser, url: str, 
     assert [u for u in blocked if u != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []
     _screenshot(page, f"docs{path.replace('/', '-')}.png", full_page=False)
     context.close()
+
+
+KEY = "page-key-5e1f"
+
+
+def test_a_service_with_a_key_gets_it_asked_for_and_the_error_goes(
+        browser: Browser, shipped_repository: Callable[..., Path]) -> None:
+    """With CONVSERVE_API_KEY the page opens its key field and says, in its own words, what to
+    do; once the key is entered the models are listed and the message is gone."""
+    models = shipped_repository("mnist-lenet5")
+    with serve_models(models, CONVSERVE_API_KEY=KEY) as (_, address):
+        context = browser.new_context(viewport={"width": 1000, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(address + "/")
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            assert page.inner_text("#error") == ("This service needs an API key: enter it in "
+                                                 "the API key field below.")
+            assert page.eval_on_selector("#api-key-box", "d => d.open") is True
+            _screenshot(page, "web-page-api-key.png")
+            page.fill("#api-key", KEY)
+            page.dispatch_event("#api-key", "change")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+            assert page.is_hidden("#error")
+            assert page.eval_on_selector_all("#model option", "o => o.map(x => x.value)") == [
+                "mnist-lenet5"]
+        finally:
+            context.close()

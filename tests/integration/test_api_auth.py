@@ -34,6 +34,26 @@ def test_page_loads_without_key_but_its_api_calls_need_one(locked: TestClient) -
     assert locked.get("/v1/models").status_code == 401
 
 
+def test_the_api_documentation_needs_no_key_and_offers_swagger_authorize(
+        locked: TestClient, tiny_client: TestClient) -> None:
+    """/docs, its assets and /openapi.json carry no data; the schema declares the Bearer key on
+    every protected route, which gives Swagger UI its Authorize button."""
+    assert locked.get("/docs").status_code == 200
+    assert locked.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    schema = locked.get("/openapi.json")
+    assert schema.status_code == 200
+    spec = schema.json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "the service's CONVSERVE_API_KEY"}
+    assert spec["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
+    assert spec["paths"]["/v1/models/{name}/classify"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    # Without a key the schema names no scheme: Swagger UI then shows no Authorize button.
+    open_spec = tiny_client.get("/openapi.json").json()
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert "security" not in open_spec["paths"]["/v1/models"]["get"]
+
+
 @pytest.mark.parametrize(("headers", "wording"), [
     ({}, "missing API key"),
     ({"Authorization": "Bearer wrong"}, "wrong API key"),
@@ -43,7 +63,7 @@ def test_page_loads_without_key_but_its_api_calls_need_one(locked: TestClient) -
 def test_wrong_or_missing_key_is_401(locked: TestClient, headers: dict[str, str],
                                      wording: str) -> None:
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/models/tiny-rgb/classify"),
-                         ("POST", "/v1/repository/reload"), ("GET", "/docs")):
+                         ("POST", "/v1/repository/reload")):
         response = locked.request(method, path, headers=headers)
         assert response.status_code == 401, (path, response.text)
         assert response.headers["www-authenticate"] == "Bearer"

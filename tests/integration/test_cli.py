@@ -105,7 +105,7 @@ def test_bad_overrides_fail_with_the_valid_keys(capsys: pytest.CaptureFixture[st
 
 def test_layer_sizes_are_refused_before_any_data_as_the_readme_shows(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "training.md").read_text()
     command = next(line for line in readme.splitlines()
                    if line.startswith("python -m training train --config mnist-lenet5 --set "
                                       "model.name=alexnet"))

@@ -197,6 +197,20 @@ def test_big_group_photo_boxes_are_in_its_own_pixels(faces_client: TestClient,
             assert abs(large["box"][key] / 2 - reference["box"][key]) < 0.15 * side
 
 
+def test_eight_concurrent_expression_requests_all_get_their_faces(
+        make_client: Callable, shipped_model: Callable[[str], Path], photo: Callable[[str], bytes],
+        tmp_path: Path) -> None:
+    """Default limits, one detection thread: eight clients at once are queued, not refused."""
+    for name in ("fer-minixception", "face-retinaface"):
+        (tmp_path / name).symlink_to(shipped_model(name), target_is_directory=True)
+    data = photo("multi-face")
+    with make_client(tmp_path, detect_workers=1) as client, ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(lambda _: client.post(
+            "/v1/expressions", files={"file": ("group.jpg", data)}), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+    assert {len(a.json()["faces"]) for a in answers} == {5}
+
+
 def test_detection_neither_starves_classify_nor_queues_without_bound(
         make_client: Callable, shipped_model: Callable[[str], Path], photo: Callable[[str], bytes],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,8 +243,8 @@ def test_detection_neither_starves_classify_nor_queues_without_bound(
         second = client.post("/v1/expressions", files={"file": ("m.jpg", photo("multi-face"))})
         assert second.status_code == 503 and second.headers["retry-after"] == "3"
         assert second.json()["error"]["message"].startswith(
-            "1 face detections are running or waiting, the most allowed "
-            "(CONVSERVE_MAX_PENDING_DETECTIONS)")
+            "face detection is full: 1 running and 0 waiting, the most allowed "
+            "(CONVSERVE_MAX_PENDING_DETECTIONS=1)")
         release.set()
         assert first.result(60).status_code == 200
         assert len(first.result().json()["faces"]) == 5

@@ -40,7 +40,7 @@ def test_configs_that_fit_are_not_touched(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_readme_config_block_is_a_valid_config_with_the_quick_run_keys() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     section = readme.split("### Configs: YAML + `--set`", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None

@@ -71,10 +71,39 @@ def test_slots_refuse_past_the_limit_with_retry_after() -> None:
             await slots.run(lambda: None)
         assert caught.value.status_code == 503
         assert caught.value.headers == {"Retry-After": "3"}
-        assert "2 face detections are running or waiting" in caught.value.message
+        assert caught.value.message.startswith(
+            "face detection is full: 1 running and 1 waiting, the most allowed "
+            "(CONVSERVE_MAX_PENDING_DETECTIONS=2)")
         release.set()
         assert await asyncio.gather(*running) == [True, True]
         assert await slots.run(lambda: 7) == 7  # room again
         slots.shutdown()
 
     asyncio.run(main())
+
+
+def test_detections_past_the_threads_wait_their_turn_in_order(detector: MTCNN) -> None:
+    """Eight at once on one thread (the issue's eight clients): none refused, each photo's own
+    faces, served in arrival order."""
+    photos = [Image.open(fetch(name)).convert("RGB") for name in
+              ("multi-face", "single-face", "multi-face", "face-happy") * 2]
+    finished: list[int] = []
+
+    def detect(index: int) -> int:
+        faces = detect_bounded(detector, photos[index], DetectorConfig(), max_side=1600)
+        finished.append(index)
+        return len(faces)
+
+    async def main() -> list[int]:
+        slots = DetectionSlots(threads=1, max_pending=32, retry_after_s=1)
+        try:
+            return await asyncio.gather(*(slots.run(detect, i) for i in range(8)))
+        finally:
+            slots.shutdown()
+
+    assert asyncio.run(main()) == [5, 1, 5, 1] * 2
+    assert finished == list(range(8))
+
+
+def test_the_limit_is_never_below_the_threads() -> None:
+    assert DetectionSlots(threads=4, max_pending=1, retry_after_s=1).max_pending == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_pixel_limit_is_checked_before_decoding(chelsea: Image.Image) -> None:
         prepare(cut, CROP, max_pixels=100_000)
     with pytest.raises(InvalidImage, match="truncated"):
         prepare(cut, CROP, max_pixels=10**9)
+
+
+def test_a_header_past_pillows_own_limit_is_refused_in_our_words() -> None:
+    """Over ~179 MP Pillow refuses to open the file itself ("decompression bomb DOS attack"):
+    the client reads the same sentence as for any image over the limit."""
+    screen = struct.pack("<6sHHBBB", b"GIF89a", 15000, 15000, 0x80, 0, 0)  # 225 MP declared
+    gif = screen + b"\x00\x00\x00\xff\xff\xff," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) \
+        + b"\x02\x02\x44\x01\x00;"
+    with pytest.raises(ImageTooLarge) as caught:
+        prepare(gif, CROP, max_pixels=50_000_000)
+    assert caught.value.message == ("the image is 225000000 pixels, more than the limit of "
+                                    "50000000; scale it down before sending")
+    assert "bomb" not in caught.value.message and "DOS" not in caught.value.message
 
 
 def test_big_jpeg_is_decoded_at_reduced_scale(photo: Callable[[str], bytes]) -> None:

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_format import Capability
+from service.advice import classify_notes
 from service.engine import Engine
 from service.errors import ServiceError
 from service.http.deps import EngineDep, get_serving_engine
@@ -43,9 +44,10 @@ async def answer(request: Request, engine: Engine, name: str, version: str | Non
     request.state.images = len(uploads)
     results = await engine.classify(chosen, uploads, top_k)
     body = ClassifyResponse.model_construct(model=chosen.name, version=chosen.version,
-                                            results=results)
-    # Serialised once here: FastAPI would validate the finished model again.
-    return Response(body.model_dump_json(), media_type="application/json")
+                                            results=results, notes=classify_notes(chosen))
+    # Serialised once here: FastAPI would validate the finished model again. Notes only when
+    # there are some (the one field with a default).
+    return Response(body.model_dump_json(exclude_defaults=True), media_type="application/json")
 
 
 @versioned(router, "POST", "/classify", "Classify images", response_model=ClassifyResponse,

@@ -14,8 +14,19 @@ function headers() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// 401: the service has an API key. Open the key field and say what to do on this page (the
+// service's own message speaks of request headers, which a person here does not write).
+function askForKey() {
+  $("api-key-box").open = true;
+  $("api-key").focus();
+  return $("api-key").value.trim()
+    ? "The API key is wrong: correct it in the API key field below."
+    : "This service needs an API key: enter it in the API key field below.";
+}
+
 // The service's own words: {"error": {"code", "message"}} or the v2 protocol's {"error": "..."}.
 async function errorMessage(response) {
+  if (response.status === 401) return askForKey();
   try {
     const body = await response.json();
     const error = body.error;
@@ -77,6 +88,11 @@ function dataset(version) {
 
 function groupOf(version) {
   if (version.task === "expression") return "faces";
+  // An int8 model goes where its float model goes (its card names the source model).
+  const source = (version.quantization || {}).source;
+  const float = source && state.models.find((m) => m.name === source.name);
+  const floatVersion = float && float.versions.find((v) => v.version === source.version);
+  if (floatVersion) return groupOf(floatVersion);
   if (dataset(version).startsWith("ImageNet")) return "photos";
   if ((version.input || {}).channels === 1) return "small";
   return "other";
@@ -100,7 +116,8 @@ async function loadModels() {
       .map((m) => {
         const option = document.createElement("option");
         option.value = m.name;
-        option.textContent = m.name;
+        option.textContent = defaultVersion(m).quantization
+          ? `${m.name} (int8: faster on a CPU)` : m.name;
         return option;
       }));
     return optgroup;
@@ -462,7 +479,10 @@ async function start() {
   $("api-key").value = localStorage.getItem("convserve-api-key") || "";
   $("model").addEventListener("change", listVersions);
   $("version").addEventListener("change", describeModel);
-  $("api-key").addEventListener("change", () => loadModels().catch((e) => showError(e.message)));
+  $("api-key").addEventListener("change", () => {
+    showError("");  // the key changed: an error about the old one no longer holds
+    loadModels().catch((e) => showError(e.message));
+  });
   $("form").addEventListener("submit", run);
   setUpDropzone();
   setUpCamera();
