@@ -191,10 +191,10 @@ def test_errors_are_statuses_with_http_messages(clients: tuple) -> None:
         assert over_grpc.value.message() == over_http.value.message()
 
 
+@pytest.mark.parametrize("server", [2], indirect=True, ids=["2-workers"])
 def test_every_worker_serves_grpc(server: tuple[str, str, list[int]]) -> None:
     """With --workers 2 the kernel spreads new connections over both workers' listeners."""
-    if not server[2]:
-        pytest.skip("one worker")
+    assert len(server[2]) == 2
     metrics_dir = worker_run_dir(server[2][0]) / "metrics"
     route = "/inference.GRPCInferenceService/ServerLive"
     for _ in range(100):  # a new connection each time (channels share none)
