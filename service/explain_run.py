@@ -60,7 +60,7 @@ async def explain_upload(engine: Engine, version: ModelVersion, data: bytes,
     model's), and draw it for ``png``.
 
     Raises:
-        CannotExplain, InvalidParameter: before any inference (HTTP 422).
+        UnsupportedTask, InvalidParameter: before any inference (HTTP 422).
         Overloaded: the version's queue cannot take the occluded images (HTTP 503).
         InvalidImage, ImageTooLarge, UnsupportedMediaType: as classify.
     """
