@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import serve_models, wait_workers_ready, worker_pids, worker_run_dir
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
+from conftest import (
+    metric_by_worker,
+    serve_models,
+    wait_workers_ready,
+    worker_pids,
+    worker_run_dir,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
@@ -31,21 +34,6 @@ ROUTE = "/v1/models/{name}/classify"  # the route label: the path's template
 def _matches(name: str, labels: dict[str, str], sample_name: str,
              sample_labels: dict[str, str]) -> bool:
     return sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
-
-
-def _by_worker(metrics_dir: Path, name: str, kind: str = "counter",
-               **labels: str) -> dict[int, float]:
-    """One metric, per worker PID, from each worker's own file (``kind``: the file's prefix)."""
-    found = {}
-    for path in metrics_dir.glob(f"{kind}_[0-9]*.db"):
-        with tempfile.TemporaryDirectory() as alone:
-            shutil.copy(path, alone)
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=alone)
-            found[int(path.stem.rsplit("_", 1)[1])] = sum(
-                sample.value for family in registry.collect() for sample in family.samples
-                if _matches(name, labels, sample.name, sample.labels))
-    return found
 
 
 def _scraped(url: str, name: str, **labels: str) -> float:
@@ -88,7 +76,7 @@ def test_two_workers_serve_sum_their_metrics_and_reload_together(
                                                          range(8))]
             assert statuses == [200] * 8
             sent += 8
-            served = _by_worker(metrics_dir, "convserve_requests_total", route=ROUTE)
+            served = metric_by_worker(metrics_dir, "convserve_requests_total", route=ROUTE)
             if all(served.get(pid, 0) > 0 for pid in workers):
                 break
     assert {pid for pid, count in served.items() if count} == set(workers), served
@@ -99,13 +87,14 @@ def test_two_workers_serve_sum_their_metrics_and_reload_together(
     shutil.copytree(tiny_models / "tiny-rgb" / "2", models / "tiny-rgb" / "2")
     reload = httpx.post(f"{url}/v1/repository/reload", timeout=60)
     assert reload.status_code == 200 and reload.json()["added"] == ["tiny-rgb/2"]
-    ready = _by_worker(metrics_dir, "convserve_model_ready", "gauge_livemin", model="tiny-rgb",
-                       version="2")  # read as the answer came: each worker had swapped v2 in
+    # read as the answer came: each worker had swapped v2 in
+    ready = metric_by_worker(metrics_dir, "convserve_model_ready", "gauge_livemin",
+                             model="tiny-rgb", version="2")
     assert ready == dict.fromkeys(workers, 1.0), ready
     with ThreadPoolExecutor(4) as pool:  # at once, on new connections: every worker has v2
         answers = list(pool.map(lambda _: _classify(url, image), range(60)))
     assert {(r.status_code, r.json()["version"]) for r in answers} == {(200, 2)}
-    on_v2 = _by_worker(metrics_dir, "convserve_inference_count_total", model="tiny-rgb",
+    on_v2 = metric_by_worker(metrics_dir, "convserve_inference_count_total", model="tiny-rgb",
                        version="2")
     assert {pid for pid, count in on_v2.items() if count} == set(workers), on_v2
     assert _scraped(url, "convserve_model_ready", model="tiny-rgb", version="2") == 1
@@ -126,7 +115,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
             answers += pool.map(lambda _: _classify(url, image), range(4))
             replacement = next((pid for pid in worker_pids(process.pid)
                                 if pid not in (victim, survivor)), None)
-            served = _by_worker(metrics_dir, "convserve_requests_total", route=ROUTE,
+            served = metric_by_worker(metrics_dir, "convserve_requests_total", route=ROUTE,
                                 status="200")
             if replacement and served.get(replacement, 0) > 0:
                 break
