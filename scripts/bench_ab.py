@@ -23,43 +23,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_request_overhead import image_for  # noqa: E402
-from service_process import free_port  # noqa: E402
+from bench_service import cpu_seconds  # noqa: E402
+from service_process import free_port, start_service  # noqa: E402
 
 
 def start(tree: Path, models: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     """``python -m service serve`` from ``tree`` (its own code first on the path), ready;
     ``extra``: ``NAME=VALUE`` settings for this side only."""
-    env = {**os.environ, "CONVSERVE_PROVIDERS": "CPU", "CONVSERVE_LOG_LEVEL": "warning",
-           "PYTHONPATH": str(tree), **dict(item.split("=", 1) for item in extra)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--models", str(models)], cwd=tree, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the service from {tree} did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    env = {"CONVSERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(tree),
+           **dict(item.split("=", 1) for item in extra)}
+    return start_service(models, port, env, log=subprocess.DEVNULL, tree=tree)
 
 
 def drive(port: int, pid: int, model: str, image: Path, clients: int, seconds: float) -> dict:

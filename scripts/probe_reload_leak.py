@@ -18,10 +18,8 @@ of ``models/<model>``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,10 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path.cwd()
+ROOT = Path.cwd()  # the checkout that serves
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from service_process import free_port, start_service  # noqa: E402
 
 
 def _status(pid: int) -> tuple[int, float]:
@@ -38,12 +39,6 @@ def _status(pid: int) -> tuple[int, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
     return int(fields["Threads"]), int(fields["VmRSS"].split()[0]) / 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _late_request(port: int, model: str, photo: bytes, reload: Callable[[], None]) -> str:
@@ -73,20 +68,10 @@ def main() -> int:
         models = Path(tmp) / "models"
         shutil.copytree(ROOT / "models" / args.model, models / args.model)
         card = max((models / args.model).glob("*/model.json"))
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--models", str(models), "--port",
-             str(port)], cwd=ROOT, env={**os.environ, "CONVSERVE_LOG_LEVEL": "warning"})
+        port = free_port()
+        server = start_service(models, port, {"CONVSERVE_LOG_LEVEL": "warning"}, tree=ROOT)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
             httpx.post(f"{base}/v1/models/{args.model}/classify",
                        files={"file": ("p.jpg", photo)}).raise_for_status()
             threads, rss = _status(server.pid)

@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def start_service(models: Path, port: int, env: dict[str, str] | None = None, *,
-                  log: Path | int | None = None, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+                  log: Path | int | None = None, timeout: float = 120.0,
+                  tree: Path = ROOT) -> subprocess.Popen[bytes]:
     """Start the service over ``models`` on 127.0.0.1:``port`` and wait until /readyz is 200.
 
     Args:
@@ -33,6 +34,7 @@ def start_service(models: Path, port: int, env: dict[str, str] | None = None, *,
         log: A file to append the server's output to (its tail is shown if the start fails),
             ``subprocess.DEVNULL``, or None to share this process's stdout/stderr.
         timeout: Seconds to wait for readiness.
+        tree: The checkout whose code serves (``python -m service`` runs there).
 
     Raises:
         SystemExit: the service exited or was not ready in time.
@@ -43,7 +45,7 @@ def start_service(models: Path, port: int, env: dict[str, str] | None = None, *,
     output = log.open("ab") if isinstance(log, Path) else log
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--models", str(models)], cwd=ROOT, env=environment, stdout=output, stderr=output)
+         "--models", str(models)], cwd=tree, env=environment, stdout=output, stderr=output)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
