@@ -42,7 +42,6 @@ these same series by :mod:`service.statistics`.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -108,8 +107,10 @@ class ModelMetrics:
         (self.succeeded if ok else self.failed).observe(seconds)
 
 
-def _child(metric: Any, key: tuple[str, str]) -> Any:
-    return metric.labels(*key)
+# The metrics labelled by (model, version) alone: a ModelMetrics field and a Metrics attribute
+# each; model() creates their children and forget() removes them, from this one list.
+_PER_VERSION = ("decode", "preprocess", "queue", "inference", "batch_size", "inference_count",
+                "exec_count", "queue_depth", "rejected", "input", "output", "last_inference")
 
 
 class Metrics:
@@ -185,15 +186,9 @@ class Metrics:
         key = (name, str(version))
         found = self._children.get(key)
         if found is None:
-            child = functools.partial(_child, key=key)
             found = self._children[key] = ModelMetrics(
-                key=key, parent=self, decode=child(self.decode),
-                preprocess=child(self.preprocess), queue=child(self.queue),
-                inference=child(self.inference), batch_size=child(self.batch_size),
-                inference_count=child(self.inference_count), exec_count=child(self.exec_count),
-                queue_depth=child(self.queue_depth), rejected=child(self.rejected),
-                input=child(self.input), output=child(self.output),
-                last_inference=child(self.last_inference),
+                key=key, parent=self,
+                **{name: getattr(self, name).labels(*key) for name in _PER_VERSION},
                 succeeded=self.model_requests.labels(*key, "success"),
                 failed=self.model_requests.labels(*key, "fail"))
         return found
@@ -220,10 +215,8 @@ class Metrics:
         children = self._children.pop(key, None)
         if children is None:
             return
-        labels: list[tuple[Any, tuple[str, ...]]] = [(metric, key) for metric in (
-            self.decode, self.preprocess, self.queue, self.inference, self.batch_size,
-            self.inference_count, self.exec_count, self.queue_depth, self.rejected, self.input,
-            self.output, self.last_inference)]
+        labels: list[tuple[Any, tuple[str, ...]]] = [
+            (getattr(self, name), key) for name in _PER_VERSION]
         labels += [(self.model_requests, (*key, outcome)) for outcome in ("success", "fail")]
         labels += [(self.batch_runs, (*key, str(size))) for size in children._by_size]
         for metric, values in labels:
