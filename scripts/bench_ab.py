@@ -103,8 +103,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(model: str, clients: int, results: dict[str, list[dict]]) -> None:
-    base, new = results["baseline"], results["this tree"]
+def report(model: str, clients: int, results: dict[str, list[dict]],
+           sides: tuple[str, str] = ("baseline", "this tree")) -> None:
+    """One line: each side's medians, then the per-round ratios of the second to the first."""
+    base, new = results[sides[0]], results[sides[1]]
     median = statistics.median
     ratios = [n["per_s"] / b["per_s"] for b, n in zip(base, new, strict=True)]
     cpu = [n["cpu_us"] / b["cpu_us"] for b, n in zip(base, new, strict=True)]
@@ -113,8 +115,8 @@ def report(model: str, clients: int, results: dict[str, list[dict]]) -> None:
                    f"{median(r['p50_ms'] for r in rows):6.2f} ms p99 "
                    f"{median(r['p99_ms'] for r in rows):6.2f} ms")
             for side, rows in results.items()}
-    print(f"{model}, {clients} client(s): baseline {line['baseline']} | this tree "
-          f"{line['this tree']} | requests/s ratio per round "
+    print(f"{model}, {clients} client(s): {sides[0]} {line[sides[0]]} | {sides[1]} "
+          f"{line[sides[1]]} | requests/s ratio per round "
           f"{', '.join(f'{r:.2f}' for r in ratios)} (median {median(ratios):.2f}); "
           f"server CPU per request ratio {', '.join(f'{r:.2f}' for r in cpu)} (median "
           f"{median(cpu):.2f}); p50 difference median "

@@ -418,8 +418,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, log_level: str) -> Non
 
 def machine() -> str:
     """The line that says where a benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    return (f"machine: {os.cpu_count()} logical CPUs ({cpu}), Python "
+    from service.batch_sizes import _machine
+
+    return (f"machine: {_machine()}, Python "
             f"{platform.python_version()}, {platform.platform()}")
 
 
