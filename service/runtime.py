@@ -10,9 +10,12 @@ and the measurement it rests on in docs/service-architecture.md:
   :func:`provider_load_error` finds the missing library by loading the provider's shared object
   with ``ctypes`` (ORT's own message does not name it). A provider that failed is not asked for
   again in this process (``_UNLOADABLE``).
-* **The global logger switch.** While a session may fail to load a provider, ORT's process-wide
-  default logger is set to fatal-only (:func:`_quiet_provider_errors`), then back to warnings:
-  ORT would log two lines per session otherwise.
+* **The global logger switch.** ORT's process-wide default logger says errors only
+  (:data:`ORT_LOG_SEVERITY`): its warnings at load are about the graph's authoring (tf2onnx's
+  deprecated ``Resize`` attributes in the converted RetinaFace: eight lines per start and per
+  worker), which a user of the service cannot act on. While a session may fail to load a
+  provider it says fatal errors only (:func:`_quiet_provider_errors`): ORT would log two lines
+  per session otherwise.
 * **Solo sessions** (``Session.solo``, CPU only): a twin of each graph on every core for runs
   with the machine to themselves; whole-image classifiers' solo sessions spin within a run and
   stop when it returns (``session.force_spinning_stop``). Performance notes: "The solo session
@@ -44,6 +47,8 @@ from service.settings import Settings
 
 logger = logging.getLogger("convserve.runtime")
 ORT_VERSION: str = ort.__version__
+ORT_LOG_SEVERITY = 3  # errors (ORT's default, 2, adds warnings)
+ort.set_default_logger_severity(ORT_LOG_SEVERITY)
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -269,7 +274,7 @@ def _quiet_provider_errors(active: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        ort.set_default_logger_severity(2)  # ORT's default: warnings
+        ort.set_default_logger_severity(ORT_LOG_SEVERITY)
 
 
 def provider_load_error(provider: str) -> str | None:
