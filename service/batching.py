@@ -101,7 +101,10 @@ class _Lane:
         with self.changed:
             self.items.extend(items)
             self.pending += len(items)
-            self.changed.notify_all()  # the gathering thread, or an idle one
+            if self.gathering:  # the gathering thread waits for more: it must hear of them
+                self.changed.notify_all()
+            else:  # one idle thread; it wakes the next if it leaves inputs behind
+                self.changed.notify()
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.pending)
 
@@ -141,7 +144,10 @@ class _Lane:
             self.pending -= len(items)
             alone = not self.items and self.running == 0
             self.running += 1
-            self.changed.notify_all()  # the next thread may gather
+            if self.stopping:  # every thread must see it, those waiting behind `gathering` too
+                self.changed.notify_all()
+            elif self.items:  # the next thread may gather
+                self.changed.notify()
             return items, alone
 
     def wait_warm(self) -> None:

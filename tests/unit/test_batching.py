@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -357,3 +358,48 @@ def test_a_version_with_a_smaller_max_batch_gets_smaller_batches() -> None:
         return model.batches
 
     assert asyncio.run(scenario()) == [2, 2, 2]
+
+
+def test_an_input_wakes_one_idle_inference_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone input wakes the one thread that runs it: waking every idle instance put a thread
+    on the cores beside the lone run's spinning threads, which doubled 2% of MobileNetV2's
+    one-client latencies (docs/performance.md)."""
+    wakeups: collections.Counter[str] = collections.Counter()
+
+    class Counting(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            woke = super().wait(timeout)
+            name = threading.current_thread().name
+            if name.startswith("infer-"):
+                wakeups[name] += 1
+            return woke
+
+    monkeypatch.setattr("service.batching.threading.Condition", Counting)
+
+    async def scenario() -> tuple[int, list[bool]]:
+        batcher, model = _batcher(max_queue_delay_ms=0.0, instances=3), RowSums()
+        await batcher.open(model)
+        await asyncio.sleep(0.05)  # every thread back in wait()
+        wakeups.clear()
+        for i in range(10):
+            await batcher.submit(model, np.full((2, 2), i))
+        await asyncio.sleep(0.05)
+        woken = sum(wakeups.values())
+        await batcher.close()
+        return woken, model.alone
+
+    woken, alone = asyncio.run(scenario())
+    assert woken == 10
+    assert alone == [True] * 10
+
+
+def test_close_ends_threads_waiting_behind_a_gathering_one() -> None:
+    async def scenario() -> np.ndarray:
+        batcher, model = _batcher(max_queue_delay_ms=200.0, instances=3), RowSums()
+        await batcher.open(model)
+        answer = asyncio.ensure_future(batcher.submit(model, np.ones((2, 2))))
+        await asyncio.sleep(0.02)  # one thread gathers for 200 ms, two wait behind it
+        await asyncio.wait_for(batcher.close(), 10)
+        return await answer
+
+    assert float(asyncio.run(scenario())[0]) == 4.0
