@@ -8,7 +8,9 @@ changes the version a request in flight runs on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,11 @@ class ModelVersion:
         raise UnsupportedTask(f"model {self.name!r} ({self.task}) {_CANNOT[capability]}")
 
 
+# A lone run shorter than this gets no solo session unless the host cache says otherwise: with
+# its threads spinning, LeNet-5's lone requests (0.02 ms runs) answered 7% of one client's
+# requests 3-5 ms late (docs/performance.md, "Against a hand-written server").
+SHORT_RUN_MS = 0.1
+
 _CANNOT = {
     Capability.CLASSIFY: "cannot classify images: use a classification or expression model "
                          "(GET /v1/models lists each model's task); faces go to "
@@ -211,8 +218,28 @@ def load_version(name: str, version: int, path: Path, settings: Settings) -> Mod
                 loaded.batching.latency_threads, settings, spins=True)
     if settings.warmup:
         _warm_up(loaded)
+        if (batching is not None and batching.latency_threads is None
+                and sessions["model"].solo is not None and _lone_run_is_short(loaded)):
+            sessions["model"] = sessions["model"].with_solo_threads(settings.intra_threads,
+                                                                    settings, spins=True)
+            loaded.batching = dataclasses.replace(batching,
+                                                  latency_threads=settings.intra_threads)
     loaded.load_seconds = time.perf_counter() - start
     return loaded
+
+
+def _lone_run_is_short(loaded: ModelVersion) -> bool:
+    """Whether one image's run on an instance's own threads takes under :data:`SHORT_RUN_MS`
+    (median of five warm runs): too short for the solo session's extra threads to gain what
+    waking them costs. Untuned graphs this short run lone requests on those threads instead."""
+    feed, times = {loaded.input_name: loaded.zeros(1)}, []
+    for _ in range(5):
+        start = time.perf_counter()
+        loaded.session.run(feed, [loaded.output_name], alone=False)
+        times.append(time.perf_counter() - start)
+        if times[-1] * 1e3 > 10 * SHORT_RUN_MS:  # a real graph: no need to look further
+            return False
+    return statistics.median(times) * 1e3 < SHORT_RUN_MS
 
 
 def _warm_up(loaded: ModelVersion) -> None:

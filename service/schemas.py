@@ -44,7 +44,9 @@ class BatchingInfo(BaseModel):
     max_batch_size: int
     batch_costs_ms: dict[str, float] = Field(default_factory=dict)
     latency_threads: int | None = Field(
-        default=None, description="host cache: ONNX Runtime threads of a lone request's run")
+        default=None, description="ONNX Runtime threads of a lone request's run: host cache's "
+                                  "figure, or an instance's own threads for a graph whose run "
+                                  "takes under 0.1 ms; null: every core")
     throughput_instances: int | None = Field(
         default=None, description="host cache: the CONVSERVE_INSTANCES with the most images/s "
                                   "(advice; the setting is per process)")

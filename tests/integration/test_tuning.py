@@ -170,3 +170,22 @@ def test_convserve_tune_command(models: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["tune", "--models", str(models), "--tuning-dir", str(blocked / "tuning"),
                  "--seconds", "0.02"]) == 2
     assert "cannot write the tuning cache" in capsys.readouterr().err
+
+
+def test_untuned_short_graphs_run_lone_requests_without_the_solo_session(
+        models: Path, tmp_path: Path) -> None:
+    """Without host figures a graph whose run takes under SHORT_RUN_MS (LeNet-5: ~0.02 ms) runs
+    a lone request on its instance's own thread, and says so; a real one keeps every core."""
+    mobilenet = SHIPPED_MODELS / "imagenet-mobilenetv2" / "1"
+    if not (mobilenet / "model.onnx").is_file():
+        pytest.skip("the shipped imagenet-mobilenetv2 is missing")
+    shutil.copytree(mobilenet, models / "imagenet-mobilenetv2" / "1")
+    settings = settings_for(models, tmp_path / "tuning", cpus=2, instances=2)
+    lenet = load_version(LENET, 1, models / LENET / "1", settings)
+    assert lenet.batching is not None and lenet.batching.source == "serving.json"
+    assert lenet.batching.latency_threads == settings.intra_threads == 1
+    assert lenet.sessions["model"].solo is None
+    big = load_version("imagenet-mobilenetv2", 1, models / "imagenet-mobilenetv2" / "1", settings)
+    assert big.batching is not None and big.batching.latency_threads is None
+    solo = big.sessions["model"].solo
+    assert solo is not None and solo.get_session_options().intra_op_num_threads == 2
