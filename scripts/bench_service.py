@@ -418,9 +418,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, log_level: str) -> Non
 
 def machine() -> str:
     """The line that says where a benchmark ran."""
-    from service.batch_sizes import _machine
+    from service.tuning import cpu_name
 
-    return (f"machine: {_machine()}, Python "
+    return (f"machine: {cpu_name()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, {platform.platform()}")
 
 

@@ -43,7 +43,7 @@ def run(mode: str) -> None:
     if mode == "fixed":
         memory.fix_mmap_threshold()
     elif mode == "mmap-only":
-        assert memory._libc().mallopt(memory.M_MMAP_THRESHOLD, 1024 * 1024)  # type: ignore[union-attr]
+        memory.fix_mmap_threshold(1024 * 1024, trim=None)
     spec = imaging.InputSpec(224, 224, 3)
     images = [blank_png(7000, 7000), blank_png(3000, 5000), blank_png(20, 60000),
               blank_png(6000, 2000)]

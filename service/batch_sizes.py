@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from service.model_version import ModelVersion
 from service.repository import ModelRepository
 from service.runtime import padded_batch_sizes
 from service.settings import load_settings
+from service.tuning import cpu_name
 
 # The batcher's own CPU per run beyond ONNX Runtime (thread hand-offs, stacking, posting the
 # results), measured with a model that does nothing (docs/service-architecture.md).
@@ -76,12 +76,8 @@ def measure(version: ModelVersion, max_batch_size: int, rounds: int = 5) -> Serv
 
 
 def _machine() -> str:
-    """The CPU's model name and core count (where Linux says; else the architecture)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in
-             (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-             if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
+    """The CPU's model name and core count."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,17 +40,18 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") else None  # glibc, not musl
 
 
-def fix_mmap_threshold(size: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> bool:
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD, trim: int | None = TRIM_THRESHOLD) -> bool:
     """Map every allocation of ``size`` bytes or more on its own, and let a heap keep ``trim``
-    bytes free at its top (glibc only); whether it took.
+    bytes free at its top (None: as glibc then leaves it, 128 KiB); glibc only; whether it
+    took.
 
     Call once at start-up, before any model loads.
     """
     libc = _libc()
     if libc is None:
         return False
-    done = bool(libc.mallopt(M_MMAP_THRESHOLD, size)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                              trim))
+    done = bool(libc.mallopt(M_MMAP_THRESHOLD, size)) and (
+        trim is None or bool(libc.mallopt(M_TRIM_THRESHOLD, trim)))
     if not done:
         logger.warning("mallopt(M_MMAP_THRESHOLD, %d) or (M_TRIM_THRESHOLD, %d) failed: "
                        "freed image buffers may stay resident", size, trim)

@@ -136,7 +136,7 @@ class ModelVersion:
 
 # A lone run shorter than this gets no solo session unless the host cache says otherwise: with
 # its threads spinning, LeNet-5's lone requests (0.02 ms runs) answered 7% of one client's
-# requests 3-5 ms late (docs/performance.md, "Against a hand-written server").
+# requests 2.6-4.5 ms late (docs/service-architecture.md, performance notes).
 SHORT_RUN_MS = 0.1
 
 _CANNOT = {
