@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,37 +71,51 @@ def main() -> None:
     base = work / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT,
                    check=True, capture_output=True)
-    servers = []
     try:
         for model in args.models.split(","):
-            models = work / "models"
-            shutil.rmtree(models, ignore_errors=True)
-            models.mkdir()
-            os.symlink(ROOT / "models" / model, models / model)
-            image = work / "image"
-            image.write_bytes(image_for(model))
-            ports = {"baseline": free_port(), "this tree": free_port()}
-            servers.append(start(base, models, ports["baseline"], args.baseline_env))
-            servers.append(start(ROOT, models, ports["this tree"], args.env))
-            pids = {"baseline": servers[-2].pid, "this tree": servers[-1].pid}
-            for clients in map(int, args.clients.split(",")):
-                results: dict[str, list[dict]] = {"baseline": [], "this tree": []}
-                for turn in range(args.rounds):
-                    order = ["baseline", "this tree"][:: 1 if turn % 2 == 0 else -1]
-                    for side in order:
-                        results[side].append(drive(ports[side], pids[side], model, image, clients,
-                                                   args.seconds))
-                report(model, clients, results)
-            for server in servers:
-                server.terminate()
-                server.wait(30)
-            servers.clear()
+            compare(work, model, {
+                "baseline": lambda models, port: start(base, models, port, args.baseline_env),
+                "this tree": lambda models, port: start(ROOT, models, port, args.env)},
+                args.clients, args.rounds, args.seconds)
     finally:
-        for server in servers:
-            server.kill()
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT,
                        capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+Start = Callable[[Path, int], subprocess.Popen[bytes]]
+
+
+def compare(work: Path, model: str, sides: dict[str, Start], clients: str, rounds: int,
+            seconds: float) -> None:
+    """Start both sides' servers on ``model`` (a models dir of its own under ``work``), drive
+    them in turns at each client count, print one :func:`report` line per count, stop them."""
+    models = work / "models"
+    shutil.rmtree(models, ignore_errors=True)
+    models.mkdir()
+    os.symlink(ROOT / "models" / model, models / model)
+    image = work / "image"
+    image.write_bytes(image_for(model))
+    names = tuple(sides)
+    servers: dict[str, subprocess.Popen[bytes]] = {}
+    ports = {name: free_port() for name in names}
+    try:
+        for name, start_side in sides.items():
+            servers[name] = start_side(models, ports[name])
+        for count in map(int, clients.split(",")):
+            results: dict[str, list[dict]] = {name: [] for name in names}
+            for turn in range(rounds):
+                for name in names[:: 1 if turn % 2 == 0 else -1]:
+                    results[name].append(drive(ports[name], servers[name].pid, model, image,
+                                               count, seconds))
+            report(model, count, results, (names[0], names[1]))
+        for server in servers.values():
+            server.terminate()
+            server.wait(30)
+    finally:
+        for server in servers.values():
+            if server.poll() is None:
+                server.kill()
 
 
 def report(model: str, clients: int, results: dict[str, list[dict]],

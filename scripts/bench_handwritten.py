@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +29,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_ab import drive, report  # noqa: E402
-from bench_request_overhead import image_for  # noqa: E402
+from bench_ab import compare  # noqa: E402
 from bench_service import machine  # noqa: E402
-from service_process import free_port, start_service  # noqa: E402
-
-SIDES = ("hand-written", "convserve")
+from service_process import start_service  # noqa: E402
 
 
 def start_handwritten(version_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -71,35 +67,17 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {machine()}; one worker each, "
           f"{args.rounds} rounds of {args.seconds:g} s", flush=True)
+    env = {"CONVSERVE_LOG_LEVEL": "warning", **dict(e.split("=", 1) for e in args.env)}
     work = Path(tempfile.mkdtemp(prefix="convserve-handwritten-"))
-    servers: list[subprocess.Popen[bytes]] = []
     try:
         for model in args.models.split(","):
-            models = work / "models"
-            shutil.rmtree(models, ignore_errors=True)
-            models.mkdir()
-            os.symlink(ROOT / "models" / model, models / model)
-            image = work / "image"
-            image.write_bytes(image_for(model))
-            ports = {side: free_port() for side in SIDES}
-            servers.append(start_handwritten(default_version(model), ports[SIDES[0]]))
-            env = {"CONVSERVE_LOG_LEVEL": "warning", **dict(e.split("=", 1) for e in args.env)}
-            servers.append(start_service(models, ports[SIDES[1]], env, log=subprocess.DEVNULL))
-            pids = {SIDES[0]: servers[-2].pid, SIDES[1]: servers[-1].pid}
-            for clients in map(int, args.clients.split(",")):
-                results: dict[str, list[dict]] = {side: [] for side in SIDES}
-                for turn in range(args.rounds):
-                    for side in SIDES[:: 1 if turn % 2 == 0 else -1]:
-                        results[side].append(drive(ports[side], pids[side], model, image,
-                                                   clients, args.seconds))
-                report(model, clients, results, SIDES)
-            for server in servers:
-                server.terminate()
-                server.wait(30)
-            servers.clear()
+            version = default_version(model)
+            compare(work, model, {
+                "hand-written": lambda _, port, version=version: start_handwritten(version, port),
+                "convserve": lambda models, port: start_service(models, port, env,
+                                                                log=subprocess.DEVNULL)},
+                args.clients, args.rounds, args.seconds)
     finally:
-        for server in servers:
-            server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
