@@ -11,8 +11,6 @@ real photos.
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +18,18 @@ from PIL import Image
 
 from model_format import DetectorCard, parse_card
 from service.blazeface import DEFAULT_THRESHOLD, NMS_IOU, SIZE
-from training.assets import ASSETS, fetch, sha256_of
+from training.assets import ASSETS, fetch
 from training.export import ExportError
-from training.publish import check_target, provenance, publish
-from training.ship_retinaface import OPSET, PARITY_PHOTOS, _run, convert_python
+from training.publish import check_target, provenance
+from training.tf_convert import (
+    OPSET,
+    PARITY_PHOTOS,
+    convert_and_publish,
+    convert_python,
+    parity_inputs,
+    run_converter,
+)
 
-logger = logging.getLogger(__name__)
 NAME = "face-blazeface"
 ASSET = "blazeface-short-range"
 TOLERANCE = 0.05  # in 128-px units (regressors) and logits (scores): 0.05 px at most
@@ -61,11 +65,8 @@ def check_parity(tflite: Path, graph: Path, scratch: Path) -> float:
     import onnxruntime as ort
 
     onnx.checker.check_model(str(graph))
-    inputs = []
-    for name in PARITY_PHOTOS:
-        np.save(scratch / f"{name}.npy", square(Image.open(fetch(name))))
-        inputs.append(str(scratch / f"{name}.npy"))
-    _run([convert_python(), "-c", _TFLITE_RUN, str(tflite), *inputs], "TensorFlow Lite")
+    inputs = parity_inputs(square, scratch)
+    run_converter([convert_python(), "-c", _TFLITE_RUN, str(tflite), *inputs], "TensorFlow Lite")
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     worst = 0.0
     for path in inputs:
@@ -109,12 +110,7 @@ def ship_blazeface(models_dir: Path, version: int = 1, overwrite: bool = False) 
     """Convert, check and write ``models/face-blazeface/<version>/`` (``model.json`` last)."""
     out = check_target(models_dir, NAME, version, overwrite)
     tflite = fetch(ASSET)
-    with tempfile.TemporaryDirectory(prefix="convserve-blazeface-") as name:
-        scratch = Path(name)
-        graph = scratch / "model.onnx"
-        _run([convert_python(), "-m", "tf2onnx.convert", "--tflite", str(tflite),
-              "--opset", str(OPSET), "--output", str(graph)], "tf2onnx")
-        parity = check_parity(tflite, graph, scratch)
-        logger.info("%s: ONNX Runtime vs TensorFlow Lite max |diff| %.2e", NAME, parity)
-        publish(scratch, ["model.onnx"], card(version, sha256_of(graph), parity), out)
+    convert_and_publish(out, ["--tflite", str(tflite)], "TensorFlow Lite",
+                        lambda graph, scratch: check_parity(tflite, graph, scratch),
+                        lambda digest, parity: card(version, digest, parity))
     return out

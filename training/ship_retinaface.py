@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +22,22 @@ from PIL import Image
 
 from model_format import DetectorCard, parse_card
 from service.retinaface import DEFAULT_THRESHOLD, SMALLEST_FACE, STRIDE
-from training.assets import ASSETS, fetch, sha256_of
+from training.assets import ASSETS, fetch
 from training.export import ExportError
-from training.publish import check_target, provenance, publish
+from training.publish import check_target, provenance
+from training.tf_convert import (
+    OPSET,
+    PARITY_PHOTOS,
+    convert_and_publish,
+    convert_python,
+    parity_inputs,
+    run_converter,
+)
 
 logger = logging.getLogger(__name__)
 NAME = "face-retinaface"
 ASSET = "retinaface-frozen-graph"
-OPSET = 17
 TOLERANCE = 1e-3  # largest difference allowed between TensorFlow and ONNX Runtime outputs
-PARITY_PHOTOS = ("multi-face", "single-face", "face-bw", "astronaut")
 # Runs in the converting interpreter: the frozen graph on each .npy given, outputs saved beside.
 _TF_RUN = """
 import sys, numpy as np, tensorflow as tf
@@ -47,21 +49,6 @@ run = wrapped.prune(element("x:0"), element("Identity:0"))
 for path in sys.argv[2:]:
     np.save(path + ".tf.npy", run(tf.constant(np.load(path))).numpy())
 """
-
-
-def convert_python() -> str:
-    """The interpreter that has TensorFlow and tf2onnx."""
-    return os.environ.get("CONVSERVE_CONVERT_PYTHON", sys.executable)
-
-
-def _run(command: list[str], what: str) -> None:
-    try:
-        subprocess.run(command, check=True, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError) as error:
-        tail = getattr(error, "stderr", "") or str(error)
-        raise ExportError(f"{what} failed: {tail.strip()[-600:]}. Converting needs TensorFlow "
-                          "and tf2onnx: pip install '.[faces-convert]', or point "
-                          "CONVSERVE_CONVERT_PYTHON at a Python that has them") from None
 
 
 def padded(photo: Image.Image, longest: int = 640) -> np.ndarray:
@@ -81,11 +68,9 @@ def check_parity(frozen: Path, graph: Path, scratch: Path) -> float:
     import onnxruntime as ort
 
     onnx.checker.check_model(str(graph))
-    inputs = []
-    for name in PARITY_PHOTOS:
-        np.save(scratch / f"{name}.npy", padded(Image.open(fetch(name))))
-        inputs.append(str(scratch / f"{name}.npy"))
-    _run([convert_python(), "-c", _TF_RUN, str(frozen), *inputs], "TensorFlow (reference run)")
+    inputs = parity_inputs(padded, scratch)
+    run_converter([convert_python(), "-c", _TF_RUN, str(frozen), *inputs],
+                  "TensorFlow (reference run)")
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     worst = 0.0
     for path in inputs:
@@ -133,14 +118,9 @@ def ship_retinaface(models_dir: Path, version: int = 1, overwrite: bool = False)
     """Convert, check and write ``models/face-retinaface/<version>/`` (``model.json`` last)."""
     out = check_target(models_dir, NAME, version, overwrite)
     frozen = fetch(ASSET)
-    with tempfile.TemporaryDirectory(prefix="convserve-retinaface-") as name:
-        scratch = Path(name)
-        graph = scratch / "model.onnx"
-        _run([convert_python(), "-m", "tf2onnx.convert", "--graphdef", str(frozen),
-              "--inputs", "x:0", "--outputs", "Identity:0", "--opset", str(OPSET),
-              "--output", str(graph)], "tf2onnx")
-        parity = check_parity(frozen, graph, scratch)
-        logger.info("%s: ONNX Runtime vs TensorFlow max |diff| %.2e", NAME, parity)
-        publish(scratch, ["model.onnx"], card(version, sha256_of(graph), parity), out)
+    parity = convert_and_publish(
+        out, ["--graphdef", str(frozen), "--inputs", "x:0", "--outputs", "Identity:0"],
+        "TensorFlow", lambda graph, scratch: check_parity(frozen, graph, scratch),
+        lambda digest, parity: card(version, digest, parity))
     logger.info("wrote %s (%s)", out, json.dumps({"parity": parity}))
     return out
