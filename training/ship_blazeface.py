@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard, parse_card
+from model_format import DetectorCard
 from service.blazeface import DEFAULT_THRESHOLD, NMS_IOU, SIZE
-from training.assets import ASSETS, fetch
+from training.assets import fetch
 from training.export import ExportError
-from training.publish import check_target, provenance
+from training.publish import check_target
 from training.tf_convert import (
     OPSET,
     PARITY_PHOTOS,
     convert_and_publish,
     convert_python,
+    detector_card,
     parity_inputs,
     run_converter,
 )
@@ -79,9 +80,8 @@ def check_parity(tflite: Path, graph: Path, scratch: Path) -> float:
 
 
 def card(version: int, digest: str, parity: float) -> DetectorCard:
-    asset = ASSETS[ASSET]
-    parsed = parse_card({
-        "name": NAME, "version": version, "task": "face-detection", "labels": ["face"],
+    """``face-blazeface``'s ``model.json``."""
+    return detector_card(NAME, version, ASSET, digest, {
         "input": {"name": "input", "dtype": "float32", "layout": "NHWC", "channels": 3,
                   "range": [-1, 1], "sizes": [SIZE, SIZE],
                   "resize": {"method": "bilinear", "note": "longer side to 128, padded right "
@@ -96,14 +96,7 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
                      "export_check": {"opset": OPSET, "photos": len(PARITY_PHOTOS),
                                       "onnxruntime_vs_tflite_max_abs_diff": parity,
                                       "tolerance": TOLERANCE}},
-        "metrics": {},
-        "provenance": provenance(
-            f"tf2onnx (opset {OPSET}) via training.ship_blazeface", config=None,
-            source_weights=[asset.source_weights()]),
-        "onnx_sha256": digest,
-    }, f"{NAME} model.json")
-    assert isinstance(parsed, DetectorCard)
-    return parsed
+    }, "training.ship_blazeface")
 
 
 def ship_blazeface(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:

@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard, parse_card
+from model_format import DetectorCard
 from service.retinaface import DEFAULT_THRESHOLD, SMALLEST_FACE, STRIDE
-from training.assets import ASSETS, fetch
+from training.assets import fetch
 from training.export import ExportError
-from training.publish import check_target, provenance
+from training.publish import check_target
 from training.tf_convert import (
     OPSET,
     PARITY_PHOTOS,
     convert_and_publish,
     convert_python,
+    detector_card,
     parity_inputs,
     run_converter,
 )
@@ -87,9 +88,7 @@ def check_parity(frozen: Path, graph: Path, scratch: Path) -> float:
 
 def card(version: int, digest: str, parity: float) -> DetectorCard:
     """``face-retinaface``'s ``model.json``."""
-    asset = ASSETS[ASSET]
-    parsed = parse_card({
-        "name": NAME, "version": version, "task": "face-detection", "labels": ["face"],
+    return detector_card(NAME, version, ASSET, digest, {
         "input": {"name": "x:0", "dtype": "float32", "layout": "NHWC", "channels": 3,
                   "range": [0, 255], "sizes": f"any height and width, multiples of {STRIDE} "
                   "(service/retinaface.py pads right and bottom with zeros)"},
@@ -104,14 +103,7 @@ def card(version: int, digest: str, parity: float) -> DetectorCard:
                      "export_check": {"opset": OPSET, "photos": len(PARITY_PHOTOS),
                                       "onnxruntime_vs_tensorflow_max_abs_diff": parity,
                                       "tolerance": TOLERANCE}},
-        "metrics": {},
-        "provenance": provenance(
-            f"tf2onnx (opset {OPSET}) via training.ship_retinaface", config=None,
-            source_weights=[asset.source_weights()]),
-        "onnx_sha256": digest,
-    }, f"{NAME} model.json")
-    assert isinstance(parsed, DetectorCard)
-    return parsed
+    }, "training.ship_retinaface")
 
 
 def ship_retinaface(models_dir: Path, version: int = 1, overwrite: bool = False) -> Path:

@@ -16,14 +16,15 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from model_format import DetectorCard
-from training.assets import fetch, sha256_of
+from model_format import DetectorCard, parse_card
+from training.assets import ASSETS, fetch, sha256_of
 from training.export import ExportError
-from training.publish import publish
+from training.publish import provenance, publish
 
 logger = logging.getLogger(__name__)
 OPSET = 17
@@ -71,3 +72,19 @@ def convert_and_publish(out: Path, source: list[str], reference: str,
         logger.info("%s: ONNX Runtime vs %s max |diff| %.2e", out.parent.name, reference, parity)
         publish(scratch, ["model.onnx"], card(sha256_of(graph), parity), out)
     return parity
+
+
+def detector_card(name: str, version: int, asset: str, digest: str, fields: dict[str, Any],
+                  module: str) -> DetectorCard:
+    """A converted face detector's ``model.json``: its own ``fields`` (input, output,
+    preprocessing, detector) and what every converted graph records (task, labels, where its
+    weights came from: ``asset``, converted by ``module``, and the graph's sha256)."""
+    parsed = parse_card({
+        "name": name, "version": version, "task": "face-detection", "labels": ["face"], **fields,
+        "metrics": {},
+        "provenance": provenance(f"tf2onnx (opset {OPSET}) via {module}", config=None,
+                                 source_weights=[ASSETS[asset].source_weights()]),
+        "onnx_sha256": digest,
+    }, f"{name} model.json")
+    assert isinstance(parsed, DetectorCard)
+    return parsed
