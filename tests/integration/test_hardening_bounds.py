@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -204,13 +205,8 @@ def test_occlusion_is_queued_and_refused_when_the_queue_is_full(
         assert response.json()["cost"]["images"] == 65
 
 
-def test_explanations_wait_in_the_batchers_queue(make_client: Callable[..., Any],
-                                                 tiny_models: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """With inference held, one occlusion's 65 images fill a 100-image queue: a second
-    explanation and a classify of the same model get 503 + Retry-After, at once."""
-    import threading
-
+def hold_inference(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """From now on every run waits: ``held`` is set once one does, ``release`` lets them go."""
     from service.model_version import ModelVersion
 
     held, release = threading.Event(), threading.Event()
@@ -221,8 +217,17 @@ def test_explanations_wait_in_the_batchers_queue(make_client: Callable[..., Any]
         release.wait(30)
         return infer(self, batch, alone)
 
+    monkeypatch.setattr(ModelVersion, "infer", slow)
+    return held, release
+
+
+def test_explanations_wait_in_the_batchers_queue(make_client: Callable[..., Any],
+                                                 tiny_models: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With inference held, one occlusion's 65 images fill a 100-image queue: a second
+    explanation and a classify of the same model get 503 + Retry-After, at once."""
     with make_client(tiny_models, max_queue_size=100, instances=1) as client:
-        monkeypatch.setattr(ModelVersion, "infer", slow)
+        held, release = hold_inference(monkeypatch)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1) as background:
@@ -342,24 +347,13 @@ def test_a_class_activation_map_waits_in_the_queue_too(
         photo: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     """A CAM explanation is one image in the version's queue: with the queue full it is refused
     at once (503 + Retry-After) instead of running beside the batcher; once it drains, it runs."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from service.model_version import ModelVersion
-
     (tmp_path / "fer-minixception").symlink_to(shipped_model("fer-minixception"))
-    held, release = threading.Event(), threading.Event()
-    infer = ModelVersion.infer
-
-    def slow(self: ModelVersion, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
-        held.set()
-        release.wait(30)
-        return infer(self, batch, alone)
-
     face = {"file": ("face.jpg", photo("face-happy"))}
     path = "/v1/models/fer-minixception"
     with make_client(tmp_path, max_queue_size=1, instances=1) as client:
-        monkeypatch.setattr(ModelVersion, "infer", slow)
+        held, release = hold_inference(monkeypatch)
         with ThreadPoolExecutor(2) as background:
             running = background.submit(client.post, f"{path}/classify", files=face)
             assert held.wait(30)
