@@ -249,6 +249,15 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
     raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').json()}")
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer closes it (or it times out or resets)."""
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

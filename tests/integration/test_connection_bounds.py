@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import copy_models, serve_models
+from conftest import copy_models, read_until_closed, serve_models
 
 pytestmark = pytest.mark.slow  # a server process each
 
@@ -28,14 +28,6 @@ def _connect(url: str, receive_buffer: int | None = None) -> socket.socket:
     sock.settimeout(20)
     sock.connect((host, int(port)))
     return sock
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(OSError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +57,7 @@ def test_a_dripped_body_gets_408(server: str) -> None:
             if b"\r\n\r\n" in answer:
                 break
         sock.settimeout(5)
-        answer += _read_all(sock)
+        answer += read_until_closed(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
     message = json.loads(body)["error"]["message"]
@@ -97,7 +89,7 @@ def test_a_client_that_never_reads_is_disconnected(server: str) -> None:
     with _connect(server, receive_buffer=4096) as sock:
         sock.sendall(request * 300)
         time.sleep(4)  # the send timeout (1 s) passes with nothing read
-        received = _read_all(sock)
+        received = read_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 200")
     assert len(received) < 300 * len(document) / 2, len(received)  # most were never sent
     assert httpx.get(f"{server}/healthz").status_code == 200

@@ -6,7 +6,6 @@ hangs up mid-upload.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import copy_models, serve_models
+from conftest import copy_models, read_until_closed, serve_models
 
 SLOW = {"CONVSERVE_HEADER_READ_TIMEOUT_S": "1", "CONVSERVE_BODY_READ_TIMEOUT_S": "1",
         "CONVSERVE_MAX_BODY_BYTES": str(1_000_000),
@@ -35,14 +34,6 @@ def _connect(url: str) -> socket.socket:
     return sock
 
 
-def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(OSError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _upload_head(path: str, length: int) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
@@ -54,7 +45,7 @@ def test_slow_headers_get_408_and_the_connection_closes(server: str, sent: bytes
     with _connect(server) as sock:
         start = time.monotonic()
         sock.sendall(sent)
-        answer = _read_all(sock)  # the server closes it
+        answer = read_until_closed(sock)  # the server closes it
         waited = time.monotonic() - start
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
     assert b"CONVSERVE_HEADER_READ_TIMEOUT_S" in answer
@@ -70,7 +61,7 @@ def test_every_worker_times_out_slow_headers(tiny_models: Path,
                       **SLOW) as (_, url):
         for _ in range(4):
             with _connect(url) as sock:
-                assert _read_all(sock).startswith(b"HTTP/1.1 408 Request Timeout")
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 408 Request Timeout")
 
 
 def test_headers_are_timed_again_after_a_kept_alive_request(server: str) -> None:
@@ -82,13 +73,13 @@ def test_headers_are_timed_again_after_a_kept_alive_request(server: str) -> None
         assert first.startswith(b"HTTP/1.1 200"), first
         time.sleep(1.2)  # longer than the header timeout, shorter than the keep-alive one
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a second request that stalls
-        assert _read_all(sock).startswith(b"HTTP/1.1 408")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408")
 
 
 def test_stalled_body_gets_408(server: str) -> None:
     with _connect(server) as sock:
         sock.sendall(_upload_head("/v1/models/tiny-rgb/classify", 100_000) + b"\xff\xd8\xff")
-        answer = _read_all(sock)
+        answer = read_until_closed(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
     assert json.loads(body)["error"] == {
@@ -107,7 +98,7 @@ def test_unfinished_uploads_hold_a_bounded_total(server: str) -> None:
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["message"].startswith("uploads in progress already hold")
-        assert _read_all(stalled).startswith(b"HTTP/1.1 408")  # then its bytes are let go
+        assert read_until_closed(stalled).startswith(b"HTTP/1.1 408")  # then its bytes are let go
     small = httpx.post(f"{server}/v1/models/tiny-rgb/classify", content=bytes(700_000),
                        headers={"Content-Type": "image/jpeg"})
     assert small.status_code == 400  # back within the budget: read, and not an image
