@@ -53,6 +53,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from measure_expressions_memory import rss_kib  # noqa: E402
+
 MODELS = ("mnist-lenet5", "imagenet-mobilenetv2", "imagenet-efficientnet-lite0")
 
 
@@ -119,13 +122,6 @@ def digit_png() -> bytes:
 
 
 # Measuring.
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
 
 class Heartbeat:
     """``GET /healthz`` every 20 ms from a thread; the longest answer."""
