@@ -191,7 +191,8 @@ def test_a_version_can_be_chosen_and_the_default_is_marked(page: Page) -> None:
 
 def test_a_refused_file_clears_the_previous_photo(page: Page) -> None:
     page.set_input_files("#file", str(SAMPLES / "cat.jpg"))
-    assert page.is_visible("#preview") and page.is_enabled("#submit")
+    page.wait_for_selector("#preview", state="visible")  # an <img> has no size until it loads
+    assert page.is_enabled("#submit")
     page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain",
                                    "buffer": b"not a photo"})
     assert "notes.txt is not an image" in page.inner_text("#error")
